@@ -1,0 +1,42 @@
+"""Fixtures shared by every test suite: where the shared test data lives, the seeded checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("SAMKIT_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED_DIR.is_dir():
+        pytest.fail(f"shared test data not found at {SHARED_DIR}; set SAMKIT_SHARED_DIR")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def images_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "images"
+
+
+@pytest.fixture(scope="session")
+def geo_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "geo"
+
+
+@pytest.fixture(scope="session")
+def mobile_sam_checkpoint(shared_dir: Path) -> Path:
+    """The seeded-random MobileSAM checkpoint in the official file format."""
+    return shared_dir / "reference" / "mobile_sam_random" / "mobile_sam_random.pt"
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests keep things a person may want to look at (screenshots, overlays)."""
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS_DIR
