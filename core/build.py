@@ -1,0 +1,294 @@
+"""Model architectures, the official checkpoints, and `load_model`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .tiny_vit import TinyViT
+
+
+def _vit(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]) -> Callable[[], nn.Module]:
+    return lambda: ImageEncoderViT(embed_dim=embed_dim, depth=depth, num_heads=num_heads, global_attn_indexes=global_attn_indexes)
+
+
+IMAGE_ENCODERS: dict[str, Callable[[], nn.Module]] = {
+    "vit_b": _vit(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": _vit(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": _vit(1280, 32, 16, (7, 15, 23, 31)),
+    "mobile_sam": TinyViT,
+}
+
+
+def build_sam(arch: str) -> Sam:
+    """An untrained model of the given architecture ("vit_b", "vit_l", "vit_h", "mobile_sam")."""
+    if arch not in IMAGE_ENCODERS:
+        raise CheckpointError(f"unknown architecture {arch!r}; expected one of {', '.join(IMAGE_ENCODERS)}")
+    return Sam(IMAGE_ENCODERS[arch](), PromptEncoder(), MaskDecoder(), arch=arch)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An official checkpoint file and how to check it."""
+
+    arch: str
+    filename: str
+    url: str
+    md5_prefix: str | None = None  # Meta names each SAM file after the start of its MD5
+    git_blob_sha1: str | None = None  # MobileSAM's file is identified by its git blob hash
+
+
+META_HOST = "https://dl.fbaipublicfiles.com/segment_anything/"
+CHECKPOINTS: dict[str, Checkpoint] = {
+    "vit_h": Checkpoint("vit_h", "sam_vit_h_4b8939.pth", META_HOST + "sam_vit_h_4b8939.pth", md5_prefix="4b8939"),
+    "vit_l": Checkpoint("vit_l", "sam_vit_l_0b3195.pth", META_HOST + "sam_vit_l_0b3195.pth", md5_prefix="0b3195"),
+    "vit_b": Checkpoint("vit_b", "sam_vit_b_01ec64.pth", META_HOST + "sam_vit_b_01ec64.pth", md5_prefix="01ec64"),
+    "mobile_sam": Checkpoint(
+        "mobile_sam",
+        "mobile_sam.pt",
+        "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+        git_blob_sha1="7ef2d090979fd9853adf17b7a99c8b94a1c5a6a7",
+    ),
+}
+
+# Every name a user may know a model by: ours, the official file names, Ultralytics' names.
+MODEL_ALIASES: dict[str, str] = {
+    "vit_b": "vit_b", "sam_vit_b": "vit_b", "sam_b": "vit_b", "sam_b.pt": "vit_b", "sam_vit_b_01ec64.pth": "vit_b",
+    "vit_l": "vit_l", "sam_vit_l": "vit_l", "sam_l": "vit_l", "sam_l.pt": "vit_l", "sam_vit_l_0b3195.pth": "vit_l",
+    "vit_h": "vit_h", "sam_vit_h": "vit_h", "sam_h": "vit_h", "sam_h.pt": "vit_h", "sam_vit_h_4b8939.pth": "vit_h",
+    "mobile_sam": "mobile_sam", "mobilesam": "mobile_sam", "mobile_sam.pt": "mobile_sam", "vit_t": "mobile_sam",
+}
+DEFAULT_MODEL = "mobile_sam"
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints live: $SAMKIT_HOME, else the user cache directory."""
+    env = os.environ.get("SAMKIT_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("samkit"))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The given device, or the best available: CUDA, then Apple MPS, then CPU."""
+    if device is not None:
+        try:
+            resolved = torch.device(device)
+        except RuntimeError as exc:
+            raise CheckpointError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise CheckpointError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use device='cpu'")
+        if resolved.type == "mps" and not torch.backends.mps.is_available():
+            raise CheckpointError(f"device {device!r} asked for, but Apple MPS is not available; use device='cpu'")
+        return resolved
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """float32 (default), bfloat16 or float16, from a torch dtype or its usual names."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    else:
+        resolved = _DTYPES.get(str(dtype).lower().replace("torch.", ""))
+    if resolved not in (torch.float32, torch.bfloat16, torch.float16):
+        raise CheckpointError(f"unsupported dtype {dtype!r}: use float32, bfloat16 or float16")
+    return resolved
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    download: bool = True,
+) -> Sam:
+    """Load a SAM-family model in eval mode.
+
+    `name_or_path` is a file (architecture inferred from its state_dict) or a model name
+    ("mobile_sam", "vit_b", "vit_l", "vit_h", an official file name or an Ultralytics name),
+    which is downloaded once into `cache_dir()` and verified. Raises CheckpointError with a
+    message that says what to do when the file is missing, corrupt, or of another model.
+    """
+    target_device = resolve_device(device)
+    compute_dtype = resolve_dtype(dtype)
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.is_file():
+        checkpoint_path = path
+    else:
+        key = str(name_or_path).lower()
+        if key not in MODEL_ALIASES:
+            raise CheckpointError(
+                f"no checkpoint file at {str(name_or_path)!r} and it is not a known model name; "
+                f"use a path to a .pth/.pt file or one of: {', '.join(sorted(CHECKPOINTS))}"
+            )
+        checkpoint_path = fetch_checkpoint(MODEL_ALIASES[key], download=download)
+    state_dict = read_state_dict(checkpoint_path)
+    arch = infer_arch(state_dict, checkpoint_path)
+    model = build_sam(arch)
+    load_weights(model, state_dict, checkpoint_path)
+    model.eval().requires_grad_(False)
+    model.to(target_device)
+    model.compute_dtype = compute_dtype
+    model.checkpoint_path = str(checkpoint_path)
+    return model
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, read without running any code it might contain."""
+    try:
+        # weights_only: a checkpoint is data; never let it execute code.
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is truncated, corrupt or not a PyTorch weights file ({first_line[:200]}). "
+            "Download it again (samkit download MODEL) or pass the right file."
+        ) from None
+    if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
+        loaded = loaded["model"]
+    elif isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{path} holds no state_dict of tensors; expected an official SAM or MobileSAM checkpoint")
+    if any(k.startswith("model.") for k in loaded) and not any(k.startswith("image_encoder.") for k in loaded):
+        loaded = {k.removeprefix("model."): v for k, v in loaded.items()}
+    return loaded
+
+
+def infer_arch(state_dict: dict[str, torch.Tensor], path: Path) -> str:
+    """Which architecture a state_dict belongs to, from its keys and shapes."""
+    if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:
+        return "mobile_sam"
+    pos_embed = state_dict.get("image_encoder.pos_embed")
+    if pos_embed is not None and pos_embed.ndim == 4:
+        width = pos_embed.shape[-1]
+        for arch, expected in (("vit_b", 768), ("vit_l", 1024), ("vit_h", 1280)):
+            if width == expected:
+                return arch
+        raise CheckpointError(f"{path}: ViT image encoder of width {width} is not SAM ViT-B (768), ViT-L (1024) or ViT-H (1280)")
+    sample = ", ".join(list(state_dict)[:3])
+    raise CheckpointError(
+        f"{path} is not a SAM or MobileSAM checkpoint: no image_encoder weights found (first keys: {sample}). "
+        "samkit loads sam_vit_b/l/h_*.pth, mobile_sam.pt and Ultralytics' sam_b/l/h.pt"
+    )
+
+
+def load_weights(model: Sam, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy the state_dict into the model, or raise naming every missing/unexpected/misshapen key."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshapen = [
+        f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or misshapen:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshapen)):
+            if items:
+                shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+                parts.append(f"{len(items)} {label}: {shown}")
+        raise CheckpointError(f"{path} does not fit the {model.arch} architecture: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def fetch_checkpoint(arch: str, download: bool = True) -> Path:
+    """Path of the official checkpoint for `arch` in the cache, downloading and verifying it once."""
+    spec = CHECKPOINTS[arch]
+    directory = cache_dir()
+    path = directory / spec.filename
+    if path.is_file():
+        return path
+    if not download:
+        raise CheckpointError(f"{spec.filename} is not in {directory}; download it with `samkit download {arch}`")
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    try:
+        _download(spec.url, partial)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        partial.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise CheckpointError(
+            f"could not download {spec.filename} from {spec.url} ({reason}). If this machine is offline, "
+            f"download that URL elsewhere and either put the file at {path} or pass its path: "
+            f"samkit.load_model('/path/to/{spec.filename}') / --model /path/to/{spec.filename}"
+        ) from None
+    try:
+        verify_checkpoint(partial, spec)
+    except CheckpointError:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
+    return path
+
+
+def verify_checkpoint(path: Path, spec: Checkpoint) -> None:
+    """Check a downloaded file against what is known of the official one."""
+    if spec.md5_prefix is not None:
+        digest = _file_digest(path, hashlib.md5())
+        if not digest.startswith(spec.md5_prefix):
+            raise CheckpointError(
+                f"downloaded {spec.filename} has MD5 {digest}, which does not start with {spec.md5_prefix} as the "
+                "official file name says: the download is corrupt or the server returned another file"
+            )
+    if spec.git_blob_sha1 is not None:
+        blob = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+        digest = _file_digest(path, blob)
+        if digest != spec.git_blob_sha1:
+            raise CheckpointError(
+                f"downloaded {spec.filename} has git blob SHA-1 {digest}, expected {spec.git_blob_sha1}: the download is corrupt"
+            )
+
+
+def _file_digest(path: Path, hasher: "hashlib._Hash") -> str:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _download(url: str, destination: Path) -> None:
+    from tqdm.auto import tqdm
+
+    request = urllib.request.Request(url, headers={"User-Agent": "samkit"})
+    with urllib.request.urlopen(request, timeout=30) as response, open(destination, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name.removesuffix(".part")) as bar:
+            while True:
+                chunk = response.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+                bar.update(len(chunk))
+    if destination.stat().st_size == 0:
+        raise OSError("empty response")

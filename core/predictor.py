@@ -1,0 +1,346 @@
+"""Promptable prediction on one image: set the image once, then decode any number of prompts."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PromptError, SamkitError
+from .image_io import ImageLike, load_image
+from .sam import Sam
+from .transforms import resize_longest_side, scale_boxes, scale_coords
+
+
+@dataclass
+class ImageState:
+    """What the decoder needs of an image: its embedding and the sizes to map masks back."""
+
+    features: torch.Tensor  # (1, 256, 64, 64) float32
+    original_size: tuple[int, int]  # (H, W) of the image given
+    input_size: tuple[int, int]  # (h, w) after resizing the longest side to 1024
+
+
+class EmbeddingCache:
+    """Image embeddings by image content, least recently used first out; optionally also on disk.
+
+    Thread-safe. The key covers the pixels and the model, so two models never share entries.
+    """
+
+    def __init__(self, max_items: int = 8, directory: str | Path | None = None) -> None:
+        self.max_items = max_items
+        self.directory = Path(directory) if directory is not None else None
+        self._items: OrderedDict[str, ImageState] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str, device: torch.device) -> ImageState | None:
+        with self._lock:
+            state = self._items.get(key)
+            if state is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return state
+        if self.directory is not None:
+            path = self.directory / f"{key}.pt"
+            if path.is_file():
+                try:
+                    saved = torch.load(path, map_location=device, weights_only=True)
+                    state = ImageState(saved["features"], tuple(saved["original_size"]), tuple(saved["input_size"]))
+                except Exception:  # a damaged cache file is recomputed, never fatal
+                    path.unlink(missing_ok=True)
+                    state = None
+                if state is not None:
+                    self.put(key, state, write_disk=False)
+                    with self._lock:
+                        self.hits += 1
+                    return state
+        with self._lock:
+            self.misses += 1
+        return None
+
+    def put(self, key: str, state: ImageState, write_disk: bool = True) -> None:
+        with self._lock:
+            self._items[key] = state
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+        if write_disk and self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"{key}.pt"
+            partial = path.with_suffix(".pt.part")
+            data = {"features": state.features.cpu(), "original_size": list(state.original_size), "input_size": list(state.input_size)}
+            torch.save(data, partial)
+            partial.replace(path)
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+def model_fingerprint(model: Sam) -> str:
+    """Identifies a model's weights cheaply: architecture, checkpoint file and compute dtype."""
+    checkpoint = getattr(model, "checkpoint_path", None)
+    stat = ""
+    if checkpoint and Path(checkpoint).is_file():
+        info = Path(checkpoint).stat()
+        stat = f"{info.st_size}:{int(info.st_mtime)}"
+    return f"{model.arch}|{checkpoint}|{stat}|{model.compute_dtype}"
+
+
+class Predictor:
+    """SAM's promptable predictor with the official semantics, plus batching and an embedding cache.
+
+    `set_image` computes an image's embedding, or takes it from the cache when the same pixels
+    were seen before; `predict` and `predict_batch` then only run the light decoder.
+    """
+
+    def __init__(self, model: Sam, cache_size: int = 8, cache_dir: str | Path | None = None, cache: EmbeddingCache | None = None) -> None:
+        self.model = model
+        self.cache = cache if cache is not None else EmbeddingCache(cache_size, cache_dir)
+        self.encoder_calls = 0
+        self._fingerprint = model_fingerprint(model)
+        self._state: ImageState | None = None
+
+    # -- image -------------------------------------------------------------------------------
+    def image_key(self, image: np.ndarray) -> str:
+        """Cache key of an HxWx3 uint8 image for this model."""
+        digest = hashlib.blake2b(digest_size=20)
+        digest.update(self._fingerprint.encode())
+        digest.update(str(image.shape).encode())
+        digest.update(np.ascontiguousarray(image).data)
+        return digest.hexdigest()
+
+    def set_image(self, image: ImageLike) -> None:
+        """Make `image` (path, HxWx3 uint8 RGB array or PIL image) the one prompts refer to."""
+        array = load_image(image)
+        key = self.image_key(array)
+        state = self.cache.get(key, self.model.device)
+        if state is None:
+            state = self.compute_image_state(array)
+            self.cache.put(key, state)
+        self._state = state
+
+    def compute_image_state(self, image: np.ndarray) -> ImageState:
+        """Run the image encoder on an HxWx3 uint8 image (no cache)."""
+        resized = resize_longest_side(image, self.model.image_size)
+        tensor = torch.from_numpy(np.array(resized)).to(self.model.device).permute(2, 0, 1).contiguous()[None]
+        features = self.model.embed_image(self.model.preprocess(tensor))
+        self.encoder_calls += 1
+        return ImageState(features, (image.shape[0], image.shape[1]), (resized.shape[0], resized.shape[1]))
+
+    def set_image_state(self, state: ImageState) -> None:
+        """Use an embedding computed elsewhere (for example by another predictor)."""
+        self._state = state
+
+    def reset_image(self) -> None:
+        """Forget the current image (its embedding stays in the cache)."""
+        self._state = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._state is not None
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self._require_state().original_size
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._require_state().input_size
+
+    @property
+    def image_state(self) -> ImageState:
+        return self._require_state()
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image's embedding, (1, 256, 64, 64)."""
+        return self._require_state().features
+
+    def _require_state(self) -> ImageState:
+        if self._state is None:
+            raise SamkitError("no image set: call predictor.set_image(image) before predicting")
+        return self._state
+
+    # -- prompts -----------------------------------------------------------------------------
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for one object.
+
+        point_coords (N, 2) XY pixels with point_labels (N,) 1 = foreground, 0 = background;
+        box (4,) XYXY pixels; mask_input (1, 256, 256) low-res logits of an earlier call.
+        Returns masks (C, H, W) bool (float logits with return_logits), scores (C,) and
+        low-res logits (C, 256, 256); C is 3 with multimask_output, else 1.
+        """
+        state = self._require_state()
+        coords, labels = self._check_points(point_coords, point_labels, state, batched=False)
+        boxes = self._check_boxes(box, state, batched=False)
+        masks_in = self._check_mask_input(mask_input)
+        masks, scores, low_res = self._decode(
+            None if coords is None else coords[None], None if labels is None else labels[None],
+            None if boxes is None else boxes, masks_in, multimask_output, return_logits, state,
+        )
+        return masks[0], scores[0], low_res[0]
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        multimask_output: bool = False,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for B objects at once: point_coords (B, N, 2) + point_labels (B, N) and/or boxes (B, 4).
+
+        Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, 256, 256).
+        """
+        state = self._require_state()
+        coords, labels = self._check_points(point_coords, point_labels, state, batched=True)
+        box_array = self._check_boxes(boxes, state, batched=True)
+        if coords is not None and box_array is not None and coords.shape[0] != box_array.shape[0]:
+            raise PromptError(f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box")
+        if coords is None and box_array is None:
+            raise PromptError("predict_batch needs point_coords/point_labels or boxes")
+        return self._decode(coords, labels, box_array, None, multimask_output, return_logits, state)
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction on prompts already in the 1024-px input frame (the official
+        `predict_torch`): coords (B, N, 2), labels (B, N), boxes (B, 4), mask_input (B, 1, 256, 256)."""
+        low_res, scores = self.decode_low_res(point_coords, point_labels, boxes, mask_input, multimask_output)
+        state = self._require_state()
+        masks = self.model.postprocess_masks(low_res, state.input_size, state.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, scores, low_res
+
+    @torch.inference_mode()
+    def decode_low_res(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder only: low-res logits (B, C, 256, 256) and scores (B, C),
+        float32, for prompts in the 1024-px input frame."""
+        state = self._require_state()
+        model = self.model
+        points = (point_coords, point_labels) if point_coords is not None else None
+        with model.autocast():
+            sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            low_res, scores = model.mask_decoder(
+                image_embeddings=state.features,
+                image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+        return low_res.float(), scores.float()
+
+    def _decode(self, coords, labels, boxes, mask_input, multimask_output, return_logits, state):
+        device = self.model.device
+        size = self.model.image_size
+        coords_t = labels_t = boxes_t = mask_t = None
+        if coords is not None:
+            coords_t = torch.as_tensor(scale_coords(coords, state.original_size, size), dtype=torch.float, device=device)
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=device)
+        if boxes is not None:
+            boxes_t = torch.as_tensor(scale_boxes(boxes, state.original_size, size), dtype=torch.float, device=device)
+        if mask_input is not None:
+            mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=device)[None]
+            num_prompts = coords_t.shape[0] if coords_t is not None else (boxes_t.shape[0] if boxes_t is not None else 1)
+            mask_t = mask_t.expand(num_prompts, -1, -1, -1)
+        masks, scores, low_res = self.predict_torch(coords_t, labels_t, boxes_t, mask_t, multimask_output, return_logits)
+        return masks.cpu().numpy(), scores.cpu().numpy(), low_res.cpu().numpy()
+
+    # -- validation --------------------------------------------------------------------------
+    @staticmethod
+    def _check_points(point_coords, point_labels, state: ImageState, batched: bool):
+        if point_coords is None and point_labels is None:
+            return None, None
+        if point_coords is None or point_labels is None:
+            raise PromptError("point_coords and point_labels go together: give both (labels 1 = foreground, 0 = background)")
+        coords = np.asarray(point_coords, dtype=np.float64)
+        labels = np.asarray(point_labels)
+        want = 3 if batched else 2
+        if coords.ndim != want or coords.shape[-1] != 2:
+            shape = "(B, N, 2)" if batched else "(N, 2)"
+            raise PromptError(f"point_coords must have shape {shape} (XY pixels), got {coords.shape}")
+        if labels.shape != coords.shape[:-1]:
+            raise PromptError(f"{coords.shape[-2]} points but point_labels has shape {labels.shape}: give one label per point")
+        if not np.isfinite(coords).all():
+            raise PromptError("point_coords contain NaN or infinite values")
+        if not np.isin(labels, (0, 1)).all():
+            raise PromptError(f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}")
+        height, width = state.original_size
+        outside = (coords[..., 0] < 0) | (coords[..., 0] > width) | (coords[..., 1] < 0) | (coords[..., 1] > height)
+        if outside.any():
+            x, y = coords[outside][0]
+            raise PromptError(f"point ({x:g}, {y:g}) lies outside the {width}x{height} image; coordinates are XY pixels")
+        return coords, labels.astype(np.int64)
+
+    @staticmethod
+    def _check_boxes(box, state: ImageState, batched: bool):
+        if box is None:
+            return None
+        boxes = np.asarray(box, dtype=np.float64)
+        if batched:
+            if boxes.ndim != 2 or boxes.shape[1] != 4:
+                raise PromptError(f"boxes must have shape (B, 4) as [x0, y0, x1, y1] pixels, got {boxes.shape}")
+        else:
+            if boxes.size != 4:
+                raise PromptError(f"box must be [x0, y0, x1, y1] pixels, got shape {boxes.shape}")
+            boxes = boxes.reshape(1, 4)
+        if not np.isfinite(boxes).all():
+            raise PromptError("box coordinates contain NaN or infinite values")
+        bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+        if bad.any():
+            b = boxes[bad][0]
+            raise PromptError(f"box {b.tolist()} has x1 < x0 or y1 < y0; boxes are [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1")
+        height, width = state.original_size
+        disjoint = (boxes[:, 0] > width) | (boxes[:, 1] > height) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+        if disjoint.any():
+            b = boxes[disjoint][0]
+            raise PromptError(f"box {b.tolist()} lies entirely outside the {width}x{height} image")
+        # A box that only overhangs the image (a rectangle dragged past its edge) is clipped to it.
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        return boxes
+
+    @staticmethod
+    def _check_mask_input(mask_input):
+        if mask_input is None:
+            return None
+        mask = np.asarray(mask_input, dtype=np.float32)
+        if mask.shape == (256, 256):
+            mask = mask[None]
+        if mask.shape != (1, 256, 256):
+            raise PromptError(f"mask_input must be the (1, 256, 256) low-res logits of an earlier call, got shape {mask.shape}")
+        return mask
