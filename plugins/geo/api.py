@@ -1,0 +1,382 @@
+"""``samkit.geo.vectorize`` and ``samkit.geo.info``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GeoError
+
+log = logging.getLogger("samkit.geo")
+
+COLUMNS = ["id", "score", "stability_score", "area_m2", "area_px", "tile", "n_tiles"]
+PROMPT_COLUMNS = ["id", "prompt_id", "score", "stability_score", "area_m2", "area_px", "tile"]
+
+
+def vectorize(
+    src,
+    dst=None,
+    *,
+    generator=None,
+    model: str = "mobile_sam",
+    device: str | None = None,
+    generator_options: dict | None = None,
+    bands=None,
+    tile_size: int = 1024,
+    overlap: int = 128,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    fill_holes: bool = False,
+    regularize: bool = False,
+    prompts=None,
+    prompts_crs=None,
+    skip_outside: bool = False,
+    predictor=None,
+    stretch="auto",
+    nodata: float | None = None,
+    crs=None,
+    pixel_space: bool = False,
+    to_crs=None,
+    layer: str | None = None,
+    id_raster=None,
+    iou_thresh: float = 0.5,
+    dask=None,
+    resume: bool = True,
+    checkpoint_dir=None,
+    keep_checkpoints: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+    allow_empty: bool = False,
+):
+    """Segment a raster of any size and write georeferenced polygons; returns the GeoDataFrame.
+
+    Segment everything (default) tile by tile, or answer ``prompts`` (points/boxes in map
+    coordinates). See the README's GIS section for every option; in short:
+
+    - ``src``: any raster GDAL reads; ``dst``: output path, format from its extension
+      (.gpkg default choice, .geojson, .shp, .fgb, .parquet); None writes nothing.
+    - ``generator``: anything with ``generate(image) -> records`` like ``samkit.MaskGenerator``;
+      None builds a MaskGenerator on ``model`` (``generator_options`` passed to it).
+    - ``bands`` (1-based, 1 or 3), ``stretch`` (auto | none | minmax | (p_lo, p_hi) | values),
+      ``nodata`` (override value), ``crs`` (assign) or ``pixel_space``.
+    - ``tile_size``/``overlap`` in pixels; ``min_area`` in m^2 (pixels in pixel space);
+      ``simplify`` tolerance in map units; ``fill_holes``; ``regularize`` (orthogonal outlines).
+    - ``id_raster``: also write a GeoTIFF of instance ids; ``to_crs``: reproject the output.
+    - ``dask``: scheduler address, ``distributed.Client`` or number of local workers.
+    - ``resume``/``checkpoint_dir``/``keep_checkpoints``: per-tile checkpoints (default next to
+      ``dst``), removed after success unless kept.
+    """
+    from . import output, raster
+
+    t_start = time.time()
+    dst_path = output.check_output(dst, overwrite=overwrite, src=src) if dst is not None else None
+    id_path = (output.check_output(id_raster, overwrite=overwrite, what="id raster", src=src)
+               if id_raster is not None else None)
+    if id_path is not None and id_path.suffix.lower() not in (".tif", ".tiff"):
+        raise GeoError(f"the id raster is a GeoTIFF: give it a .tif name, got {id_path.name}")
+    if min_area < 0 or simplify < 0:
+        raise GeoError("min_area and simplify must be >= 0")
+    out_to_crs = raster.to_pyproj(to_crs) if to_crs is not None else None
+
+    ds, spec, out_crs, transform = raster.prepare(src, bands=bands, nodata=nodata, stretch=stretch, crs=crs,
+                                                  pixel_space=pixel_space)
+    try:
+        if out_to_crs is not None and out_crs is None:
+            raise GeoError("to_crs needs a georeferenced raster; it cannot reproject pixel coordinates")
+        if prompts is not None:
+            records, px_geoms = _run_prompts(ds, spec, out_crs, transform, prompts, prompts_crs=prompts_crs,
+                                             skip_outside=skip_outside, predictor=predictor, model=model,
+                                             device=device, tile_size=tile_size, progress=progress)
+            columns = PROMPT_COLUMNS
+            store = None
+        else:
+            records, px_geoms, store = _run_grid(
+                ds, spec, transform, dst_path, generator=generator, model=model, device=device,
+                generator_options=generator_options, tile_size=tile_size, overlap=overlap,
+                iou_thresh=iou_thresh, dask=dask, resume=resume, checkpoint_dir=checkpoint_dir,
+                progress=progress)
+            columns = COLUMNS
+        gdf, px_geoms = _finish(ds, spec, records, px_geoms, out_crs, transform, columns,
+                                min_area=min_area, simplify=simplify, fill_holes=fill_holes, regularize=regularize)
+        if len(gdf) == 0 and not allow_empty:
+            raise GeoError(
+                f"no objects found in {ds.name} (after nodata, min_area={min_area}); nothing was written."
+                " Lower the model's thresholds, check --bands/--nodata, or pass allow_empty=True"
+                " (CLI --allow-empty) to write an empty layer"
+            )
+        if out_to_crs is not None:
+            gdf = gdf.to_crs(out_to_crs)
+        if dst_path is not None:
+            if dst_path.suffix.lower() in (".geojson", ".json") and gdf.crs is not None and not gdf.crs.to_epsg():
+                log.warning("GeoJSON cannot name the CRS %s (it has no EPSG code): readers will assume EPSG:4326;"
+                            " prefer .gpkg/.fgb/.parquet or to_crs='EPSG:4326'", gdf.crs.name)
+            output.write_vector(gdf, dst_path, layer=layer)
+        if id_path is not None:
+            output.write_id_raster(zip(gdf["id"], px_geoms), id_path, width=ds.width, height=ds.height,
+                                   crs=out_crs if not pixel_space else None,
+                                   transform=transform if not pixel_space else ds.transform)
+        if store is not None and not keep_checkpoints:
+            store.remove()
+    finally:
+        ds.close()
+    log.info("%d objects from %s in %.1f s", len(gdf), spec.path, time.time() - t_start)
+    return gdf
+
+
+def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, generator_options, tile_size,
+              overlap, iou_thresh, dask, resume, checkpoint_dir, progress):
+    from .generators import GeneratorSpec, fingerprint
+    from .merge import merge_tiles
+    from .runner import TileStore, run_tiles
+    from .tiling import TileGrid
+
+    grid = TileGrid(ds.width, ds.height, tile_size=tile_size, overlap=overlap)
+    if generator is None:
+        generator = GeneratorSpec.create(model, device, **(generator_options or {}))
+    elif generator_options:
+        raise GeoError("generator_options only apply when samkit builds the generator (generator=None)")
+    store = None
+    if checkpoint_dir is None and dst_path is not None:
+        checkpoint_dir = dst_path.parent / f".{dst_path.name}.samkit-tiles"
+    if checkpoint_dir is not None:
+        st = os.stat(spec.path) if os.path.exists(spec.path) else None
+        job = {
+            "raster": os.path.abspath(spec.path) if st else spec.path,
+            "raster_size": st.st_size if st else None,
+            "raster_mtime_ns": st.st_mtime_ns if st else None,
+            "bands": list(spec.bands),
+            "nodata": spec.nodata,
+            "stretch": None if spec.stretch is None else [list(v) for v in spec.stretch],
+            "grid": [grid.width, grid.height, grid.tile_size, grid.overlap],
+            "generator": fingerprint(generator),
+        }
+        store = TileStore(checkpoint_dir, job, resume=resume)
+    results = run_tiles(grid, spec, generator, store=store, dask=dask, progress=progress)
+    objects = merge_tiles(grid, results, iou_thresh=iou_thresh)
+    records = [{"score": o.score, "stability_score": o.stability_score, "tile": o.tile, "n_tiles": o.n_tiles}
+               for o in objects]
+    return records, [o.geometry for o in objects], store
+
+
+def _run_prompts(ds, spec, out_crs, transform, prompts, *, prompts_crs, skip_outside, predictor, model, device,
+                 tile_size, progress):
+    from tqdm.auto import tqdm
+
+    from . import raster
+    from .merge import trace
+    from .prompts import load_prompts, plan_windows
+
+    plist = load_prompts(prompts, raster_crs=out_crs, transform=transform, width=ds.width, height=ds.height,
+                         prompts_crs=prompts_crs, skip_outside=skip_outside)
+    if predictor is None:
+        import samkit
+
+        predictor = samkit.Predictor(samkit.load_model(model, device=device))
+    windows = plan_windows(plist, ds.width, ds.height, tile_size)
+    records, geoms = [], []
+    for win in tqdm(windows, desc="prompt windows", unit="window", disable=not progress, dynamic_ncols=True):
+        window = raster.Window(win.c0, win.r0, win.w, win.h)
+        image, valid = raster.read_tile(ds, spec, window, out_shape=win.out_shape)
+        if not valid.any():
+            log.warning("prompts %s lie in nodata only; skipped", [plist[k].prompt_id for k in win.members])
+            continue
+        fy, fx = image.shape[0] / win.h, image.shape[1] / win.w
+        predictor.set_image(image)
+        for k in win.members:
+            p = plist[k]
+            kwargs = {}
+            if len(p.points):
+                pts = (p.points - [win.c0, win.r0]) * [fx, fy]
+                kwargs["point_coords"] = pts.astype(np.float32)
+                kwargs["point_labels"] = p.labels.astype(np.int64)
+            if p.box is not None:
+                kwargs["box"] = ((p.box - [win.c0, win.r0, win.c0, win.r0]) * [fx, fy, fx, fy]).astype(np.float32)
+            single = len(p.points) == 1 and p.box is None
+            masks, scores, low_res = predictor.predict(multimask_output=single, return_logits=True, **kwargs)
+            best = int(np.argmax(scores))
+            logits = np.asarray(masks[best])
+            if logits.dtype == bool:  # a predictor that ignores return_logits
+                mask = logits
+                lr = np.asarray(low_res[best], dtype=np.float32)
+                stability = float((lr > 1).sum() / max(1, (lr > -1).sum()))
+            else:
+                mask = logits > 0
+                stability = float((logits > 1).sum() / max(1, (logits > -1).sum()))
+            mask &= valid
+            rows = np.flatnonzero(mask.any(axis=1))
+            if rows.size == 0:
+                log.warning("prompt %r gave an empty mask (or only nodata); skipped", p.prompt_id)
+                continue
+            cols = np.flatnonzero(mask.any(axis=0))
+            r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            g = trace(np.ascontiguousarray(mask[r0:r1, c0:c1]), int(r0), int(c0))
+            # the read grid (possibly reduced) -> global pixels of the raster
+            from shapely import affinity
+
+            g = affinity.affine_transform(g, [1 / fx, 0, 0, 1 / fy, win.c0, win.r0])
+            geoms.append(g)
+            records.append({"prompt_id": str(p.prompt_id), "score": float(scores[best]),
+                            "stability_score": stability, "tile": f"x{win.c0}y{win.r0}w{win.w}h{win.h}"})
+    return records, geoms
+
+
+def _valid_polygon(ds, spec, bounds):
+    """The valid (non-nodata) area inside a pixel box, as polygons in global pixel coordinates."""
+    from . import raster
+    from .merge import trace
+
+    c0 = max(0, int(math.floor(bounds[0])))
+    r0 = max(0, int(math.floor(bounds[1])))
+    c1 = min(ds.width, int(math.ceil(bounds[2])))
+    r1 = min(ds.height, int(math.ceil(bounds[3])))
+    if c1 <= c0 or r1 <= r0:
+        return None, True
+    valid = raster.read_valid(ds, spec, raster.Window(c0, r0, c1 - c0, r1 - r0))
+    if valid.all():
+        return None, True
+    return trace(valid, r0, c0), False
+
+
+def _finish(ds, spec, records, px_geoms, out_crs, transform, columns, *, min_area, simplify, fill_holes,
+            regularize):
+    """Pixel geometries -> cleaned map geometries with attributes, as a GeoDataFrame."""
+    import geopandas as gpd
+
+    from . import polygons, raster
+
+    has_nodata = spec.nodata is not None or raster.nodata_source(ds) != "none"
+    pixel_size = math.sqrt(abs(transform.a * transform.e - transform.b * transform.d))
+    inv = ~transform
+    out_geoms, out_px, keep = [], [], []
+    for k, g in enumerate(px_geoms):
+        area_px = g.area
+        m = polygons.to_map(g, transform)
+        if fill_holes:
+            m = polygons.fill_holes(m)
+        if regularize:
+            m = polygons.regularize(m, simplify if simplify > 0 else pixel_size)
+        elif simplify:
+            m = polygons.simplify(m, simplify)
+        changed = fill_holes or regularize or simplify
+        if changed and has_nodata:  # outlines moved: cut them back out of nodata
+            gpx = polygons.to_map(m, inv)
+            vpoly, all_valid = _valid_polygon(ds, spec, gpx.buffer(1).bounds)
+            if not all_valid:
+                gpx = polygons.make_valid(gpx.intersection(vpoly)) if vpoly is not None else gpx
+                gpx = polygons.join(polygons.polygons_of(gpx))
+                m = polygons.to_map(gpx, transform)
+        if m.is_empty:
+            continue
+        records[k]["area_px"] = float(area_px)
+        out_geoms.append(m)
+        out_px.append(g if not changed else polygons.to_map(m, inv))
+        keep.append(k)
+    areas = polygons.areas_m2(out_geoms, out_crs) if out_crs is not None else np.array(
+        [g.area for g in out_geoms])  # pixel space: pixels
+    rows = []
+    geoms, pxs = [], []
+    for k, g, gp, a in zip(keep, out_geoms, out_px, areas):
+        if min_area and a < min_area:
+            continue
+        rec = dict(records[k])
+        rec["area_m2"] = float(a) if out_crs is not None else float("nan")
+        rows.append(rec)
+        geoms.append(g)
+        pxs.append(gp)
+    for i, rec in enumerate(rows, start=1):
+        rec["id"] = i
+    gdf = gpd.GeoDataFrame(
+        {c: [r.get(c) for r in rows] for c in columns},
+        geometry=gpd.GeoSeries(geoms, crs=out_crs) if geoms else gpd.GeoSeries([], crs=out_crs),
+        crs=out_crs,
+    )
+    gdf = gdf.astype({"id": "int64", "score": "float64", "stability_score": "float64", "area_m2": "float64",
+                      "area_px": "float64"})
+    if "n_tiles" in gdf.columns:
+        gdf["n_tiles"] = gdf["n_tiles"].astype("int64")
+    return gdf, pxs
+
+
+def info(src, *, tile_size: int = 1024, overlap: int = 128, bands=None, stats: bool = False) -> dict:
+    """What ``vectorize`` would see: size, CRS, bands, dtype, nodata, tiles (and the stretch)."""
+    from . import raster
+    from .tiling import TileGrid
+
+    ds = raster.open_raster(src)
+    try:
+        crs = raster.to_pyproj(ds.crs) if ds.crs else None
+        sel = raster.check_bands(ds, bands)
+        grid = TileGrid(ds.width, ds.height, tile_size=tile_size, overlap=overlap)
+        units = None
+        if crs is not None and crs.axis_info:
+            units = crs.axis_info[0].unit_name
+        b = ds.bounds
+        out = {
+            "path": ds.name,
+            "driver": ds.driver,
+            "width": ds.width,
+            "height": ds.height,
+            "bands": ds.count,
+            "dtypes": list(ds.dtypes),
+            "colorinterp": [c.name for c in ds.colorinterp],
+            "crs": raster.describe_crs(ds.crs),
+            "crs_wkt": crs.to_wkt() if crs is not None else None,
+            "epsg": crs.to_epsg() if crs is not None else None,
+            "units": units,
+            "pixel_size": list(ds.res),
+            "bounds": [b.left, b.bottom, b.right, b.top],
+            "nodata": ds.nodata,
+            "nodata_source": raster.nodata_source(ds),
+            "block_shape": list(ds.block_shapes[0]),
+            "overviews": ds.overviews(1),
+            "default_bands": list(sel),
+            "tile_size": grid.tile_size,
+            "overlap": grid.overlap,
+            "tiles": len(grid),
+            "tile_grid": list(grid.shape),
+        }
+        if crs is not None:
+            try:
+                from rasterio.warp import transform_bounds
+
+                out["bounds_wgs84"] = list(transform_bounds(ds.crs, "EPSG:4326", *b))
+            except Exception:  # pragma: no cover - CRS PROJ cannot invert
+                out["bounds_wgs84"] = None
+        if stats:
+            spec = raster.RasterSpec(path=ds.name, bands=sel, width=ds.width, height=ds.height)
+            out["stretch"] = raster.compute_stretch(ds, spec, "auto")
+    finally:
+        ds.close()
+    return out
+
+
+def format_info(d: dict) -> str:
+    lines = [
+        f"{d['path']} ({d['driver']})",
+        f"  size:      {d['width']} x {d['height']} px, {d['bands']} band(s) {', '.join(sorted(set(d['dtypes'])))}",
+        f"  bands:     {', '.join(f'{i + 1}:{c}' for i, c in enumerate(d['colorinterp']))}"
+        f" (default selection {','.join(map(str, d['default_bands']))})",
+        f"  crs:       {d['crs']}" + (f", units {d['units']}" if d.get("units") else ""),
+        f"  pixel:     {d['pixel_size'][0]:.6g} x {d['pixel_size'][1]:.6g}",
+        f"  bounds:    {', '.join(f'{v:.6g}' for v in d['bounds'])}",
+    ]
+    if d.get("bounds_wgs84"):
+        lines.append(f"  wgs84:     {', '.join(f'{v:.6f}' for v in d['bounds_wgs84'])}")
+    nod = d["nodata_source"]
+    lines.append(f"  nodata:    {nod}" + (f" ({d['nodata']})" if nod == "value" else ""))
+    lines.append(f"  blocks:    {d['block_shape'][0]} x {d['block_shape'][1]}, overviews {d['overviews'] or 'none'}")
+    lines.append(f"  tiles:     {d['tiles']} ({d['tile_grid'][0]} x {d['tile_grid'][1]}) of {d['tile_size']} px,"
+                 f" overlap {d['overlap']} px")
+    if "stretch" in d:
+        s = d["stretch"]
+        lines.append("  stretch:   " + ("none (uint8 passes through)" if s is None else
+                                        "; ".join(f"{lo:.6g}..{hi:.6g}" for lo, hi in s)))
+    return "\n".join(lines)
+
+
+__all__ = ["vectorize", "info", "format_info"]

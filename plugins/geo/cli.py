@@ -1,0 +1,214 @@
+"""``samkit geo ...`` commands: vectorize, prompt, info.
+
+Imports only the standard library at import time (the ``samkit`` CLI discovers this module
+whether or not the geo extra is installed); the work is imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+GEO_MODULES = {"rasterio", "geopandas", "shapely", "pyproj", "pyogrio", "affine", "pyarrow"}
+
+
+def _common_raster(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("raster")
+    g.add_argument("--bands", help="1-based bands to use: one (grey) or three as R,G,B, e.g. 3,2,1"
+                                   " (default: RGB by colour interpretation, else the first three, else band 1)")
+    g.add_argument("--stretch", default="auto",
+                   help="auto (default: uint8 as is, other types 2-98 percentile), none, minmax, 'PLOW,PHIGH'"
+                        " percentiles, or values 'v:LO,HI' applied to every band; computed once for the"
+                        " whole raster from its overviews or a sample, excluding nodata")
+    g.add_argument("--nodata", type=float, help="nodata value overriding the raster's own")
+    g.add_argument("--crs", help="assign this CRS to a raster that has none (EPSG:xxxx, WKT or PROJ)")
+    g.add_argument("--pixel-space", action="store_true",
+                   help="write polygons in pixel coordinates (x = column, y = row) without a CRS")
+
+
+def _common_output(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("-o", "--output", required=True,
+                   help="output file; format by extension: .gpkg, .geojson, .shp, .fgb, .parquet")
+    g.add_argument("--layer", help="layer name (GeoPackage; default the file name)")
+    g.add_argument("--min-area", type=float, default=0.0, help="drop objects smaller than this, in m^2"
+                   " (pixels with --pixel-space)")
+    g.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance in map units")
+    g.add_argument("--fill-holes", action="store_true", help="remove holes from polygons")
+    g.add_argument("--regularize", action="store_true",
+                   help="orthogonal outlines (buildings): right-angled, aligned to the dominant direction")
+    g.add_argument("--to-crs", help="reproject the output to this CRS (areas stay true m^2)")
+    g.add_argument("--id-raster", help="also write a GeoTIFF of instance ids on the raster's grid")
+    g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    g.add_argument("--allow-empty", action="store_true", help="write an empty layer instead of failing"
+                   " when nothing is found")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _model(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="mobile_sam",
+                   help="mobile_sam (default), vit_b, vit_l, vit_h or a checkpoint path")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+
+
+def add_commands(subparsers) -> None:
+    geo = subparsers.add_parser("geo", help="segment GIS rasters into georeferenced polygons",
+                                description="Segment rasters of any size into georeferenced vector polygons.")
+    sub = geo.add_subparsers(dest="geo_command", metavar="{vectorize,prompt,info}")
+    sub.required = True
+
+    v = sub.add_parser("vectorize", help="segment everything, tile by tile, and write polygons",
+                       description="Segment everything in RASTER tile by tile; objects crossing tile borders"
+                                   " come out as one polygon.")
+    v.add_argument("raster")
+    _common_output(v)
+    _common_raster(v)
+    t = v.add_argument_group("tiling")
+    t.add_argument("--tile-size", type=int, default=1024, help="tile size in pixels (default 1024)")
+    t.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default 128)")
+    t.add_argument("--iou-thresh", type=float, default=0.5,
+                   help="IoU inside a tile overlap above which two pieces are one object (default 0.5)")
+    _model(v)
+    m = v.add_argument_group("segment everything (samkit.MaskGenerator)")
+    m.add_argument("--points-per-side", type=int, default=32)
+    m.add_argument("--points-per-batch", type=int, default=None)
+    m.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    m.add_argument("--stability-thresh", type=float, default=0.95)
+    m.add_argument("--min-mask-region-area", type=int, default=None)
+    r = v.add_argument_group("large jobs")
+    r.add_argument("--dask", help="run tiles on Dask: a scheduler address (tcp://host:8786) or a number of"
+                                  " local worker processes")
+    r.add_argument("--checkpoint-dir", help="where per-tile results are kept (default: next to the output)")
+    r.add_argument("--no-resume", action="store_true", help="ignore results of an interrupted earlier run")
+    r.add_argument("--keep-checkpoints", action="store_true", help="keep per-tile results after success")
+    v.set_defaults(func=_vectorize)
+
+    p = sub.add_parser("prompt", help="segment at points/boxes given in map coordinates",
+                       description="Answer point/box prompts in map coordinates; each prompt is answered"
+                                   " from a window centred on it.")
+    p.add_argument("raster")
+    src = p.add_argument_group("prompts")
+    src.add_argument("--points", action="append", default=[], metavar="FILE",
+                     help="vector file of Points (optional columns label 1/0, prompt_id); any CRS")
+    src.add_argument("--boxes", action="append", default=[], metavar="FILE",
+                     help="vector file of Polygons whose extents are box prompts; any CRS")
+    src.add_argument("--point", nargs=2, type=float, action="append", default=[], metavar=("X", "Y"),
+                     help="a point prompt (repeatable); needs --prompt-crs")
+    src.add_argument("--box", nargs=4, type=float, action="append", default=[],
+                     metavar=("XMIN", "YMIN", "XMAX", "YMAX"), help="a box prompt (repeatable); needs --prompt-crs")
+    src.add_argument("--prompt-crs", help="CRS of --point/--box, or overriding the files' CRS"
+                                          " (EPSG:4326, ..., or 'raster')")
+    src.add_argument("--skip-outside", action="store_true", help="drop prompts outside the raster instead of"
+                                                                   " failing")
+    src.add_argument("--window-size", type=int, default=1024, help="window read around prompts (default 1024)")
+    _common_output(p)
+    _common_raster(p)
+    _model(p)
+    p.set_defaults(func=_prompt)
+
+    i = sub.add_parser("info", help="what vectorize would see: size, CRS, bands, nodata, tiles")
+    i.add_argument("raster")
+    i.add_argument("--tile-size", type=int, default=1024)
+    i.add_argument("--overlap", type=int, default=128)
+    i.add_argument("--bands")
+    i.add_argument("--stats", action="store_true", help="also compute the global stretch")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=_info)
+
+
+def _api():
+    try:
+        from . import api
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] in GEO_MODULES:
+            from .errors import GeoError
+
+            raise GeoError(f'the geo commands need the geo extra ({exc.name} is missing): pip install "samkit[geo]"'
+                           ) from exc
+        raise
+    return api
+
+
+def _stretch(value: str):
+    if value.startswith("v:"):
+        nums = [float(x) for x in value[2:].split(",")]
+        if len(nums) % 2:
+            from .errors import GeoError
+
+            raise GeoError(f"--stretch v: needs LO,HI pairs, got {value!r}")
+        pairs = [tuple(nums[k:k + 2]) for k in range(0, len(nums), 2)]
+        return pairs[0] if len(pairs) == 1 else pairs
+    return value
+
+
+def _raster_kwargs(args) -> dict:
+    stretch = _stretch(args.stretch)
+    if isinstance(stretch, tuple):  # explicit values for every band
+        stretch = [stretch]
+    return dict(bands=args.bands, stretch=stretch, nodata=args.nodata, crs=args.crs, pixel_space=args.pixel_space)
+
+
+def _output_kwargs(args) -> dict:
+    return dict(layer=args.layer, min_area=args.min_area, simplify=args.simplify, fill_holes=args.fill_holes,
+                regularize=args.regularize, to_crs=args.to_crs, id_raster=args.id_raster, overwrite=args.overwrite,
+                allow_empty=args.allow_empty, progress=not args.quiet)
+
+
+def _report(gdf, args) -> None:
+    crs = gdf.crs
+    where = "pixel coordinates" if crs is None else (f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.name)
+    print(f"wrote {len(gdf)} polygon(s) to {args.output} ({where})")
+    if args.id_raster:
+        print(f"wrote instance ids to {args.id_raster}")
+
+
+def _vectorize(args) -> int:
+    api = _api()
+    opts = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+            "stability_score_thresh": args.stability_thresh}
+    if args.points_per_batch:
+        opts["points_per_batch"] = args.points_per_batch
+    if args.min_mask_region_area is not None:
+        opts["min_mask_region_area"] = args.min_mask_region_area
+    dask = args.dask
+    if dask is not None and dask.isdigit():
+        dask = int(dask)
+    gdf = api.vectorize(args.raster, args.output, model=args.model, device=args.device, generator_options=opts,
+                        tile_size=args.tile_size, overlap=args.overlap, iou_thresh=args.iou_thresh, dask=dask,
+                        checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume,
+                        keep_checkpoints=args.keep_checkpoints, **_raster_kwargs(args), **_output_kwargs(args))
+    _report(gdf, args)
+    return 0
+
+
+def _prompt(args) -> int:
+    from .errors import GeoError
+
+    api = _api()
+    sources = list(args.points) + list(args.boxes)
+    if args.point or args.box:
+        if not args.prompt_crs:
+            raise GeoError("--point/--box coordinates need their CRS: add --prompt-crs (e.g. EPSG:4326, or 'raster'"
+                           " for the raster's CRS)")
+        sources.append({"points": args.point, "boxes": args.box, "crs": args.prompt_crs})
+    if not sources:
+        raise GeoError("no prompts: give --points FILE, --boxes FILE, --point X Y or --box XMIN YMIN XMAX YMAX")
+    gdf = api.vectorize(args.raster, args.output, prompts=sources if len(sources) > 1 else sources[0],
+                        prompts_crs=args.prompt_crs if (args.points or args.boxes) else None,
+                        skip_outside=args.skip_outside, model=args.model, device=args.device,
+                        tile_size=args.window_size, **_raster_kwargs(args), **_output_kwargs(args))
+    _report(gdf, args)
+    return 0
+
+
+def _info(args) -> int:
+    api = _api()
+    d = api.info(args.raster, tile_size=args.tile_size, overlap=args.overlap, bands=args.bands, stats=args.stats)
+    if args.json:
+        json.dump(d, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print(api.format_info(d))
+    return 0

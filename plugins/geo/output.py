@@ -1,0 +1,167 @@
+"""Writing results: vector formats by extension, atomically; the instance-id GeoTIFF."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GeoError
+
+#: extension -> (format name, how it is written)
+FORMATS = {
+    ".gpkg": ("GPKG", "pyogrio"),
+    ".geojson": ("GeoJSON", "pyogrio"),
+    ".json": ("GeoJSON", "pyogrio"),
+    ".shp": ("ESRI Shapefile", "pyogrio"),
+    ".fgb": ("FlatGeobuf", "pyogrio"),
+    ".parquet": ("GeoParquet", "arrow"),
+    ".geoparquet": ("GeoParquet", "arrow"),
+}
+SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx")
+#: shapefile field names are limited to 10 characters
+SHAPEFILE_NAMES = {"stability_score": "stability"}
+
+
+def output_format(dst) -> str:
+    ext = Path(dst).suffix.lower()
+    if ext not in FORMATS:
+        raise GeoError(
+            f"cannot tell the output format from {os.fspath(dst)!r}: use one of the extensions "
+            + ", ".join(f"{e} ({f[0]})" for e, f in FORMATS.items())
+        )
+    return FORMATS[ext][0]
+
+
+def check_output(dst, *, overwrite: bool, what: str = "output", src=None) -> Path:
+    """Fail before any work when the output cannot be written (checked by really creating a
+    file in its directory, which also catches read-only mounts and missing permissions)."""
+    if dst is None or not os.fspath(dst).strip():
+        raise GeoError(f"no {what} path given: pass e.g. -o buildings.gpkg")
+    path = Path(os.fspath(dst)).expanduser()
+    if what == "output":
+        output_format(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise GeoError(f"cannot write {what} {path}: directory {parent} does not exist")
+    if path.is_dir():
+        raise GeoError(f"cannot write {what} {path}: it is a directory")
+    if src is not None and isinstance(src, (str, os.PathLike)) and os.path.exists(os.fspath(src)):
+        if path.exists() and os.path.samefile(path, os.fspath(src)):
+            raise GeoError(f"{what} {path} is the input raster; choose another path")
+    if path.exists() and not overwrite:
+        raise GeoError(f"{what} {path} exists; pass overwrite=True (CLI --overwrite) to replace it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise GeoError(f"cannot write {what} {path}: directory {parent} is not writable ({exc.strerror})") from exc
+    return path
+
+
+def _tmp_name(path: Path, suffix: str | None = None) -> Path:
+    return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix if suffix is None else suffix}")
+
+
+def _prepare(gdf, fmt: str):
+    from shapely.geometry import MultiPolygon
+
+    gdf = gdf.copy()
+    if fmt == "ESRI Shapefile":
+        gdf = gdf.rename(columns=SHAPEFILE_NAMES)
+    kinds = set(gdf.geometry.geom_type.dropna())
+    if "MultiPolygon" in kinds and "Polygon" in kinds:
+        gdf = gdf.set_geometry(
+            [g if g is None or isinstance(g, MultiPolygon) else MultiPolygon([g]) for g in gdf.geometry],
+            crs=gdf.crs,
+        )
+    return gdf
+
+
+def write_vector(gdf, dst, *, layer: str | None = None) -> Path:
+    """Write ``gdf`` to ``dst`` in the format its extension names; atomically (a temporary file
+    in the same directory, renamed over ``dst`` once complete: an interrupted run leaves no file
+    that looks finished). A shapefile's sidecars are moved first and the .shp last."""
+    path = Path(os.fspath(dst))
+    fmt = output_format(path)
+    gdf = _prepare(gdf, fmt)
+    layer = layer or path.stem
+    geometry_type = None
+    if len(gdf) == 0:
+        geometry_type = "Polygon"
+    try:
+        if fmt == "ESRI Shapefile":
+            tmpdir = path.parent / f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}"
+            tmpdir.mkdir()
+            try:
+                tmp = tmpdir / path.name
+                gdf.to_file(tmp, driver=fmt, engine="pyogrio", geometry_type=geometry_type, encoding="UTF-8")
+                written = sorted(tmpdir.iterdir(), key=lambda p: p.suffix.lower() == ".shp")
+                for old in SHAPEFILE_SIDECARS:  # stale sidecars of an older file must not survive
+                    stale = path.with_suffix(old)
+                    if stale.exists() and not (tmpdir / stale.name).exists():
+                        stale.unlink()
+                for f in written:
+                    os.replace(f, path.parent / f.name)
+            finally:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+            return path
+        tmp = _tmp_name(path)
+        try:
+            if fmt == "GeoParquet":
+                gdf.to_parquet(tmp, index=False)
+            elif fmt == "GPKG":
+                gdf.to_file(tmp, driver=fmt, engine="pyogrio", layer=layer, geometry_type=geometry_type)
+            else:
+                gdf.to_file(tmp, driver=fmt, engine="pyogrio", geometry_type=geometry_type)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    except OSError as exc:
+        raise GeoError(f"could not write {path}: {exc}") from exc
+    return path
+
+
+def write_id_raster(objects_px, dst, *, width: int, height: int, crs, transform, block: int = 1024) -> Path:
+    """A GeoTIFF of instance ids (uint32, 0 = no object) on the raster's grid: tiled 512 px,
+    DEFLATE-compressed, written window by window (memory bounded by the window), atomically.
+    Where objects overlap the smaller one wins. ``objects_px``: (id, geometry in pixel coords)."""
+    import rasterio
+    import shapely
+    from affine import Affine
+    from rasterio.features import rasterize
+
+    path = Path(os.fspath(dst))
+    items = sorted(objects_px, key=lambda it: -it[1].area)  # large first, small drawn on top
+    geoms = np.array([g for _, g in items], dtype=object)
+    ids = np.array([i for i, _ in items], dtype=np.uint32)
+    tree = shapely.STRtree(geoms) if len(geoms) else None
+    profile = dict(driver="GTiff", width=width, height=height, count=1, dtype="uint32", nodata=0,
+                   crs=None if crs is None else crs.to_wkt(), transform=transform, tiled=True,
+                   blockxsize=512, blockysize=512, compress="deflate", predictor=2, BIGTIFF="IF_SAFER")
+    tmp = _tmp_name(path)
+    try:
+        with rasterio.open(tmp, "w", **profile) as out:
+            for r0 in range(0, height, block):
+                for c0 in range(0, width, block):
+                    h, w = min(block, height - r0), min(block, width - c0)
+                    arr = np.zeros((h, w), np.uint32)
+                    if tree is not None:
+                        hits = np.sort(tree.query(shapely.box(c0, r0, c0 + w, r0 + h)))
+                        if hits.size:
+                            arr = rasterize(((geoms[k], int(ids[k])) for k in hits), out_shape=(h, w),
+                                            transform=Affine.translation(c0, r0), fill=0, dtype="uint32")
+                    out.write(arr, 1, window=rasterio.windows.Window(c0, r0, w, h))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise GeoError(f"could not write {path}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

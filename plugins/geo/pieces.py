@@ -1,0 +1,154 @@
+"""Per-tile work: read a window, segment it, keep each mask as a small piece cropped to its box.
+
+A *piece* is one mask of one tile, clipped to the raster's valid (non-nodata) pixels and cropped
+to its bounding box, with its box in global pixel coordinates. A tile's pieces are stored as
+bit-packed arrays, which is also the checkpoint format (one ``.npz`` per tile).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import GeoError
+from .raster import RasterSpec, open_raster, read_tile, read_valid
+from .tiling import Tile
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TileResult:
+    """What one tile produced. ``status`` is 'done' or 'nodata' (all nodata: not segmented)."""
+
+    row: int
+    col: int
+    status: str
+    boxes: np.ndarray  # (N, 4) int64: r0, c0, r1, c1 in global pixels (half-open)
+    scores: np.ndarray  # (N,) float32 predicted IoU
+    stability: np.ndarray  # (N,) float32
+    packed: np.ndarray  # uint8: all masks' bits, concatenated
+    offsets: np.ndarray  # (N + 1,) int64 into ``packed``
+
+    @property
+    def key(self) -> str:
+        return f"r{self.row}c{self.col}"
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def mask(self, i: int) -> np.ndarray:
+        r0, c0, r1, c1 = (int(v) for v in self.boxes[i])
+        n = (r1 - r0) * (c1 - c0)
+        bits = np.unpackbits(self.packed[self.offsets[i]:self.offsets[i + 1]], count=n)
+        return bits.reshape(r1 - r0, c1 - c0).view(bool)
+
+    @classmethod
+    def empty(cls, tile: Tile, status: str) -> "TileResult":
+        return cls(tile.row, tile.col, status, np.zeros((0, 4), np.int64), np.zeros(0, np.float32),
+                   np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros(1, np.int64))
+
+    @classmethod
+    def from_masks(cls, tile: Tile, items) -> "TileResult":
+        """``items``: iterable of (cropped bool mask, (r0, c0) global origin, score, stability)."""
+        boxes, scores, stab, chunks = [], [], [], []
+        offsets = [0]
+        for mask, (r0, c0), score, stability in items:
+            boxes.append((r0, c0, r0 + mask.shape[0], c0 + mask.shape[1]))
+            scores.append(score)
+            stab.append(stability)
+            packed = np.packbits(mask.ravel())
+            chunks.append(packed)
+            offsets.append(offsets[-1] + packed.size)
+        if not boxes:
+            return cls.empty(tile, "done")
+        return cls(tile.row, tile.col, "done", np.asarray(boxes, np.int64), np.asarray(scores, np.float32),
+                   np.asarray(stab, np.float32), np.concatenate(chunks), np.asarray(offsets, np.int64))
+
+    # -- checkpoint files ---------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write atomically: a crash leaves either the old file, no file, or the complete one."""
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, version=FORMAT_VERSION, rowcol=np.array([self.row, self.col]),
+                     status=np.array(self.status), boxes=self.boxes, scores=self.scores,
+                     stability=self.stability, packed=self.packed, offsets=self.offsets)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "TileResult":
+        with np.load(path) as z:
+            if int(z["version"]) != FORMAT_VERSION:
+                raise ValueError("checkpoint format changed")
+            row, col = (int(v) for v in z["rowcol"])
+            return cls(row, col, str(z["status"]), z["boxes"], z["scores"], z["stability"], z["packed"],
+                       z["offsets"])
+
+
+def record_mask(record, shape) -> np.ndarray:
+    seg = record["segmentation"]
+    if isinstance(seg, dict):  # COCO RLE (output_mode coco_rle / uncompressed_rle)
+        from pycocotools import mask as mask_utils
+
+        rle = dict(seg)
+        if isinstance(rle.get("counts"), list):
+            rle = mask_utils.frPyObjects(rle, *rle["size"])
+        seg = mask_utils.decode(rle)
+    seg = np.asarray(seg)
+    if seg.shape != tuple(shape):
+        raise GeoError(
+            f"the generator returned a mask of shape {seg.shape} for a tile of shape {tuple(shape)};"
+            " generate(image) must return masks of the image's size"
+        )
+    return seg.astype(bool, copy=False)
+
+
+def pieces_from_records(tile: Tile, records, valid: np.ndarray):
+    """Clip each record's mask to valid pixels and crop it to its box (global coordinates)."""
+    for rec in records:
+        mask = record_mask(rec, valid.shape) & valid
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size == 0:
+            continue
+        cols = np.flatnonzero(mask.any(axis=0))
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        crop = np.ascontiguousarray(mask[r0:r1, c0:c1])
+        score = float(rec.get("predicted_iou", 1.0))
+        stability = float(rec.get("stability_score", 1.0))
+        yield crop, (tile.r0 + int(r0), tile.c0 + int(c0)), score, stability
+
+
+_local = threading.local()
+
+
+def _dataset(path: str):
+    """One open dataset per thread and path (rasterio datasets are not thread-safe)."""
+    cache = getattr(_local, "datasets", None)
+    if cache is None:
+        cache = _local.datasets = {}
+    ds = cache.get(path)
+    if ds is None or ds.closed:
+        ds = cache[path] = open_raster(path)
+    return ds
+
+
+def process_tile(spec: RasterSpec, tile: Tile, generator) -> TileResult:
+    """Segment one tile. Runs in the main process or on a Dask worker.
+
+    ``generator`` is anything with ``generate(image) -> records`` or a ``GeneratorSpec`` (built
+    once per process). All-nodata tiles are not read beyond their mask and not segmented.
+    """
+    from .generators import resolve
+
+    ds = _dataset(spec.path)
+    valid = read_valid(ds, spec, tile.window)
+    if not valid.any():
+        return TileResult.empty(tile, "nodata")
+    image, valid = read_tile(ds, spec, tile.window, valid=valid)
+    records = resolve(generator).generate(image)
+    return TileResult.from_masks(tile, pieces_from_records(tile, records, valid))

@@ -1,0 +1,140 @@
+"""Running the tiles: in this process or on a Dask cluster, with a progress bar and per-tile
+checkpoints so that an interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import GeoError
+from .pieces import FORMAT_VERSION, TileResult, process_tile
+
+MANIFEST = "manifest.json"
+
+
+class TileStore:
+    """A directory of per-tile results (``r{row}c{col}.npz``) with a manifest naming the job.
+
+    Results are only reused when the manifest's fingerprint (raster file, bands, nodata,
+    stretch, tile grid, segmenter) equals this job's; otherwise the directory is cleared.
+    """
+
+    def __init__(self, directory, fingerprint: dict, resume: bool = True):
+        self.dir = Path(directory)
+        self.fingerprint = dict(fingerprint, format=FORMAT_VERSION)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GeoError(f"cannot create the checkpoint directory {self.dir}: {exc.strerror}") from exc
+        manifest = self.dir / MANIFEST
+        old = None
+        if manifest.exists():
+            try:
+                old = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                old = None
+        self.resumed = bool(resume and old == self.fingerprint)
+        if not self.resumed:
+            for f in self.dir.glob("r*c*.npz"):
+                f.unlink()
+            tmp = manifest.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.fingerprint, sort_keys=True))
+            os.replace(tmp, manifest)
+
+    def path(self, row: int, col: int) -> Path:
+        return self.dir / f"r{row}c{col}.npz"
+
+    def load_done(self, tiles) -> dict:
+        done = {}
+        if not self.resumed:
+            return done
+        for t in tiles:
+            p = self.path(t.row, t.col)
+            if p.exists():
+                try:
+                    done[(t.row, t.col)] = TileResult.load(str(p))
+                except Exception:  # a damaged file is simply recomputed
+                    p.unlink(missing_ok=True)
+        return done
+
+    def save(self, result: TileResult) -> None:
+        result.save(str(self.path(result.row, result.col)))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _client(dask):
+    """(client, close function) for ``dask``: a Client, a scheduler address, or a number of local
+    worker processes."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise GeoError('Dask is not installed: pip install "samkit[dask]"') from exc
+    if isinstance(dask, Client):
+        return dask, lambda: None
+    if isinstance(dask, bool) or (isinstance(dask, int) and dask < 1):
+        raise GeoError(f"dask must be a scheduler address, a Client or a number of local workers >= 1, got {dask!r}")
+    if isinstance(dask, int) or (isinstance(dask, str) and dask.isdigit()):
+        n = int(dask)
+        threads = max(1, (os.cpu_count() or 1) // n)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                               env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+        client = Client(cluster)
+
+        def close():
+            client.close()
+            cluster.close()
+
+        return client, close
+    if isinstance(dask, str):
+        try:
+            client = Client(dask, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise GeoError(f"cannot reach the Dask scheduler at {dask}: {exc}") from exc
+        return client, client.close
+    raise GeoError(f"dask must be a scheduler address, a Client or a number of local workers, got {dask!r}")
+
+
+def run_tiles(grid, spec, generator, *, store: TileStore | None = None, dask=None, progress: bool = True,
+              desc: str = "tiles") -> dict:
+    """Segment every tile not already in ``store``; returns {(row, col): TileResult}."""
+    from tqdm.auto import tqdm
+
+    results = store.load_done(grid.tiles) if store is not None else {}
+    pending = [t for t in grid.tiles if (t.row, t.col) not in results]
+    bar = tqdm(total=len(grid), initial=len(results), desc=desc, unit="tile", disable=not progress,
+               dynamic_ncols=True)
+
+    def done(res):
+        if store is not None:
+            store.save(res)
+        results[(res.row, res.col)] = res
+        bar.update(1)
+        if res.status == "nodata":
+            bar.set_postfix_str("nodata tiles skipped", refresh=False)
+
+    try:
+        if dask is None:
+            for t in pending:
+                done(process_tile(spec, t, generator))
+        elif pending:
+            from distributed import as_completed
+
+            client, close = _client(dask)
+            try:
+                gen = client.scatter(generator, broadcast=True, hash=False)
+                futures = [client.submit(process_tile, spec, t, gen, pure=False) for t in pending]
+                try:
+                    for fut in as_completed(futures):
+                        done(fut.result())
+                finally:
+                    for fut in futures:
+                        fut.cancel()
+            finally:
+                close()
+    finally:
+        bar.close()
+    return results
