@@ -1,0 +1,340 @@
+"""The ``@samkit/fiftyone`` operators: ``segment_everything`` and ``segment_prompts``.
+
+Both run from the App (immediately, streaming progress, or scheduled as delegated operations),
+from Python (``fiftyone.operators.execute_operator``) and on a delegated worker
+(``fiftyone delegated launch``). Parameters not given take the defaults in ``*_DEFAULTS``;
+the model, device and mask folder fall back to the executing process's ``SAMKIT_CHECKPOINT``,
+``SAMKIT_DEVICE`` and ``SAMKIT_MASK_DIR`` (declared as plugin secrets, so FiftyOne resolves
+them from the environment of whoever executes: for a delegated run, the worker).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Generator, Optional
+
+import fiftyone.core.labels as fol
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+import samkit
+
+from samkit.fiftyone.runner import (
+    MASK_STORAGE_MODES,
+    Progress,
+    RunSummary,
+    check_output_field,
+    iter_segment_everything,
+    iter_segment_prompts,
+    prompt_kind,
+)
+from samkit.fiftyone.segmenter import DEFAULT_BOX_BATCH_SIZE, DEFAULT_POINT_LABELS_ATTR, EVERYTHING_DEFAULTS
+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "model": "",
+    "skip_existing": True,
+    "mask_storage": "auto",
+    "mask_dir": "",
+}
+EVERYTHING_PARAM_DEFAULTS: dict[str, Any] = {
+    **COMMON_DEFAULTS,
+    "output_field": "sam_everything",
+    **EVERYTHING_DEFAULTS,
+    "max_masks": 0,  # 0: no limit
+}
+PROMPTS_PARAM_DEFAULTS: dict[str, Any] = {
+    **COMMON_DEFAULTS,
+    "prompt_field": None,
+    "in_place": False,
+    "output_field": None,  # default: "<prompt_field>_sam"
+    "batch_size": DEFAULT_BOX_BATCH_SIZE,
+    "point_labels_attr": DEFAULT_POINT_LABELS_ATTR,
+}
+PROGRESS_INTERVAL_S = 1.0
+
+
+def _param(ctx, defaults: dict[str, Any], name: str) -> Any:
+    value = ctx.params.get(name)
+    return defaults[name] if value is None or value == "" else value
+
+
+def _secret(ctx, key: str) -> Optional[str]:
+    try:
+        value = ctx.secret(key)
+    except Exception:  # no secrets backend: fall back to nothing, the runner reads os.environ
+        value = None
+    return value or None
+
+
+def _from_app(ctx) -> bool:
+    # The App posts the operator URI in its request body; Python's execute_operator does not.
+    return "operator_uri" in ctx.request_params
+
+
+def _label_fields(dataset, doc_types) -> list[str]:
+    if dataset is None:
+        return []
+    schema = dataset.get_field_schema(embedded_doc_type=doc_types)
+    return sorted(schema)
+
+
+def _add_common_inputs(inputs: "types.Object", ctx, defaults: dict[str, Any]) -> None:
+    inputs.str(
+        "model",
+        default=defaults["model"],
+        required=False,
+        label="Model",
+        description=(
+            "mobile_sam, vit_b, vit_l, vit_h, or a checkpoint file path on the machine that runs "
+            "the operation. Empty: $SAMKIT_CHECKPOINT there, else mobile_sam."
+        ),
+    )
+    inputs.bool(
+        "skip_existing",
+        default=defaults["skip_existing"],
+        label="Skip samples that already have results",
+        description="Resume an interrupted run: samples already done are left alone",
+    )
+    storage = types.RadioGroup(orientation="horizontal")
+    storage.add_choice("auto", label="auto", description="inline, PNG files when a sample's masks get large")
+    storage.add_choice("inline", label="inline", description="in the database")
+    storage.add_choice("png", label="PNG files", description="mask_path to PNGs in the mask folder")
+    inputs.enum(
+        "mask_storage",
+        list(MASK_STORAGE_MODES),
+        default=defaults["mask_storage"],
+        label="Mask storage",
+        description="A sample document holds at most 16 MB; many large masks belong in files",
+        view=storage,
+    )
+    if ctx.params.get("mask_storage", defaults["mask_storage"]) != "inline":
+        inputs.str(
+            "mask_dir",
+            default=defaults["mask_dir"],
+            required=False,
+            label="Mask folder",
+            description=(
+                "Where PNG masks go. Empty: $SAMKIT_MASK_DIR, else "
+                "<default dataset dir>/samkit_masks/<dataset>"
+            ),
+        )
+
+
+def _add_output_field(inputs: "types.Object", ctx, default: str, label: str) -> None:
+    name = ctx.params.get("output_field") or default
+    prop = inputs.str("output_field", default=default, required=True, label=label,
+                      description="A new field, or an existing Detections field to add to / overwrite")
+    if ctx.dataset is not None:
+        try:
+            check_output_field(ctx.dataset, name)
+        except samkit.SamkitError as exc:
+            prop.invalid = True
+            prop.error_message = str(exc)
+
+
+def _delegation_hint(inputs: "types.Object") -> None:
+    inputs.view(
+        "delegation_hint",
+        types.Notice(
+            label=(
+                "For thousands of samples, schedule the run (delegated execution) and start a "
+                "worker with `fiftyone delegated launch` where the model and images are; an "
+                "interrupted run resumes where it stopped."
+            )
+        ),
+    )
+
+
+class _SamOperator(foo.Operator):
+    """Shared execution: progress, streaming to the App, the result shown at the end."""
+
+    defaults: dict[str, Any] = {}
+
+    def _job(self, ctx) -> Generator[Progress, None, RunSummary]:
+        raise NotImplementedError
+
+    def execute(self, ctx):
+        job = self._job(ctx)
+        if not ctx.delegated and _from_app(ctx):
+            return self._stream(ctx, job)
+        summary = _drive_with_progress(job, ctx.set_progress)
+        return summary.to_dict()
+
+    def _stream(self, ctx, job):
+        last = 0.0
+        while True:
+            try:
+                update = next(job)
+            except StopIteration as stop:
+                summary = stop.value
+                break
+            now = time.monotonic()
+            if now - last >= PROGRESS_INTERVAL_S:
+                last = now
+                yield ctx.ops.set_progress(label=update.label, progress=update.fraction)
+        yield ctx.ops.set_progress(label=summary.message, progress=1.0)
+        yield ctx.ops.reload_dataset()
+        yield ctx.ops.notify(summary.message, variant="warning" if summary.failed else "success")
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("message", label="Result")
+        outputs.int("processed", label="Samples written")
+        outputs.int("skipped", label="Samples skipped")
+        outputs.int("failed", label="Samples failed")
+        outputs.int("masks", label="Masks")
+        return types.Property(outputs, view=types.View(label="SAM run"))
+
+
+def _drive_with_progress(job, set_progress: Callable[..., Any]) -> RunSummary:
+    last = 0.0
+    while True:
+        try:
+            update = next(job)
+        except StopIteration as stop:
+            summary = stop.value
+            break
+        now = time.monotonic()
+        if now - last >= PROGRESS_INTERVAL_S or update.done == update.total:
+            last = now
+            set_progress(progress=update.fraction, label=update.label)
+    set_progress(progress=1.0, label=summary.message)
+    return summary
+
+
+class SegmentEverything(_SamOperator):
+    defaults = EVERYTHING_PARAM_DEFAULTS
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="segment_everything",
+            label="SAM: segment everything",
+            description="Instance masks for every object SAM finds, as Detections (samkit)",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        d = self.defaults
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Segment")
+        _add_output_field(inputs, ctx, d["output_field"], "Output field")
+        _add_common_inputs(inputs, ctx, d)
+        inputs.int("points_per_side", default=d["points_per_side"], min=1, max=256, label="Points per side",
+                   description="Grid of point prompts per image side (32: 1024 prompts)")
+        inputs.int("points_per_batch", default=d["points_per_batch"], min=1, max=4096, label="Batch size",
+                   description="Point prompts decoded at once (memory vs. speed)")
+        inputs.float("pred_iou_thresh", default=d["pred_iou_thresh"], min=0.0, max=1.0,
+                     label="Predicted IoU threshold")
+        inputs.float("stability_score_thresh", default=d["stability_score_thresh"], min=0.0, max=1.0,
+                     label="Stability score threshold")
+        inputs.float("box_nms_thresh", default=d["box_nms_thresh"], min=0.0, max=1.0,
+                     label="Box NMS threshold")
+        inputs.int("crop_n_layers", default=d["crop_n_layers"], min=0, max=4, label="Crop layers",
+                   description="Also segment 4^k zoomed crops per layer k (small objects; slower)")
+        inputs.int("min_mask_region_area", default=d["min_mask_region_area"], min=0,
+                   label="Min region area (pixels)", description="Remove small islands and holes")
+        inputs.int("max_masks", default=d["max_masks"], min=0, label="Max masks per sample",
+                   description="Keep the best by predicted IoU; 0: no limit")
+        _delegation_hint(inputs)
+        return types.Property(inputs, view=types.View(label="SAM: segment everything"))
+
+    def _job(self, ctx):
+        d = self.defaults
+        p = lambda name: _param(ctx, d, name)  # noqa: E731
+        return iter_segment_everything(
+            ctx.target_view(),
+            label_field=p("output_field"),
+            model=p("model") or _secret(ctx, "SAMKIT_CHECKPOINT"),
+            device=_secret(ctx, "SAMKIT_DEVICE"),
+            **{name: p(name) for name in EVERYTHING_DEFAULTS},
+            max_masks=p("max_masks") or None,
+            skip_existing=bool(p("skip_existing")),
+            mask_storage=p("mask_storage"),
+            mask_dir=p("mask_dir") or _secret(ctx, "SAMKIT_MASK_DIR"),
+        )
+
+
+class SegmentPrompts(_SamOperator):
+    defaults = PROMPTS_PARAM_DEFAULTS
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="segment_prompts",
+            label="SAM: masks from boxes or keypoints",
+            description="Instance masks from a Detections (boxes) or Keypoints (points) field (samkit)",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        d = self.defaults
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Segment")
+        choices = _label_fields(ctx.dataset, (fol.Detections, fol.Keypoints))
+        dropdown = types.Dropdown(label="Prompt field",
+                                  description="Detections: one mask per box. Keypoints: one mask per keypoint")
+        for name in choices:
+            dropdown.add_choice(name, label=name)
+        prompt_field = ctx.params.get("prompt_field")
+        prop = inputs.str("prompt_field", required=True, label="Prompt field", view=dropdown)
+        kind = None
+        if not choices:
+            prop.invalid = True
+            prop.error_message = "This dataset has no Detections or Keypoints field to take prompts from"
+        elif prompt_field:
+            try:
+                kind = prompt_kind(ctx.dataset, prompt_field)
+            except samkit.SamkitError as exc:
+                prop.invalid = True
+                prop.error_message = str(exc)
+
+        if kind == "boxes":
+            inputs.bool("in_place", default=d["in_place"], label="Write masks onto the prompt detections",
+                        description="Keep their boxes, labels and attributes; add a mask cropped to each box")
+        if kind == "points" and ctx.params.get("in_place"):
+            prop = inputs.bool("in_place", label="Write masks onto the prompt labels")
+            prop.invalid = True
+            prop.error_message = (f"'{prompt_field}' holds Keypoints, which cannot carry masks; "
+                                  "give an output field for the new Detections")
+        if kind == "points":
+            inputs.str("point_labels_attr", default=d["point_labels_attr"], required=False,
+                       label="Point labels attribute",
+                       description="Keypoint attribute with one 1 (positive) / 0 (negative) per point; "
+                                   "absent: all points positive")
+        if not (kind == "boxes" and ctx.params.get("in_place")):
+            _add_output_field(inputs, ctx, f"{prompt_field}_sam" if prompt_field else "sam_masks",
+                              "Output field")
+        _add_common_inputs(inputs, ctx, d)
+        inputs.int("batch_size", default=d["batch_size"], min=1, max=4096, label="Batch size",
+                   description="Boxes decoded at once")
+        _delegation_hint(inputs)
+        return types.Property(inputs, view=types.View(label="SAM: masks from boxes or keypoints"))
+
+    def _job(self, ctx):
+        d = self.defaults
+        p = lambda name: _param(ctx, d, name)  # noqa: E731
+        prompt_field = p("prompt_field")
+        in_place = bool(p("in_place"))
+        output_field = None if in_place else (p("output_field") or f"{prompt_field}_sam")
+        return iter_segment_prompts(
+            ctx.target_view(),
+            prompt_field,
+            label_field=output_field,
+            model=p("model") or _secret(ctx, "SAMKIT_CHECKPOINT"),
+            device=_secret(ctx, "SAMKIT_DEVICE"),
+            batch_size=p("batch_size"),
+            point_labels_attr=p("point_labels_attr"),
+            skip_existing=bool(p("skip_existing")),
+            mask_storage=p("mask_storage"),
+            mask_dir=p("mask_dir") or _secret(ctx, "SAMKIT_MASK_DIR"),
+        )
+
+
+OPERATORS = (SegmentEverything, SegmentPrompts)

@@ -1,0 +1,428 @@
+"""Bulk SAM runs over a FiftyOne sample collection: resumable, per-sample errors, PNG masks.
+
+Each sample is written as soon as it is done, so a run that is stopped (killed worker, closed
+App, Ctrl-C) loses at most the sample it was on; run it again with ``skip_existing=True`` (the
+default) and only the samples without results are processed. A sample that fails (missing or
+corrupt file, bad prompt, ...) gets the message in ``<label_field>_error`` and the run goes on;
+a later successful run clears it.
+
+``iter_segment_everything`` / ``iter_segment_prompts`` check their inputs and load the model
+eagerly, then return a generator that yields a :class:`Progress` after each sample and returns
+the :class:`RunSummary` (the operators stream progress to the App from it);
+``segment_everything`` / ``segment_prompts`` drive it and return the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Generator, Iterable, Optional
+
+import fiftyone as fo
+import fiftyone.core.fields as fof
+import fiftyone.core.labels as fol
+import fiftyone.core.utils as fou
+from fiftyone import ViewField as F
+
+import samkit
+
+from samkit.fiftyone.segmenter import (
+    DEFAULT_BOX_BATCH_SIZE,
+    DEFAULT_POINT_LABELS_ATTR,
+    EVERYTHING_DEFAULTS,
+    Segmenter,
+)
+
+logger = logging.getLogger(__name__)
+
+MASK_STORAGE_MODES = ("auto", "inline", "png")
+# A sample is one MongoDB document (16 MB at most). In "auto" mode a sample whose serialized
+# masks pass this size gets them written as PNG files instead.
+INLINE_MASK_LIMIT = 8 * 1024 * 1024
+MAX_ERRORS_KEPT = 100
+_CHUNK = 16  # samples fetched per query; ids are listed up front so no cursor stays open for hours
+
+ProgressCallback = Callable[["Progress"], None]
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    label: str
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``errors`` maps sample ids to messages (the first 100)."""
+
+    operation: str
+    label_field: str
+    total: int = 0  # samples in the target collection
+    processed: int = 0  # written by this run
+    skipped: int = 0  # already done (skip_existing) or without prompts
+    failed: int = 0
+    masks: int = 0
+    png_samples: int = 0  # samples whose masks went to PNG files
+    mask_dir: Optional[str] = None
+    error_field: Optional[str] = None
+    errors: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MaskWriter:
+    """Keeps masks inline or writes them as PNG files (``mask_path``), per ``mode``.
+
+    PNGs go to ``<mask_dir>/<label_field>/<sample id>/<detection id>.png``. ``mask_dir``
+    defaults to ``$SAMKIT_MASK_DIR``, else ``<fo.config.default_dataset_dir>/samkit_masks/<dataset>``.
+    """
+
+    def __init__(self, mode: str, mask_dir: Optional[str], dataset_name: str, label_field: str,
+                 inline_limit: Optional[int] = None) -> None:
+        mode = (mode or "auto").lower()
+        if mode not in MASK_STORAGE_MODES:
+            raise samkit.SamkitError(
+                f"mask_storage must be one of {', '.join(MASK_STORAGE_MODES)}, not {mode!r}"
+            )
+        self.mode = mode
+        self._mask_dir = mask_dir
+        self.dataset_name = dataset_name
+        self.label_field = label_field
+        self.inline_limit = INLINE_MASK_LIMIT if inline_limit is None else inline_limit
+
+    @property
+    def mask_dir(self) -> str:
+        base = self._mask_dir or os.environ.get("SAMKIT_MASK_DIR")
+        if not base:
+            base = os.path.join(fo.config.default_dataset_dir, "samkit_masks", self.dataset_name)
+        return os.path.abspath(os.path.expanduser(base))
+
+    def sample_dir(self, sample_id: str) -> str:
+        return os.path.join(self.mask_dir, self.label_field, sample_id)
+
+    def store(self, sample_id: str, detections: Iterable["fol.Detection"], replace: bool) -> bool:
+        """Write the masks as PNGs if the mode says so; True if it did. ``replace``: the sample's
+        previous masks for this field are gone (new value), so its old PNG folder is removed."""
+        detections = [d for d in detections if d.mask is not None]
+        use_png = self.mode == "png"
+        if self.mode == "auto":
+            size = sum(len(fou.serialize_numpy_array(d.mask)) for d in detections)
+            use_png = size > self.inline_limit
+        folder = self.sample_dir(sample_id)
+        if replace and os.path.isdir(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        if not use_png or not detections:
+            return False
+        os.makedirs(folder, exist_ok=True)
+        for det in detections:
+            det.export_mask(os.path.join(folder, f"{det.id}.png"), update=True)
+        return True
+
+
+def _drive(gen: Generator[Progress, None, RunSummary], progress: Optional[ProgressCallback]) -> RunSummary:
+    while True:
+        try:
+            update = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(update)
+
+
+def _check_collection(samples) -> None:
+    if not isinstance(samples, fo.core.collections.SampleCollection):
+        raise samkit.SamkitError(
+            f"expected a FiftyOne Dataset or DatasetView, got {type(samples).__name__}"
+        )
+    if samples.media_type != fo.core.media.IMAGE:
+        raise samkit.SamkitError(
+            f"samkit segments images; this collection's media type is {samples.media_type!r} "
+            "(for videos, run on view.to_frames(sample_frames=True); for groups, select an image slice)"
+        )
+
+
+def check_output_field(samples, label_field: str, what: str = "output field") -> None:
+    if not label_field or not isinstance(label_field, str):
+        raise samkit.SamkitError(f"the {what} name is empty; name a field to write the masks into")
+    if label_field.startswith("frames.") or "." in label_field:
+        raise samkit.SamkitError(f"the {what} must be a top-level sample field, not {label_field!r}")
+    existing = samples.get_field(label_field)
+    if existing is None:
+        return
+    doc_type = getattr(existing, "document_type", None)
+    if not (isinstance(existing, fof.EmbeddedDocumentField) and doc_type is not None
+            and issubclass(doc_type, fol.Detections)):
+        raise samkit.SamkitError(
+            f"field {label_field!r} already exists and holds {_field_kind(existing)}, not Detections; "
+            "choose another output field"
+        )
+
+
+def _field_kind(field_obj) -> str:
+    doc_type = getattr(field_obj, "document_type", None)
+    return doc_type.__name__ if doc_type is not None else type(field_obj).__name__
+
+
+def prompt_kind(samples, prompt_field: str) -> str:
+    """"boxes" for a Detections field, "points" for a Keypoints field; else a clear error."""
+    if not prompt_field:
+        raise samkit.PromptError("no prompt field given; name a Detections (boxes) or Keypoints (points) field")
+    field_obj = samples.get_field(prompt_field)
+    if field_obj is None:
+        raise samkit.PromptError(
+            f"the collection has no field {prompt_field!r}; prompts come from a Detections (boxes) "
+            "or Keypoints (points) field"
+        )
+    doc_type = getattr(field_obj, "document_type", None)
+    if isinstance(field_obj, fof.EmbeddedDocumentField) and doc_type is not None:
+        if issubclass(doc_type, fol.Detections):
+            return "boxes"
+        if issubclass(doc_type, fol.Keypoints):
+            return "points"
+    raise samkit.PromptError(
+        f"prompt field {prompt_field!r} holds {_field_kind(field_obj)}; SAM prompts come from a "
+        "Detections field (boxes) or a Keypoints field (points)"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _process(
+    summary: RunSummary,
+    samples,
+    todo_ids: list[str],
+    select: list[str],
+    compute: Callable[[Any, Any], "fol.Detections"],
+    write: Callable[[Any, "fol.Detections"], None],
+    error_field: str,
+) -> Generator[Progress, None, None]:
+    dataset = samples._root_dataset
+    had_error_field = dataset.has_field(error_field)
+    select = [f for f in dict.fromkeys(select + ([error_field] if had_error_field else [])) if dataset.has_field(f)]
+    done = summary.skipped
+    total = summary.total
+    for start in range(0, len(todo_ids), _CHUNK):
+        chunk = todo_ids[start : start + _CHUNK]
+        for sample in dataset.select(chunk, ordered=True).select_fields(select):
+            try:
+                image = samkit.load_image(sample.filepath)
+                labels = compute(image, sample)
+                write(sample, labels)
+                if had_error_field and sample[error_field] is not None:
+                    sample[error_field] = None
+                sample.save()
+                summary.processed += 1
+                summary.masks += len(labels.detections)
+            except Exception as exc:  # one sample's failure is recorded; the run goes on
+                message = _describe(exc)
+                summary.failed += 1
+                if len(summary.errors) < MAX_ERRORS_KEPT:
+                    summary.errors[sample.id] = message
+                logger.warning("samkit: sample %s (%s) failed: %s", sample.id, sample.filepath, message)
+                try:
+                    dataset.select(sample.id).set_values(error_field, [message])
+                except Exception:  # the error record must not end the run either
+                    logger.exception("samkit: could not record the error of sample %s", sample.id)
+            done += 1
+            yield Progress(done, total, f"{summary.operation}: {done}/{total} samples"
+                           + (f", {summary.failed} failed" if summary.failed else ""))
+
+
+def _run(summary: RunSummary, samples, todo_ids, select, compute, write, error_field: str,
+         started: float) -> Generator[Progress, None, RunSummary]:
+    yield Progress(summary.skipped, summary.total, f"{summary.operation}: {len(todo_ids)} samples to do")
+    yield from _process(summary, samples, todo_ids, select, compute, write, error_field)
+    return _finish(summary, samples, summary.label_field, started)
+
+
+def _finished(summary: RunSummary, samples, label_field: str, started: float) -> Generator[Progress, None, RunSummary]:
+    """A job with nothing to do, as a generator like the others."""
+    return _finish(summary, samples, label_field, started)
+    yield  # pragma: no cover  (makes this a generator)
+
+
+def _finish(summary: RunSummary, samples, label_field: str, started: float) -> RunSummary:
+    summary.elapsed_s = round(time.monotonic() - started, 3)
+    if summary.processed:
+        try:  # show predicted_iou / stability_score / area in the App's sidebar filters
+            samples._root_dataset.add_dynamic_sample_fields(fields=[label_field])
+        except Exception:
+            logger.debug("could not declare dynamic attributes of %s", label_field, exc_info=True)
+    if not summary.message:
+        summary.message = (
+            f"{summary.processed} samples written to '{label_field}' ({summary.masks} masks), "
+            f"{summary.skipped} skipped, {summary.failed} failed"
+            + (f" (see the '{summary.error_field}' field)" if summary.failed else "")
+            + f", in {summary.elapsed_s:.1f} s"
+        )
+    logger.info("samkit: %s", summary.message)
+    return summary
+
+
+def iter_segment_everything(
+    samples,
+    label_field: str = "sam",
+    model: Any = None,
+    device: Optional[str] = None,
+    points_per_side: int = EVERYTHING_DEFAULTS["points_per_side"],
+    points_per_batch: int = EVERYTHING_DEFAULTS["points_per_batch"],
+    pred_iou_thresh: float = EVERYTHING_DEFAULTS["pred_iou_thresh"],
+    stability_score_thresh: float = EVERYTHING_DEFAULTS["stability_score_thresh"],
+    box_nms_thresh: float = EVERYTHING_DEFAULTS["box_nms_thresh"],
+    crop_n_layers: int = EVERYTHING_DEFAULTS["crop_n_layers"],
+    min_mask_region_area: int = EVERYTHING_DEFAULTS["min_mask_region_area"],
+    max_masks: Optional[int] = None,
+    skip_existing: bool = True,
+    mask_storage: str = "auto",
+    mask_dir: Optional[str] = None,
+    error_field: Optional[str] = None,
+) -> Generator[Progress, None, RunSummary]:
+    """:func:`segment_everything` as a job: checks the inputs, lists the samples to do and loads
+    the model now (errors raise here), then returns a generator that yields a :class:`Progress`
+    per sample and returns the :class:`RunSummary`."""
+    started = time.monotonic()
+    _check_collection(samples)
+    check_output_field(samples, label_field)
+    error_field = error_field or f"{label_field}_error"
+    writer = MaskWriter(mask_storage, mask_dir, samples._root_dataset.name, label_field)
+    summary = RunSummary("segment_everything", label_field, total=len(samples), error_field=error_field)
+
+    todo = samples
+    if skip_existing and samples.has_field(label_field):
+        todo = samples.exists(label_field, False)
+    todo_ids = todo.values("id")
+    summary.skipped = summary.total - len(todo_ids)
+    if summary.total == 0:
+        summary.message = "the target view is empty: nothing to segment"
+    elif not todo_ids:
+        summary.message = f"all {summary.total} samples already have '{label_field}': nothing to do"
+    if not todo_ids:
+        return _finished(summary, samples, label_field, started)
+
+    options = dict(
+        points_per_side=int(points_per_side), points_per_batch=int(points_per_batch),
+        pred_iou_thresh=float(pred_iou_thresh), stability_score_thresh=float(stability_score_thresh),
+        box_nms_thresh=float(box_nms_thresh), crop_n_layers=int(crop_n_layers),
+        min_mask_region_area=int(min_mask_region_area),
+    )
+    segmenter = Segmenter(model, device, everything_options=options, max_masks=max_masks)
+
+    def write(sample, labels):
+        if writer.store(sample.id, labels.detections, replace=True):
+            summary.png_samples += 1
+            summary.mask_dir = writer.mask_dir
+        sample[label_field] = labels
+
+    return _run(summary, samples, todo_ids, [label_field], lambda image, sample: segmenter.everything(image),
+                write, error_field, started)
+
+
+def segment_everything(samples, label_field: str = "sam", model: Any = None, *,
+                       progress: Optional[ProgressCallback] = None, **options) -> RunSummary:
+    """Segment everything in each image of ``samples`` into ``label_field`` (``fo.Detections``).
+
+    Each detection has a box-relative ``mask``, ``confidence`` = SAM's predicted IoU, and the
+    attributes ``predicted_iou``, ``stability_score`` and ``area`` (pixels). Options:
+    ``points_per_side``, ``points_per_batch`` (prompts decoded at once), ``pred_iou_thresh``,
+    ``stability_score_thresh``, ``box_nms_thresh``, ``crop_n_layers``, ``min_mask_region_area``,
+    ``max_masks`` (best by predicted IoU), ``skip_existing`` (resume: default True),
+    ``mask_storage`` ("auto", "inline", "png"), ``mask_dir``, ``error_field``, ``device``.
+    ``model``: a name ("mobile_sam", "vit_b", ...), a checkpoint path or a loaded ``samkit.Sam``;
+    default ``$SAMKIT_CHECKPOINT``, else mobile_sam.
+    """
+    return _drive(iter_segment_everything(samples, label_field, model, **options), progress)
+
+
+def iter_segment_prompts(
+    samples,
+    prompt_field: str,
+    label_field: Optional[str] = None,
+    model: Any = None,
+    device: Optional[str] = None,
+    batch_size: int = DEFAULT_BOX_BATCH_SIZE,
+    point_labels_attr: str = DEFAULT_POINT_LABELS_ATTR,
+    skip_existing: bool = True,
+    mask_storage: str = "auto",
+    mask_dir: Optional[str] = None,
+    error_field: Optional[str] = None,
+) -> Generator[Progress, None, RunSummary]:
+    """:func:`segment_prompts` as a job (see :func:`iter_segment_everything`)."""
+    started = time.monotonic()
+    _check_collection(samples)
+    kind = prompt_kind(samples, prompt_field)
+    in_place = not label_field or label_field == prompt_field
+    if in_place and kind == "points":
+        raise samkit.PromptError(
+            f"'{prompt_field}' holds Keypoints, which cannot carry masks; give an output field "
+            "for the new Detections"
+        )
+    target = prompt_field if in_place else label_field
+    if not in_place:
+        check_output_field(samples, target)
+    error_field = error_field or f"{target}_error"
+    writer = MaskWriter(mask_storage, mask_dir, samples._root_dataset.name, target)
+    summary = RunSummary("segment_prompts", target, total=len(samples), error_field=error_field)
+
+    list_field = f"{prompt_field}.{'detections' if kind == 'boxes' else 'keypoints'}"
+    todo = samples.match(F(list_field).length() > 0)  # samples without prompts have nothing to segment
+    if skip_existing:
+        if in_place:
+            missing = (F("mask") == None) & (F("mask_path") == None)  # noqa: E711 (a query)
+            todo = todo.match(F(list_field).filter(missing).length() > 0)
+        elif samples.has_field(target):
+            todo = todo.exists(target, False)
+    todo_ids = todo.values("id")
+    summary.skipped = summary.total - len(todo_ids)
+    if summary.total == 0:
+        summary.message = "the target view is empty: nothing to segment"
+    elif not todo_ids:
+        summary.message = f"nothing to do: every sample with prompts in '{prompt_field}' already has masks"
+    if not todo_ids:
+        return _finished(summary, samples, target, started)
+
+    segmenter = Segmenter(model, device, box_batch_size=batch_size, point_labels_attr=point_labels_attr)
+
+    def compute(image, sample):
+        value = sample[prompt_field]
+        if value is None:
+            return fol.Detections()
+        return segmenter.prompts(image, value, in_place=in_place, only_missing=skip_existing)
+
+    def write(sample, labels):
+        if writer.store(sample.id, labels.detections, replace=not in_place):
+            summary.png_samples += 1
+            summary.mask_dir = writer.mask_dir
+        sample[target] = labels
+
+    return _run(summary, samples, todo_ids, [prompt_field, target], compute, write, error_field, started)
+
+
+def segment_prompts(samples, prompt_field: str, label_field: Optional[str] = None, model: Any = None, *,
+                    progress: Optional[ProgressCallback] = None, **options) -> RunSummary:
+    """Masks from the boxes of a ``Detections`` field or the points of a ``Keypoints`` field.
+
+    ``label_field`` given: new ``fo.Detections`` there, one per prompt, with the prompt's label,
+    tags and attributes, a tight box around the mask, ``confidence`` = predicted IoU,
+    ``predicted_iou``, ``area`` and ``prompt_id`` (the prompt label's id). ``label_field`` None
+    (or equal to ``prompt_field``): masks are written onto the prompt detections themselves,
+    cropped to their boxes; boxes, labels, confidences and attributes stay, ``predicted_iou``
+    and ``area`` are added. Keypoints: each Keypoint is one object; per-point labels (1
+    positive, 0 negative) come from its ``point_labels_attr`` attribute (default
+    ``sam_labels``), NaN points are ignored. Options: ``batch_size`` (boxes decoded at once),
+    ``skip_existing``, ``mask_storage``, ``mask_dir``, ``error_field``, ``device``.
+    """
+    return _drive(iter_segment_prompts(samples, prompt_field, label_field, model, **options), progress)

@@ -1,0 +1,302 @@
+"""From an image and FiftyOne prompt labels to ``fo.Detections`` with box-relative instance masks.
+
+Shared by the operators, the bulk runners (:mod:`samkit.fiftyone.runner`) and
+:class:`samkit.fiftyone.SamModel`. Mask convention (FiftyOne's): a detection's ``mask`` covers
+its ``bounding_box`` only; the box is ``[x, y, w, h]`` relative to the image, and a mask made
+here from a full-image mask is its tight crop, so ``w * width`` and ``h * height`` are the
+crop's exact pixel size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+import fiftyone.core.labels as fol
+
+import samkit
+
+# MaskGenerator options the FiftyOne side exposes, with SAM's defaults.
+EVERYTHING_DEFAULTS: dict[str, Any] = {
+    "points_per_side": 32,
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "box_nms_thresh": 0.7,
+    "crop_n_layers": 0,
+    "min_mask_region_area": 0,
+}
+
+DEFAULT_POINT_LABELS_ATTR = "sam_labels"  # FiftyOne's SAM integration reads the same attribute
+DEFAULT_BOX_BATCH_SIZE = 64
+
+_MODELS: "OrderedDict[tuple[str, str], samkit.Sam]" = OrderedDict()
+_MODELS_LOCK = threading.Lock()
+_MAX_CACHED_MODELS = 2
+
+
+def resolve_model_spec(model: Optional[str] = None, env: Optional[dict] = None) -> str:
+    """The model to load: ``model`` if given, else ``$SAMKIT_CHECKPOINT``, else ``mobile_sam``."""
+    if model is not None and str(model).strip():
+        return str(model).strip()
+    env = os.environ if env is None else env
+    return (env.get("SAMKIT_CHECKPOINT") or "").strip() or "mobile_sam"
+
+
+def get_model(model: Any = None, device: Optional[str] = None) -> "samkit.Sam":
+    """A loaded model: ``model`` itself if it is one, else loaded once per process and kept.
+
+    The App server and delegated workers run many operations in one process; loading a
+    checkpoint each time would cost seconds, so the last two models stay in memory.
+    """
+    if isinstance(model, samkit.Sam):
+        return model
+    spec = resolve_model_spec(model)
+    device = device or os.environ.get("SAMKIT_DEVICE") or None
+    key = (spec, str(device))
+    with _MODELS_LOCK:
+        cached = _MODELS.get(key)
+        if cached is not None:
+            _MODELS.move_to_end(key)
+            return cached
+        loaded = samkit.load_model(spec, device=device)
+        _MODELS[key] = loaded
+        while len(_MODELS) > _MAX_CACHED_MODELS:
+            _MODELS.popitem(last=False)
+        return loaded
+
+
+def tight_crop(mask: np.ndarray) -> Optional[tuple[list[float], np.ndarray]]:
+    """Full-image HxW mask -> (relative [x, y, w, h] of its tight box, the mask cropped to it).
+
+    None for an empty mask.
+    """
+    height, width = mask.shape
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    x0, x1 = int(cols[0]), int(cols[-1]) + 1
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    box = [x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height]
+    return box, np.ascontiguousarray(mask[y0:y1, x0:x1])
+
+
+def box_pixels(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """Relative [x, y, w, h] -> pixel (x0, y0, x1, y1), rounded, clipped, at least 1x1."""
+    x, y, w, h = (float(v) for v in box)
+    x0 = min(max(int(round(x * width)), 0), width - 1)
+    y0 = min(max(int(round(y * height)), 0), height - 1)
+    x1 = min(max(int(round((x + w) * width)), x0 + 1), width)
+    y1 = min(max(int(round((y + h) * height)), y0 + 1), height)
+    return x0, y0, x1, y1
+
+
+def box_prompt(box: Sequence[float], width: int, height: int) -> Optional[np.ndarray]:
+    """Relative [x, y, w, h] -> absolute XYXY float box clipped to the image; None if degenerate."""
+    if box is None or len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
+        return None
+    x, y, w, h = (float(v) for v in box)
+    x0, x1 = np.clip([x * width, (x + w) * width], 0, width)
+    y0, y1 = np.clip([y * height, (y + h) * height], 0, height)
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None
+    return np.array([x0, y0, x1, y1], dtype=np.float32)
+
+
+def point_prompt(
+    keypoint: "fol.Keypoint", width: int, height: int, labels_attr: str = DEFAULT_POINT_LABELS_ATTR
+) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """A Keypoint -> (N, 2) absolute XY points and (N,) labels (1 positive, 0 negative).
+
+    Points that are NaN (FiftyOne's "not visible") are dropped. Labels come from the keypoint's
+    ``labels_attr`` attribute, one per point (1/0 or True/False); without it every point is
+    positive. None if no point is left.
+    """
+    points = np.asarray(keypoint.points or [], dtype=np.float64).reshape(-1, 2)
+    labels_value = keypoint[labels_attr] if keypoint.has_field(labels_attr) else None
+    if labels_value is None:
+        labels = np.ones(len(points), dtype=np.int64)
+    else:
+        labels = np.asarray([int(bool(v)) for v in labels_value], dtype=np.int64)
+        if len(labels) != len(points):
+            raise samkit.PromptError(
+                f"keypoint {keypoint.id} has {len(points)} points but {len(labels)} values in its "
+                f"'{labels_attr}' attribute; give one label (1 positive, 0 negative) per point"
+            )
+    keep = np.isfinite(points).all(axis=1)
+    if not keep.any():
+        return None
+    coords = points[keep] * np.array([width, height], dtype=np.float64)
+    return coords.astype(np.float32), labels[keep]
+
+
+def _copy_prompt(label: "fol.Label") -> dict[str, Any]:
+    """The prompt's label, tags and custom attributes, to carry onto the new detection."""
+    skip = {"id", "_id", "_cls", "bounding_box", "mask", "mask_path", "points", "confidence", "index"}
+    return {
+        name: value
+        for name, value in label.iter_fields()
+        if name not in skip and value is not None and not (name == "attributes" and not value)
+    }
+
+
+class Segmenter:
+    """Runs one model on images and returns FiftyOne labels. Not thread-safe: one per run."""
+
+    def __init__(
+        self,
+        model: Any = None,
+        device: Optional[str] = None,
+        everything_options: Optional[dict[str, Any]] = None,
+        max_masks: Optional[int] = None,
+        box_batch_size: int = DEFAULT_BOX_BATCH_SIZE,
+        point_labels_attr: str = DEFAULT_POINT_LABELS_ATTR,
+    ) -> None:
+        self.model = get_model(model, device)
+        self.everything_options = {**EVERYTHING_DEFAULTS, **(everything_options or {})}
+        self.max_masks = int(max_masks) if max_masks else None
+        self.box_batch_size = max(1, int(box_batch_size))
+        self.point_labels_attr = point_labels_attr or DEFAULT_POINT_LABELS_ATTR
+        self._predictor: Optional[samkit.Predictor] = None
+        self._generator = None
+
+    @property
+    def predictor(self) -> "samkit.Predictor":
+        if self._predictor is None:
+            self._predictor = samkit.Predictor(self.model, cache_size=1)
+        return self._predictor
+
+    # -- segment everything -------------------------------------------------------------------
+
+    def everything(self, image: np.ndarray) -> "fol.Detections":
+        if self._generator is None:
+            self._generator = samkit.MaskGenerator(self.model, predictor=self.predictor, **self.everything_options)
+        records = self._generator.generate(image)
+        records = sorted(records, key=lambda r: float(r["predicted_iou"]), reverse=True)
+        if self.max_masks is not None:
+            records = records[: self.max_masks]
+        detections = []
+        for record in records:
+            crop = tight_crop(np.asarray(record["segmentation"], dtype=bool))
+            if crop is None:
+                continue
+            box, mask = crop
+            iou = float(record["predicted_iou"])
+            detections.append(
+                fol.Detection(
+                    bounding_box=box,
+                    mask=mask,
+                    confidence=iou,
+                    predicted_iou=iou,
+                    stability_score=float(record["stability_score"]),
+                    area=int(record["area"]),
+                )
+            )
+        return fol.Detections(detections=detections)
+
+    # -- prompts ------------------------------------------------------------------------------
+
+    def prompts(self, image: np.ndarray, value: Any, in_place: bool = False, only_missing: bool = False):
+        """Dispatch on the prompt label's type (Detections -> boxes, Keypoints -> points)."""
+        if isinstance(value, fol.Detections):
+            return self.boxes(image, value, in_place=in_place, only_missing=only_missing)
+        if isinstance(value, fol.Keypoints):
+            if in_place:
+                raise samkit.PromptError(
+                    "masks cannot be written onto Keypoints; give an output field for the new Detections"
+                )
+            return self.keypoints(image, value)
+        raise samkit.PromptError(
+            f"prompt value is a {type(value).__name__}; SAM prompts come from Detections (boxes) "
+            "or Keypoints (points)"
+        )
+
+    def boxes(
+        self, image: np.ndarray, detections: "fol.Detections", in_place: bool = False, only_missing: bool = False
+    ) -> "fol.Detections":
+        """One mask per box. New detections (tight box, label and attributes of the prompt, which
+        is named in ``prompt_id``), or, ``in_place``, the prompt detections themselves with a
+        mask cropped to their own box (boxes, labels, confidences untouched)."""
+        height, width = image.shape[:2]
+        todo: list[tuple["fol.Detection", np.ndarray]] = []
+        for det in detections.detections:
+            if in_place and only_missing and (det.mask is not None or det.mask_path is not None):
+                continue
+            prompt = box_prompt(det.bounding_box, width, height)
+            if prompt is not None:
+                todo.append((det, prompt))
+
+        results: dict[int, tuple[np.ndarray, float]] = {}
+        if todo:
+            self.predictor.set_image(image)
+            for start in range(0, len(todo), self.box_batch_size):
+                chunk = todo[start : start + self.box_batch_size]
+                boxes = np.stack([prompt for _, prompt in chunk])
+                masks, scores, _ = self.predictor.predict_batch(boxes=boxes, multimask_output=False)
+                for offset, (det, _) in enumerate(chunk):
+                    results[id(det)] = (np.asarray(masks[offset, 0], dtype=bool), float(scores[offset, 0]))
+
+        if in_place:
+            for det, _ in todo:
+                mask, score = results[id(det)]
+                x0, y0, x1, y1 = box_pixels(det.bounding_box, width, height)
+                det.mask = np.ascontiguousarray(mask[y0:y1, x0:x1])
+                det.mask_path = None
+                det["predicted_iou"] = score
+                det["area"] = int(det.mask.sum())
+            return detections
+
+        out = []
+        for det, _ in todo:
+            mask, score = results[id(det)]
+            new = self._new_detection(det, mask, score)
+            if new is not None:
+                out.append(new)
+        return fol.Detections(detections=out)
+
+    def keypoints(self, image: np.ndarray, keypoints: "fol.Keypoints") -> "fol.Detections":
+        """One mask per Keypoint (all its points prompt one object; single points use SAM's
+        three-mask output and keep the best, as SAM recommends for ambiguous prompts)."""
+        height, width = image.shape[:2]
+        prompts = []
+        for kp in keypoints.keypoints:
+            prompt = point_prompt(kp, width, height, self.point_labels_attr)
+            if prompt is not None:
+                prompts.append((kp, prompt))
+        out = []
+        if prompts:
+            self.predictor.set_image(image)
+        for kp, (coords, labels) in prompts:
+            multimask = len(coords) == 1
+            masks, scores, _ = self.predictor.predict(
+                point_coords=coords, point_labels=labels, multimask_output=multimask
+            )
+            best = int(np.argmax(scores))
+            new = self._new_detection(kp, np.asarray(masks[best], dtype=bool), float(scores[best]))
+            if new is not None:
+                out.append(new)
+        return fol.Detections(detections=out)
+
+    def _new_detection(self, prompt: "fol.Label", mask: np.ndarray, score: float) -> Optional["fol.Detection"]:
+        crop = tight_crop(mask)
+        if crop is None:
+            return None
+        box, cropped = crop
+        attributes = _copy_prompt(prompt)
+        if getattr(prompt, "confidence", None) is not None and not isinstance(prompt.confidence, list):
+            attributes["prompt_confidence"] = prompt.confidence
+        attributes.update(
+            bounding_box=box,
+            mask=cropped,
+            confidence=score,
+            predicted_iou=score,
+            area=int(cropped.sum()),
+            prompt_id=prompt.id,
+        )
+        return fol.Detection(**attributes)

@@ -1,0 +1,373 @@
+"""The operators run from Python (immediately) and delegated, on the shared photos, with the
+seeded MobileSAM; results checked against samkit's own predictor and mask generator."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+import fiftyone.core.labels as fol
+import fiftyone.operators as foo
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionRunState
+
+import samkit
+
+from fo_checks import BOXES, check_box_relative_mask, check_tight, image_size, iou
+
+EVERYTHING = "@samkit/fiftyone/segment_everything"
+PROMPTS = "@samkit/fiftyone/segment_prompts"
+# Small grid and no filtering: the seeded random weights score every mask low, and the suite
+# must stay fast on two CPU cores. box_nms_thresh=1 keeps all 16 masks, so max_masks bites.
+SMALL_EVERYTHING = dict(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                        box_nms_thresh=1.0, max_masks=5)
+WORKER = (
+    "import sys\n"
+    "from fiftyone.operators.delegated import DelegatedOperationService\n"
+    "DelegatedOperationService().execute_queued_operations(dataset_name=sys.argv[1], log=True)\n"
+)
+
+
+def run_worker(dataset, env, timeout=600):
+    proc = subprocess.run([sys.executable, "-c", WORKER, dataset.name], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def everything_records(model, path, **options):
+    generator = samkit.MaskGenerator(model, **options)
+    records = generator.generate(samkit.load_image(path))
+    return sorted(records, key=lambda r: r["predicted_iou"], reverse=True)
+
+
+def test_segment_everything_immediate(make_dataset, photos, checkpoint):
+    files = [photos["dog.jpg"], photos["picture1.jpg"]]
+    dataset = make_dataset(files)
+    params = dict(SMALL_EVERYTHING, model=checkpoint, output_field="sam")
+    result = foo.execute_operator(EVERYTHING, ctx={"dataset": dataset, "params": params})
+    summary = result.result
+    assert summary["processed"] == 2 and summary["failed"] == 0 and summary["skipped"] == 0
+    assert summary["masks"] == 10
+
+    options = {k: v for k, v in SMALL_EVERYTHING.items() if k != "max_masks"}
+    records = everything_records(samkit.load_model(checkpoint), files[0], **options)
+    assert len(records) > 5  # so max_masks=5 really cut the list
+
+    for sample in dataset:
+        width, height = image_size(sample.filepath)
+        dets = sample["sam"].detections
+        assert len(dets) == 5
+        ious = [d.confidence for d in dets]
+        assert ious == sorted(ious, reverse=True)
+        for det in dets:
+            full = check_tight(det, width, height)
+            assert det.confidence == det["predicted_iou"]
+            assert 0.0 <= det["stability_score"] <= 1.0
+            assert det["area"] == int(full.sum())
+        if sample.filepath == files[0]:
+            for det, record in zip(dets, records[:5]):
+                assert det["predicted_iou"] == pytest.approx(record["predicted_iou"], abs=1e-5)
+                assert det["stability_score"] == pytest.approx(record["stability_score"], abs=1e-5)
+                assert iou(check_box_relative_mask(det, width, height), record["segmentation"]) > 0.999
+
+    # the attributes are declared, so the App can filter on them
+    schema = dataset.get_field_schema(flat=True)
+    assert {"sam.detections.predicted_iou", "sam.detections.stability_score", "sam.detections.area"} <= set(schema)
+
+
+def test_segment_everything_delegated_with_worker_secrets(make_dataset, photos, checkpoint, fiftyone_env):
+    """Queued from here (no SAMKIT_CHECKPOINT in this process), run by a worker whose
+    environment names the checkpoint: the model comes from the worker's secrets."""
+    files = [photos["groceries.jpg"], photos["dogs.jpg"]]
+    dataset = make_dataset(files)
+    params = dict(SMALL_EVERYTHING, output_field="sam_delegated", model="")
+    queued = foo.execute_operator(EVERYTHING, ctx={"dataset": dataset, "params": params, "request_delegation": True})
+    assert queued.delegated
+    op_id = queued.result["id"]
+    service = DelegatedOperationService()
+    assert service.get(op_id).run_state == ExecutionRunState.QUEUED
+    assert not dataset.has_field("sam_delegated")
+
+    run_worker(dataset, fiftyone_env(SAMKIT_CHECKPOINT=checkpoint))
+
+    doc = service.get(op_id)
+    assert doc.run_state == ExecutionRunState.COMPLETED, doc.result
+    summary = doc.result.result
+    assert summary["processed"] == 2 and summary["masks"] == 10 and summary["failed"] == 0
+    assert doc.status is not None and doc.status.progress == pytest.approx(1.0)  # ctx.set_progress reached the DB
+    dataset.reload()
+    for sample in dataset:
+        width, height = image_size(sample.filepath)
+        assert len(sample["sam_delegated"].detections) == 5
+        for det in sample["sam_delegated"].detections:
+            check_tight(det, width, height)
+
+
+def test_delegated_run_without_model_or_secret_fails_clearly(make_dataset, photos, fiftyone_env, tmp_path):
+    dataset = make_dataset([photos["dog.jpg"]])
+    params = dict(SMALL_EVERYTHING, output_field="sam", model=str(tmp_path / "nope.pt"))
+    queued = foo.execute_operator(EVERYTHING, ctx={"dataset": dataset, "params": params, "request_delegation": True})
+    run_worker(dataset, fiftyone_env())
+    doc = DelegatedOperationService().get(queued.result["id"])
+    assert doc.run_state == ExecutionRunState.FAILED
+    assert "nope.pt" in str(doc.result.error)
+    dataset.reload()
+    assert not dataset.has_field("sam")
+
+
+def _check_prompt_masks(sample, model_predictor, field="gt_sam"):
+    width, height = image_size(sample.filepath)
+    model_predictor.set_image(sample.filepath)
+    prompts = sample["gt"].detections
+    dets = sample[field].detections
+    assert len(dets) == len(prompts)
+    for det, prompt in zip(dets, prompts):
+        assert det["prompt_id"] == prompt.id and det.id != prompt.id
+        assert det.label == prompt.label and det["source"] == "hand" and det["iscrowd"] is False
+        assert det["prompt_confidence"] == 0.9
+        full = check_tight(det, width, height)
+        x, y, w, h = prompt.bounding_box
+        box = np.array([x * width, y * height, (x + w) * width, (y + h) * height])
+        masks, scores, _ = model_predictor.predict(box=box, multimask_output=False)
+        assert det.confidence == pytest.approx(float(scores[0]), abs=1e-4) and det["predicted_iou"] == det.confidence
+        assert iou(full, masks[0]) > 0.999
+        assert det["area"] == int(full.sum())
+
+
+def test_segment_prompts_boxes_new_field_all_photos_with_delegated_launch(make_dataset, photos, checkpoint,
+                                                                         fiftyone_env):
+    """All shared photos, box prompts, scheduled and run by `fiftyone delegated launch`."""
+    dataset = make_dataset(sorted(photos.values()), boxes=True)
+    params = {"prompt_field": "gt", "output_field": "gt_sam", "batch_size": 1}
+    queued = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params, "request_delegation": True})
+    op_id = queued.result["id"]
+    launcher = Path(sys.executable).with_name("fiftyone")
+    service = DelegatedOperationService()
+    worker = subprocess.Popen([str(launcher), "delegated", "launch"], env=fiftyone_env(SAMKIT_CHECKPOINT=checkpoint),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while service.get(op_id).run_state not in (ExecutionRunState.COMPLETED, ExecutionRunState.FAILED):
+            assert worker.poll() is None, worker.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "delegated operation did not finish"
+            time.sleep(1)
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    doc = service.get(op_id)
+    assert doc.run_state == ExecutionRunState.COMPLETED, doc.result
+    assert doc.result.result["processed"] == len(photos)
+    assert doc.result.result["masks"] == sum(len(v) for v in BOXES.values())
+
+    dataset.reload()
+    predictor = samkit.Predictor(samkit.load_model(checkpoint))
+    for sample in dataset:
+        _check_prompt_masks(sample, predictor)
+
+
+def test_segment_prompts_in_place_keeps_labels(make_dataset, photos, checkpoint):
+    dataset = make_dataset([photos["dogs.jpg"], photos["bus.jpg"]], boxes=True)
+    before = {s.id: [d.to_dict() for d in s.gt.detections] for s in dataset}
+    params = {"prompt_field": "gt", "in_place": True, "model": checkpoint}
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["processed"] == 2 and summary["masks"] == 4 and summary["label_field"] == "gt"
+
+    predictor = samkit.Predictor(samkit.load_model(checkpoint))
+    for sample in dataset:
+        width, height = image_size(sample.filepath)
+        predictor.set_image(sample.filepath)
+        for det, old in zip(sample.gt.detections, before[sample.id]):
+            for key in ("_id", "label", "bounding_box", "confidence", "source", "iscrowd"):
+                assert det.to_dict()[key] == old[key]
+            full = check_box_relative_mask(det, width, height)  # the mask covers the box, cropped to it
+            x, y, w, h = det.bounding_box
+            box = np.array([x * width, y * height, (x + w) * width, (y + h) * height])
+            masks, scores, _ = predictor.predict(box=box, multimask_output=False)
+            x0, y0 = int(round(x * width)), int(round(y * height))
+            x1, y1 = int(round((x + w) * width)), int(round((y + h) * height))
+            expected = np.zeros_like(masks[0])
+            expected[y0:y1, x0:x1] = masks[0][y0:y1, x0:x1]
+            assert iou(full, expected) > 0.999
+            assert det["predicted_iou"] == pytest.approx(float(scores[0]), abs=1e-4)
+
+    # all boxes have masks now: a second run has nothing to do
+    again = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert again["processed"] == 0 and again["skipped"] == 2
+
+
+def test_segment_prompts_keypoints_positive_negative(make_dataset, photos, checkpoint):
+    dataset = make_dataset([photos["truck.jpg"], photos["dog.jpg"]])
+    truck, dog = dataset.select_by("filepath", [photos["truck.jpg"], photos["dog.jpg"]], ordered=True)
+    truck["kp"] = fol.Keypoints(keypoints=[
+        fol.Keypoint(label="wheel", points=[[0.3, 0.7]], note="one point"),
+        fol.Keypoint(label="truck", points=[[0.5, 0.45], [float("nan"), float("nan")], [0.1, 0.1]],
+                     sam_labels=[1, 1, 0]),
+    ])
+    truck.save()
+    dog["kp"] = fol.Keypoints(keypoints=[fol.Keypoint(label="dog", points=[[0.35, 0.5], [0.9, 0.9]], sam_labels=[1, 0])])
+    dog.save()
+
+    params = {"prompt_field": "kp", "output_field": "kp_sam", "model": checkpoint}
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["processed"] == 2 and summary["failed"] == 0 and summary["masks"] == 3
+
+    predictor = samkit.Predictor(samkit.load_model(checkpoint))
+    for sample in dataset:
+        width, height = image_size(sample.filepath)
+        predictor.set_image(sample.filepath)
+        for det, kp in zip(sample.kp_sam.detections, sample.kp.keypoints):
+            assert det.label == kp.label and det["prompt_id"] == kp.id
+            full = check_tight(det, width, height)
+            points = np.array([p for p in kp.points if np.isfinite(p).all()]) * [width, height]
+            labels = np.array(kp["sam_labels"] if kp.has_field("sam_labels") else [1])
+            labels = labels[[i for i, p in enumerate(kp.points) if np.isfinite(p).all()]]
+            masks, scores, _ = predictor.predict(point_coords=points, point_labels=labels,
+                                                 multimask_output=len(points) == 1)
+            best = int(np.argmax(scores))
+            assert iou(full, masks[best]) > 0.999
+            assert det.confidence == pytest.approx(float(scores[best]), abs=1e-4)
+    assert dataset.select_by("filepath", [photos["truck.jpg"]]).first().kp_sam.detections[0]["note"] == "one point"
+
+    # Keypoints cannot hold masks: in-place is refused with a clear message, nothing written
+    with pytest.raises(Exception, match="Keypoints, which cannot carry masks"):
+        foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": {"prompt_field": "kp", "in_place": True,
+                                                                          "model": checkpoint}})
+
+
+def test_bad_inputs(make_dataset, photos, checkpoint, tmp_path):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(Path(photos["dog.jpg"]).read_bytes()[:2000])  # a truncated JPEG
+    missing = tmp_path / "missing.jpg"
+    dataset = make_dataset([photos["dog.jpg"], str(corrupt), str(missing)], boxes=True)
+    for sample in dataset.select_by("filepath", [str(corrupt), str(missing)]):
+        sample["gt"] = fol.Detections(detections=[fol.Detection(label="x", bounding_box=[0.1, 0.1, 0.5, 0.5])])
+        sample.save()
+
+    params = {"prompt_field": "gt", "output_field": "masks", "model": checkpoint}
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["processed"] == 1 and summary["failed"] == 2 and summary["error_field"] == "masks_error"
+    by_path = {s.filepath: s for s in dataset}
+    assert by_path[photos["dog.jpg"]].masks is not None and by_path[photos["dog.jpg"]].masks_error is None
+    assert by_path[str(missing)].masks is None and "not found" in by_path[str(missing)].masks_error
+    assert by_path[str(corrupt)].masks is None and "corrupt" in by_path[str(corrupt)].masks_error
+    assert set(summary["errors"]) == {by_path[str(missing)].id, by_path[str(corrupt)].id}
+
+    # the missing file appears: a re-run does only the failed samples and clears their errors
+    missing.write_bytes(Path(photos["dog.jpg"]).read_bytes())
+    corrupt.write_bytes(Path(photos["dog.jpg"]).read_bytes())
+    again = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert again["processed"] == 2 and again["skipped"] == 1 and again["failed"] == 0
+    assert dataset.count("masks") == 3 and dataset.count("masks_error") == 0
+
+    # a prompt field of the wrong type: one clear error, nothing written
+    dataset.set_values("cls", [fol.Classification(label="dog")] * len(dataset))
+    with pytest.raises(Exception, match="prompt field 'cls' holds Classification"):
+        foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": {"prompt_field": "cls",
+                                                                          "output_field": "cls_sam"}})
+    assert not dataset.has_field("cls_sam")
+    # an output field of the wrong type
+    with pytest.raises(Exception, match="'cls' already exists and holds Classification"):
+        foo.execute_operator(EVERYTHING, ctx={"dataset": dataset, "params": {"output_field": "cls"}})
+
+    # an empty view: nothing to do, said plainly, no model loaded, no field created
+    empty = dataset.match(fo.ViewField("filepath") == "/nowhere.jpg")
+    summary = foo.execute_operator(EVERYTHING, ctx={"view": empty, "params": {"output_field": "never",
+                                                                              "model": "/no/such/model.pt"}}).result
+    assert summary["total"] == 0 and summary["processed"] == 0 and "empty" in summary["message"]
+    assert not dataset.has_field("never")
+
+
+def test_png_mask_storage(make_dataset, photos, checkpoint, tmp_path, monkeypatch):
+    dataset = make_dataset([photos["dogs.jpg"], photos["picture2.jpg"]], boxes=True)
+    mask_dir = tmp_path / "masks"
+    params = {"prompt_field": "gt", "output_field": "png_masks", "model": checkpoint, "mask_storage": "png",
+              "mask_dir": str(mask_dir)}
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["png_samples"] == 2 and summary["mask_dir"] == str(mask_dir)
+    for sample in dataset:
+        width, height = image_size(sample.filepath)
+        for det in sample.png_masks.detections:
+            assert det.mask is None and det.mask_path == str(mask_dir / "png_masks" / sample.id / f"{det.id}.png")
+            assert Path(det.mask_path).is_file()
+            check_tight(det, width, height)
+
+    # auto: inline while small, PNG files once a sample's masks pass the size limit
+    from samkit.fiftyone import runner
+
+    params.update(output_field="auto_masks", mask_storage="auto")
+    foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params})
+    assert all(d.mask is not None and d.mask_path is None for d in dataset.values("auto_masks.detections", unwind=True))
+    monkeypatch.setattr(runner, "INLINE_MASK_LIMIT", 100)
+    params.update(output_field="auto_masks2")
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["png_samples"] == 2
+    assert all(d.mask is None and Path(d.mask_path).is_file()
+               for d in dataset.values("auto_masks2.detections", unwind=True))
+
+    # overwriting a sample (skip_existing off) replaces its PNG folder
+    old_files = set((mask_dir / "png_masks").rglob("*.png"))
+    params.update(output_field="png_masks", mask_storage="png", skip_existing=False)
+    foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params})
+    new_files = set((mask_dir / "png_masks").rglob("*.png"))
+    assert len(new_files) == len(old_files) and not (old_files & new_files)
+
+
+RESUMABLE_RUN = """
+import sys
+import fiftyone as fo
+import fiftyone.operators as foo
+dataset = fo.load_dataset(sys.argv[1])
+params = dict(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, output_field="sam",
+              model=sys.argv[2])
+foo.execute_operator("@samkit/fiftyone/segment_everything", ctx={"dataset": dataset, "params": params})
+"""
+
+
+def test_interrupted_run_resumes_with_only_missing_samples(make_dataset, photos, checkpoint, fiftyone_env):
+    files = [photos[name] for name in ("dog.jpg", "groceries.jpg", "picture1.jpg", "picture2.jpg",
+                                       "dogs.jpg", "bus.jpg")]
+    dataset = make_dataset(files)
+    run = subprocess.Popen([sys.executable, "-c", RESUMABLE_RUN, dataset.name, checkpoint], env=fiftyone_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (dataset.has_field("sam") and dataset.count("sam") >= 2):
+            assert run.poll() is None, "the run ended before it could be interrupted:\n" + run.stdout.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+            dataset.reload()
+    finally:
+        run.kill()  # no clean shutdown: as if the worker died
+        run.wait()
+    dataset.reload()
+    done = {s.id: [d.id for d in s.sam.detections] for s in dataset.exists("sam")}
+    assert 2 <= len(done) < len(files)
+
+    params = dict(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, output_field="sam",
+                  model=checkpoint)
+    summary = foo.execute_operator(EVERYTHING, ctx={"dataset": dataset, "params": params}).result
+    assert summary["skipped"] == len(done) and summary["processed"] == len(files) - len(done)
+    assert dataset.count("sam") == len(files)
+    for sample in dataset.select(list(done)):  # the samples done before were not redone
+        assert [d.id for d in sample.sam.detections] == done[sample.id]
+
+
+def test_selected_samples_target(make_dataset, photos, checkpoint):
+    dataset = make_dataset([photos["dog.jpg"], photos["picture1.jpg"], photos["picture2.jpg"]])
+    chosen = dataset.skip(1).first().id
+    params = dict(SMALL_EVERYTHING, model=checkpoint, output_field="sel", view_target="SELECTED_SAMPLES",
+                  max_masks=1)
+    summary = foo.execute_operator(EVERYTHING, ctx={"dataset": dataset, "selected": [chosen], "params": params}).result
+    assert summary["total"] == 1 and summary["processed"] == 1
+    assert dataset.exists("sel").values("id") == [chosen]
