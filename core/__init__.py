@@ -3,12 +3,13 @@
 from .build import CHECKPOINTS, build_sam, cache_dir, load_model
 from .errors import CheckpointError, ImageError, PromptError, SamkitError
 from .image_io import load_image
+from .mask_generator import MaskGenerator
 from .predictor import EmbeddingCache, Predictor
 from .sam import Sam
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CHECKPOINTS", "CheckpointError", "EmbeddingCache", "ImageError", "Predictor", "PromptError", "Sam",
+    "CHECKPOINTS", "CheckpointError", "EmbeddingCache", "ImageError", "MaskGenerator", "Predictor", "PromptError", "Sam",
     "SamkitError", "build_sam", "cache_dir", "load_image", "load_model",
 ]

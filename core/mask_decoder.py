@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
@@ -87,12 +88,37 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        channels, height, width = image_embeddings.shape[1:]
-        src = keys.transpose(1, 2).reshape(num_prompts, channels, height, width)
-        upscaled = self.output_upscaling(src)
+        height, width = image_embeddings.shape[2:]
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        batch, up_channels, up_height, up_width = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(batch, up_channels, up_height * up_width)).reshape(batch, -1, up_height, up_width)
+        masks = self.upscale_masks(keys, hyper_in, height, width)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def upscale_masks(self, keys: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """output_upscaling followed by the hypernetwork product, on channels-last tokens.
+
+        keys (B, H*W, C) image tokens, hyper_in (B, M, C/8) -> mask logits (B, M, 4H, 4W).
+        Both transposed convolutions have kernel 2 and stride 2, so each is a per-pixel matrix
+        product that writes a 2x2 block of outputs: computed that way, the normalisation runs over
+        a contiguous axis and no feature map is ever transposed; only the final logits are.
+        """
+        conv1, norm, _, conv2, _ = self.output_upscaling
+        batch = keys.shape[0]
+        # ConvTranspose2d weight (in, out, 2, 2) -> (in, 2 * 2 * out) ordered (di, dj, out).
+        weight1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1)
+        bias1 = conv1.bias.repeat(4)
+        x = torch.addmm(bias1, keys.reshape(-1, keys.shape[-1]), weight1)  # (B*H*W, 4 * C1)
+        x = x.view(-1, conv1.out_channels)
+        x = F.gelu(F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
+        weight2 = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1)
+        bias2 = conv2.bias.repeat(4)
+        x = F.gelu(torch.addmm(bias2, x, weight2))  # (B*H*W*4, 4 * C2), ordered (ei, ej, out)
+        # x is indexed [b, i, j, di, dj, ei, ej, c]; contract c with each mask's hypernetwork vector.
+        x = x.view(batch, -1, conv2.out_channels)
+        masks = torch.bmm(x, hyper_in.transpose(1, 2).to(x.dtype))  # (B, H*W*16, M)
+        num_masks = hyper_in.shape[1]
+        masks = masks.view(batch, height, width, 2, 2, 2, 2, num_masks)
+        # pixel row = 4i + 2di + ei, column = 4j + 2dj + ej
+        masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(batch, num_masks, 4 * height, 4 * width)

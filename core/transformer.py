@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLPBlock
@@ -31,12 +32,15 @@ class TwoWayTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding (1 or B, C, H, W), image_pe (1, C, H, W), point_embedding (B, T, C)
         -> processed tokens (B, T, C) and image tokens (B, H*W, C)."""
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        keys = image_embedding.flatten(2).permute(0, 2, 1).contiguous()
+        key_pe = image_pe.flatten(2).permute(0, 2, 1).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
-        attn_out = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
+        final = self.final_attn_token_to_image
+        attn_out = final.attend_tokens_to_image(
+            final.q_proj(queries + point_embedding), final.k_proj(keys + key_pe), final.v_proj(keys)
+        )
         queries = self.norm_final_attn(queries + attn_out)
         if keys.shape[0] != queries.shape[0]:
             keys = keys.expand(queries.shape[0], -1, -1)
@@ -69,21 +73,57 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
+        to_image, to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        # Both cross attentions read the image tokens with their positional encoding: project
+        # them for the two in one matrix product.
+        k_to_image, q_to_token = fused_linear(keys + key_pe, to_image.k_proj, to_token.q_proj)
+        v_to_image = to_image.v_proj(keys)
+
         q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        queries = self.norm2(queries + to_image.attend_tokens_to_image(to_image.q_proj(q), k_to_image, v_to_image))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
-        return queries, keys
+        keys = to_token.attend_image_to_tokens(q_to_token, to_token.k_proj(q), to_token.v_proj(queries), residual=keys)
+        return queries, self.norm4(keys)
+
+
+def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """Apply several Linear layers to the same input with one matrix product."""
+    weight = torch.cat([layer.weight for layer in layers], dim=0)
+    bias = torch.cat([layer.bias for layer in layers], dim=0)
+    out = F.linear(x, weight, bias)
+    return tuple(out.split([layer.out_features for layer in layers], dim=-1))
+
+
+def block_diagonal(tokens: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, T, heads * d) projected tokens -> (B, heads * d, heads * T) block-diagonal matrix.
+
+    Multiplying (B, N, heads * d) image tokens by it gives every head's (N, T) attention logits
+    side by side in one dense matrix product: the product does heads-fold redundant work on a
+    handful of tokens, but never splits the large image-token tensor into heads (a full copy).
+    """
+    batch, num_tokens, width = tokens.shape
+    head_dim = width // num_heads
+    per_head = tokens.view(batch, num_tokens, num_heads, head_dim).permute(0, 2, 3, 1)  # (B, h, d, T)
+    eye = torch.eye(num_heads, dtype=tokens.dtype, device=tokens.device)
+    blocks = per_head[:, :, None, :, :] * eye[None, :, :, None, None]  # (B, h, h, d, T)
+    return blocks.permute(0, 1, 3, 2, 4).reshape(batch, width, num_heads * num_tokens)
+
+
+def softmax_last_small(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last axis (a handful of prompt tokens).
+
+    torch.softmax is tuned for long rows; on rows of ~7 values these four vectorised passes
+    are about twice as fast (measured on CPU) and give the same result to float rounding.
+    """
+    shifted = x - x.amax(dim=-1, keepdim=True)
+    exp = shifted.exp_()
+    return exp.div_(exp.sum(dim=-1, keepdim=True))
 
 
 class Attention(nn.Module):
-    """Multi-head attention whose q/k/v may be projected to a smaller width (downsample_rate).
-
-    Batches broadcast: q of batch B may attend to k/v of batch 1, and vice versa.
-    """
+    """Multi-head attention whose q/k/v may be projected to a smaller width (downsample_rate)."""
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -99,23 +139,46 @@ class Attention(nn.Module):
         return x.reshape(batch, tokens, self.num_heads, channels // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Plain attention between small token sets (the prompt self-attention)."""
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))
-        head_dim = q.shape[-1]
-        attn = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(head_dim), dim=-1)
-        num_values = v.shape[-2]
-        if num_values < head_dim:
-            # Image tokens attending to a handful of prompt tokens: project the few values through
-            # out_proj first, out = sum_h attn_h @ (v_h W_h^T), which is the same product with the
-            # (tokens x head_dim) intermediate and its projection replaced by a rank-T update.
-            batch = max(attn.shape[0], v.shape[0])
-            weight = self.out_proj.weight.reshape(-1, self.num_heads, head_dim).permute(1, 2, 0)
-            projected_values = (v @ weight).expand(batch, -1, -1, -1)  # (B, heads, T, C)
-            queries = attn.shape[-2]
-            attn = attn.expand(batch, -1, -1, -1).permute(0, 2, 1, 3).reshape(batch, queries, -1)
-            out = attn @ projected_values.reshape(batch, -1, projected_values.shape[-1])
-            return out + self.out_proj.bias
+        attn = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]), dim=-1)
         out = attn @ v
-        batch, heads, tokens, _ = out.shape
+        batch, heads, tokens, head_dim = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
+
+    def attend_tokens_to_image(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Projected prompt tokens q (B, T, D) attend to projected image tokens k, v (1 or B, N, D)."""
+        batch, num_tokens, width = q.shape
+        heads = self.num_heads
+        head_dim = width // heads
+        scale = 1.0 / math.sqrt(head_dim)
+        k = k.expand(batch, -1, -1)
+        v = v.expand(batch, -1, -1)
+        logits = torch.bmm(k, block_diagonal(q * scale, heads))  # (B, N, heads * T)
+        attn = torch.softmax(logits, dim=1)  # over the image tokens
+        mixed = torch.bmm(attn.transpose(1, 2), v)  # (B, heads * T, D); keep each head's own block
+        mixed = mixed.view(batch, heads, num_tokens, heads, head_dim).diagonal(dim1=1, dim2=3)  # (B, T, d, h)
+        out = mixed.permute(0, 1, 3, 2).reshape(batch, num_tokens, width)
+        return self.out_proj(out)
+
+    def attend_image_to_tokens(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        """Projected image tokens q (1 or B, N, D) attend to projected prompt tokens k, v (B, T, D);
+        returns residual + attention output, (B, N, C)."""
+        batch, num_tokens, width = k.shape
+        heads = self.num_heads
+        head_dim = width // heads
+        q = q.expand(batch, -1, -1)
+        logits = torch.bmm(q, block_diagonal(k / math.sqrt(head_dim), heads))  # (B, N, heads * T)
+        attn = softmax_last_small(logits.view(batch, -1, heads, num_tokens))
+        # With few prompt tokens, pass the values through out_proj first: sum_h attn_h (v_h W_h^T)
+        # is the same product as out_proj(attn @ v) with a rank-(heads * T) update instead of an
+        # (N x D) intermediate and its projection.
+        weight = self.out_proj.weight.view(-1, heads, head_dim).permute(1, 2, 0)  # (h, d, C)
+        projected_values = v.view(batch, num_tokens, heads, head_dim).transpose(1, 2) @ weight  # (B, h, T, C)
+        projected_values = projected_values.reshape(batch, heads * num_tokens, -1)
+        base = residual + self.out_proj.bias
+        return torch.baddbmm(base.expand(batch, -1, -1), attn.view(batch, -1, heads * num_tokens), projected_values)
