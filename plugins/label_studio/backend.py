@@ -1,0 +1,500 @@
+"""The model side of the backend: one shared SAM model, an embedding cache shared by every
+request, interactive prompts, batch pre-labelling and embedding pre-computation.
+
+Concurrency: each request uses its own light `samkit.Predictor` (only the current image's
+state) over the one model and the one `EmbeddingCache`. Interactive work takes `_interactive_lock`
+around model calls, so two clicks on a new image compute its embedding once and the second is a
+cache hit; batch pre-labelling and pre-computation take their own lock, so a long
+segment-everything run does not queue annotators' clicks behind it (they share the CPU/GPU
+instead). Downloads, RLE encoding and polygon tracing happen outside the locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendError, ImageFetchError, LabelConfigError, TaskError
+from .images import ImageFetcher, Source
+from .label_config import LabelConfig, parse_label_config
+from .models import Context, PrecomputeRequest, PredictRequest, Region, SetupRequest, Task, project_id
+from .regions import mask_regions
+from .settings import Settings
+
+log = logging.getLogger("samkit.label_studio")
+
+
+@dataclass
+class ProjectInfo:
+    """What /setup told us about a project (used when env vars do not say otherwise)."""
+
+    label_config: str | None = None
+    hostname: str | None = None
+    access_token: str | None = None
+
+
+@dataclass
+class PrecomputeJob:
+    id: str
+    project: int | None
+    state: str = "queued"  # queued | running | done | failed
+    total: int = 0
+    done: int = 0
+    computed: int = 0  # embeddings the encoder had to compute (the rest were cached)
+    errors: list[str] = field(default_factory=list)
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("id", "project", "state", "total", "done", "computed",
+                                               "errors", "error", "started", "finished")}
+
+
+class SamBackend:
+    def __init__(self, settings: Settings, model=None, cache=None) -> None:
+        import samkit
+
+        self.settings = settings
+        self.cache = cache if cache is not None else samkit.EmbeddingCache(settings.cache_size, settings.cache_dir)
+        self.fetcher = ImageFetcher(
+            timeout=settings.download_timeout,
+            max_bytes=int(settings.max_image_mb * 2**20),
+            local_files_root=settings.local_files_root,
+        )
+        self.projects: dict[str, ProjectInfo] = {}
+        self.jobs: dict[str, PrecomputeJob] = {}
+        self._model = model
+        self._model_error: str | None = None
+        self._ready = threading.Event()
+        if model is not None:
+            self._ready.set()
+        self._interactive_lock = threading.Lock()
+        self._batch_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self.encoder_calls = 0
+        self.requests = {"interactive": 0, "batch": 0}
+        self.last_timings: dict[str, float] = {}
+        self._batch_results = _SingleFlightCache(max_items=64)
+
+    # -- model --------------------------------------------------------------------------------
+    def load(self, background: bool = True) -> None:
+        """Load the model (in a thread by default, so /health answers at once)."""
+        if self._ready.is_set():
+            return
+
+        def _load():
+            import samkit
+
+            t0 = time.perf_counter()
+            try:
+                self._model = samkit.load_model(self.settings.model_source, device=self.settings.device,
+                                                dtype=self.settings.dtype)
+                log.info("loaded %s (%s) on %s in %.1f s", self.settings.model_source, self._model.arch,
+                         self._model.device, time.perf_counter() - t0)
+            except Exception as e:  # reported by /health and every predict
+                self._model_error = f"{e.__class__.__name__}: {e}" if not isinstance(e, samkit.SamkitError) else str(e)
+                log.error("could not load the model: %s", self._model_error)
+            finally:
+                self._ready.set()
+
+        if background:
+            threading.Thread(target=_load, name="samkit-load-model", daemon=True).start()
+        else:
+            _load()
+
+    @property
+    def model(self):
+        if not self._ready.wait(timeout=600):
+            raise BackendError("the model is still loading; try again in a moment")
+        if self._model is None:
+            raise BackendError(f"the model could not be loaded: {self._model_error}")
+        return self._model
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._model is not None
+
+    @property
+    def model_error(self) -> str | None:
+        return self._model_error
+
+    @property
+    def model_version(self) -> str:
+        if self.settings.model_version:
+            return self.settings.model_version
+        import samkit
+        from pathlib import Path
+
+        src = self.settings.model_source
+        name = Path(src).stem if ("/" in src or src.endswith((".pt", ".pth"))) else src
+        return f"samkit-{samkit.__version__}-{name}"
+
+    def _predictor(self):
+        import samkit
+
+        return samkit.Predictor(self.model, cache=self.cache)
+
+    def _count(self, predictor) -> None:
+        if predictor.encoder_calls:
+            with self._stats_lock:
+                self.encoder_calls += predictor.encoder_calls
+            predictor.encoder_calls = 0
+
+    def stats(self) -> dict:
+        return {
+            "model_version": self.model_version,
+            "ready": self.ready,
+            "encoder_calls": self.encoder_calls,
+            "cache": {"items": len(self.cache), "max_items": self.cache.max_items, "hits": self.cache.hits,
+                      "misses": self.cache.misses, "directory": str(self.cache.directory) if self.cache.directory else None},
+            "image_downloads": self.fetcher.downloads,
+            "token_refreshes": self.fetcher.tokens.refreshes,
+            "requests": dict(self.requests),
+            "last_timings": dict(self.last_timings),
+        }
+
+    # -- protocol -----------------------------------------------------------------------------
+    def setup(self, req: SetupRequest) -> dict:
+        pid = project_id(req.project)
+        if pid is not None:
+            info = self.projects.setdefault(pid, ProjectInfo())
+            info.label_config = req.schema_ or info.label_config
+            info.hostname = req.hostname or info.hostname
+            info.access_token = req.access_token or info.access_token
+        if req.schema_:
+            # Say at connection time (Label Studio shows it on the model card) when the config
+            # has nothing samkit can answer with.
+            parse_label_config(req.schema_)
+        return {"model_version": self.model_version}
+
+    def source(self, project: str | int | None) -> Source:
+        """Label Studio URL and key: env/CLI settings first, else what /setup said for the project."""
+        info = self.projects.get(project_id(project) or "", ProjectInfo())
+        return Source(url=self.settings.label_studio_url or info.hostname,
+                      api_key=self.settings.label_studio_api_key or info.access_token)
+
+    def label_config(self, req_config: str | None, project: str | int | None) -> LabelConfig:
+        xml = req_config or self.projects.get(project_id(project) or "", ProjectInfo()).label_config
+        if not xml:
+            raise LabelConfigError("the request carries no label_config and /setup did not send one for this project")
+        return parse_label_config(xml)
+
+    def predict(self, req: PredictRequest) -> dict:
+        config = self.label_config(req.label_config, req.project)
+        source = self.source(req.project)
+        context = req.params.context
+        if context is not None and context.result:
+            if not req.tasks:
+                raise TaskError("an interactive request needs the task the annotator is working on")
+            with self._stats_lock:
+                self.requests["interactive"] += 1
+            results = [self.interactive(req.tasks[0], context, config, source)]
+            # Label Studio reads only the first result in interactive mode; answer one per task anyway.
+            results += [{"result": [], "score": 0.0, "model_version": self.model_version} for _ in req.tasks[1:]]
+        else:
+            with self._stats_lock:
+                self.requests["batch"] += 1
+            if self.settings.batch == "off":
+                raise TaskError("batch pre-labelling is off (SAMKIT_LS_BATCH=off); use the interactive smart tools")
+            results = [self.batch_task(task, config, source) for task in req.tasks]
+        return {"results": results, "model_version": self.model_version}
+
+    # -- interactive --------------------------------------------------------------------------
+    def interactive(self, task: Task, context: Context, config: LabelConfig, source: Source) -> dict:
+        t0 = time.perf_counter()
+        points, labels, boxes, label, to_name = [], [], [], None, None
+        for region in context.result:
+            control = config.control(region.from_name)
+            kind = control.tag if control else {"keypointlabels": "KeyPointLabels",
+                                                 "rectanglelabels": "RectangleLabels"}.get(region.type)
+            if kind not in ("KeyPointLabels", "RectangleLabels") or region.value is None:
+                continue
+            to_name = to_name or region.to_name or (control.to_name if control else None)
+            label = region.label or label
+            if kind == "KeyPointLabels":
+                points.append(region)
+            else:
+                boxes.append(region)
+        if not points and not boxes:
+            raise TaskError("the interactive request has no keypoint or rectangle to segment from; "
+                            "use a smart KeyPointLabels or RectangleLabels tool")
+        image_name = to_name if to_name in config.images else config.default_image
+        outputs = self._outputs(config, image_name)
+        image = self.task_image(task, config, image_name, source)
+        h, w = image.shape[:2]
+        t_img = time.perf_counter()
+
+        coords = np.array([[_pct(p.value.x, w), _pct(p.value.y, h)] for p in points], dtype=np.float64).reshape(-1, 2)
+        point_labels = np.array([0 if p.is_positive is False else 1 for p in points], dtype=np.int64)
+        box_arr = np.array([_rect_xyxy(b.value, w, h) for b in boxes], dtype=np.float64).reshape(-1, 4)
+        if len(coords):
+            coords[:, 0] = coords[:, 0].clip(0, w - 1)
+            coords[:, 1] = coords[:, 1].clip(0, h - 1)
+        if len(coords) and not point_labels.any() and not len(box_arr):
+            # Only negative clicks: nothing to segment yet.
+            return {"result": [], "score": 0.0, "model_version": self.model_version}
+
+        predictor = self._predictor()
+        with self._interactive_lock:
+            t_lock = time.perf_counter()
+            predictor.set_image(image)
+            t_embed = time.perf_counter()
+            if len(box_arr) > 1 and not len(coords):
+                masks, scores, _ = predictor.predict_batch(boxes=box_arr, multimask_output=False)
+                masks, scores = masks[:, 0], scores[:, 0]
+            else:
+                single_point = len(coords) == 1 and not len(box_arr)
+                masks, scores, _ = predictor.predict(
+                    point_coords=coords if len(coords) else None,
+                    point_labels=point_labels if len(coords) else None,
+                    box=box_arr[-1] if len(box_arr) else None,
+                    multimask_output=single_point,
+                )
+                best = int(np.argmax(scores))
+                masks, scores = masks[best:best + 1], scores[best:best + 1]
+        self._count(predictor)
+        t_dec = time.perf_counter()
+        result = []
+        for mask, score in zip(masks, scores):
+            result += mask_regions(mask, outputs, label, float(score), self.settings.polygon_tolerance,
+                                   self.settings.min_area)
+        t_end = time.perf_counter()
+        self.last_timings = {"image_s": t_img - t0, "wait_s": t_lock - t_img, "embed_s": t_embed - t_lock,
+                             "decode_s": t_dec - t_embed, "encode_regions_s": t_end - t_dec, "total_s": t_end - t0}
+        return {"result": result, "score": round(float(np.mean(scores)), 4) if len(scores) else 0.0,
+                "model_version": self.model_version}
+
+    # -- batch --------------------------------------------------------------------------------
+    def batch_task(self, task: Task, config: LabelConfig, source: Source) -> dict:
+        """Pre-labels for one task. A task that fails (image not found, ...) gets an entry without
+        a `result` key: Label Studio then skips it (no empty prediction that would stop a later
+        retry) and logs the message."""
+        try:
+            return self._batch_task(task, config, source)
+        except BackendError as e:
+            log.warning("task %s: %s", task.id, e)
+            return {"error": str(e), "task": task.id, "model_version": self.model_version}
+
+    def _batch_task(self, task: Task, config: LabelConfig, source: Source) -> dict:
+        image_name = config.default_image
+        outputs = self._outputs(config, image_name)
+        rects = self._task_rectangles(task, config, image_name)
+        if not rects and self.settings.batch == "boxes":
+            raise TaskError(f"task {task.id} has no rectangles to segment and SAMKIT_LS_BATCH=boxes")
+        image = self.task_image(task, config, image_name, source)
+        predictor = self._predictor()
+        # Label Studio asks again for the same task each time it is opened while it has no
+        # prediction; the same pixels, prompts and tools give the same answer, so compute it once
+        # (and let a second identical request wait for the first instead of computing it again).
+        key = (predictor.image_key(image), tuple((r.to_name, r.label, *_rect_xyxy(r.value, 100, 100)) for r in rects),
+               tuple(outputs), self.settings.batch_signature())
+        result = self._batch_results.get_or_compute(
+            key, lambda: self._batch_compute(image, rects, outputs, predictor))
+        return _with_new_ids(result)
+
+    def _batch_compute(self, image: np.ndarray, rects: list[Region], outputs, predictor) -> dict:
+        h, w = image.shape[:2]
+        masks: list[tuple[np.ndarray, float, str | None]] = []
+        if rects:
+            boxes = np.array([_rect_xyxy(r.value, w, h) for r in rects], dtype=np.float64)
+            with self._batch_lock:
+                predictor.set_image(image)
+                m, s, _ = predictor.predict_batch(boxes=boxes, multimask_output=False)
+            masks = [(m[i, 0], float(s[i, 0]), rects[i].label) for i in range(len(rects))]
+        else:
+            import samkit
+
+            gen = samkit.MaskGenerator(
+                self.model, points_per_side=self.settings.points_per_side,
+                pred_iou_thresh=self.settings.pred_iou_thresh,
+                stability_score_thresh=self.settings.stability_thresh,
+                min_mask_region_area=self.settings.min_area, predictor=predictor)
+            with self._batch_lock:
+                records = gen.generate(image)
+            records = [r for r in records if r["area"] >= self.settings.min_area]
+            records.sort(key=lambda r: -r["predicted_iou"])
+            masks = [(r["segmentation"], r["predicted_iou"], None) for r in records[: self.settings.max_regions]]
+        self._count(predictor)
+        result = []
+        for mask, score, label in masks:
+            result += mask_regions(mask, outputs, label, score, self.settings.polygon_tolerance, self.settings.min_area)
+        scores = [s for _, s, _ in masks]
+        return {"result": result, "score": round(float(np.mean(scores)), 4) if scores else 0.0,
+                "model_version": self.model_version}
+
+    def _task_rectangles(self, task: Task, config: LabelConfig, image_name: str) -> list[Region]:
+        """Rectangles already on the task: from its newest non-cancelled annotation that has any,
+        else from predictions (a detector's boxes), never from this backend's own."""
+        def rects(regions: list[Region]) -> list[Region]:
+            return [r for r in regions if r.type == "rectanglelabels" and r.value is not None
+                    and r.value.width and r.value.height and (r.to_name or image_name) == image_name]
+
+        for ann in reversed(task.annotations):
+            if not ann.was_cancelled and rects(ann.result):
+                return rects(ann.result)
+        for pred in reversed(task.predictions):
+            if pred.model_version != self.model_version and rects(pred.result):
+                return rects(pred.result)
+        return []
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _outputs(self, config: LabelConfig, image_name: str):
+        outputs = config.outputs(image_name) or config.outputs()
+        wanted = {"brush": "BrushLabels", "polygon": "PolygonLabels"}.get(self.settings.output)
+        if wanted:
+            outputs = [c for c in outputs if c.tag == wanted] or outputs
+        return outputs
+
+    def task_image(self, task: Task, config: LabelConfig, image_name: str, source: Source) -> np.ndarray:
+        key = config.images.get(image_name)
+        value = task.data.get(key) if key else None
+        if value is None:
+            where = f"task {task.id}" if task.id is not None else "the task"
+            have = ", ".join(sorted(task.data)) or "nothing"
+            raise TaskError(f"{where} has no image under data.{key} (the <Image value=\"${key}\"> of the "
+                            f"labeling config); its data has: {have}")
+        return self.fetcher.get(value, source, task.id)
+
+    # -- pre-computation ----------------------------------------------------------------------
+    def start_precompute(self, req: PrecomputeRequest) -> PrecomputeJob:
+        if req.project is None and not req.tasks:
+            raise TaskError("precompute needs a Label Studio project id or a list of tasks")
+        job = PrecomputeJob(id=uuid.uuid4().hex[:12], project=req.project)
+        self.jobs[job.id] = job
+        threading.Thread(target=self._precompute, args=(job, req), name=f"precompute-{job.id}", daemon=True).start()
+        return job
+
+    def _precompute(self, job: PrecomputeJob, req: PrecomputeRequest) -> None:
+        job.state = "running"
+        try:
+            source = self.source(req.project)
+            if req.tasks:
+                tasks, xml = req.tasks, req.label_config
+            else:
+                tasks, xml = self._project_tasks(req.project, source)
+            config = self.label_config(xml or req.label_config, req.project)
+            image_name = config.default_image
+            job.total = len(tasks)
+            for task in tasks:
+                try:
+                    image = self.task_image(task, config, image_name, source)
+                    predictor = self._predictor()
+                    with self._batch_lock:
+                        predictor.set_image(image)
+                    job.computed += predictor.encoder_calls
+                    self._count(predictor)
+                except BackendError as e:
+                    job.errors.append(f"task {task.id}: {e}")
+                job.done += 1
+            job.state = "done"
+        except Exception as e:
+            job.state, job.error = "failed", str(e)
+            log.exception("precompute job %s failed", job.id)
+        finally:
+            job.finished = time.time()
+
+    def _project_tasks(self, project: int, source: Source) -> tuple[list[Task], str | None]:
+        if not source.base:
+            raise ImageFetchError("precomputing a project needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY "
+                                  "(or a /setup from Label Studio for that project)")
+        session = self.fetcher.session
+        headers = self.fetcher.tokens.headers(source, session)
+        resp = session.get(f"{source.base}/api/projects/{project}/", headers=headers, timeout=30)
+        if resp.status_code != 200:
+            raise ImageFetchError(f"Label Studio answered HTTP {resp.status_code} for project {project}")
+        xml = resp.json().get("label_config")
+        tasks: list[Task] = []
+        page = 1
+        while True:
+            resp = session.get(f"{source.base}/api/tasks/", headers=headers, timeout=60,
+                               params={"project": project, "page": page, "page_size": 100, "fields": "task_only"})
+            if resp.status_code == 404 and page > 1:
+                break
+            if resp.status_code != 200:
+                raise ImageFetchError(f"Label Studio answered HTTP {resp.status_code} listing project {project}'s tasks")
+            body: Any = resp.json()
+            items = body.get("tasks", []) if isinstance(body, dict) else body
+            tasks += [Task(id=t.get("id"), data=t.get("data") or {}) for t in items]
+            total = body.get("total", len(tasks)) if isinstance(body, dict) else len(tasks)
+            if not items or len(tasks) >= total:
+                break
+            page += 1
+        return tasks, xml
+
+
+def _pct(value: float | None, size: int) -> float:
+    if value is None or not math.isfinite(value):
+        raise TaskError("a keypoint or rectangle has no x/y position")
+    return value / 100.0 * size
+
+
+def _rect_xyxy(v, w: int, h: int) -> list[float]:
+    """A Label Studio rectangle (percent x, y, width, height, rotation in degrees about its top-left
+    corner) -> the XYXY pixel box around it."""
+    x, y = _pct(v.x, w), _pct(v.y, h)
+    rw, rh = _pct(v.width or 0.0, w), _pct(v.height or 0.0, h)
+    angle = math.radians(v.rotation or 0.0)
+    if angle:
+        c, s = math.cos(angle), math.sin(angle)
+        xs = [x + dx * c - dy * s for dx, dy in ((0, 0), (rw, 0), (rw, rh), (0, rh))]
+        ys = [y + dx * s + dy * c for dx, dy in ((0, 0), (rw, 0), (rw, rh), (0, rh))]
+        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    else:
+        x0, y0, x1, y1 = x, y, x + rw, y + rh
+    return [max(0.0, min(x0, w)), max(0.0, min(y0, h)), max(0.0, min(x1, w)), max(0.0, min(y1, h))]
+
+
+def _with_new_ids(prediction: dict) -> dict:
+    """A copy of a cached prediction whose regions get fresh ids."""
+    from .regions import region_id
+
+    out = dict(prediction)
+    out["result"] = [{**r, "id": region_id()} for r in prediction.get("result", [])]
+    return out
+
+
+class _SingleFlightCache:
+    """Results by key, least recently used out; concurrent callers of one key share one computation."""
+
+    def __init__(self, max_items: int) -> None:
+        from collections import OrderedDict
+
+        self.max_items = max_items
+        self._items: OrderedDict = OrderedDict()
+        self._running: dict = {}
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, key, compute):
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+                event = self._running.get(key)
+                if event is None:
+                    event = self._running[key] = threading.Event()
+                    owner = True
+                else:
+                    owner = False
+            if not owner:
+                event.wait()
+                continue  # the owner stored the result, or failed: then try ourselves
+            try:
+                value = compute()
+                with self._lock:
+                    self._items[key] = value
+                    while len(self._items) > self.max_items:
+                        self._items.popitem(last=False)
+                return value
+            finally:
+                with self._lock:
+                    self._running.pop(key, None)
+                event.set()

@@ -1,0 +1,161 @@
+"""`samkit label-studio ...` commands. Standard library only at import time.
+
+    samkit label-studio serve [--host 0.0.0.0] [--port 9090] [--model ...] [--checkpoint ...] ...
+    samkit label-studio precompute --project 3 [--backend http://localhost:9090]
+    samkit label-studio config            # print the example labeling config
+
+Every option has an environment variable (see `samkit label-studio serve --help`); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+_INSTALL_HINT = 'the Label Studio backend needs its extra: pip install "samkit[label-studio]"'
+
+
+def add_commands(subparsers) -> None:
+    ls = subparsers.add_parser("label-studio", help="Label Studio ML backend (interactive SAM pre-labelling)",
+                               description="Label Studio ML backend: interactive SAM pre-labelling.")
+    sub = ls.add_subparsers(dest="ls_command", metavar="{serve,precompute,config}")
+    sub.required = True
+
+    serve = sub.add_parser(
+        "serve", help="run the ML backend server",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the ML backend. Connect it in Label Studio under Project > Settings > Model "
+                    "(URL http://<this host>:<port>, 'Interactive preannotations' on).",
+        epilog=_env_help())
+    serve.add_argument("--host", default=os.environ.get("SAMKIT_LS_HOST", "0.0.0.0"),
+                       help="interface to listen on (env SAMKIT_LS_HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("SAMKIT_LS_PORT", "9090")),
+                       help="port (env SAMKIT_LS_PORT, default 9090)")
+    serve.add_argument("--model", help="model name or checkpoint path (env SAMKIT_MODEL, default mobile_sam)")
+    serve.add_argument("--checkpoint", help="checkpoint file, wins over --model (env SAMKIT_CHECKPOINT)")
+    serve.add_argument("--device", help="cpu, cuda, cuda:1, mps (env SAMKIT_DEVICE, default: a GPU if any)")
+    serve.add_argument("--dtype", help="float32, bfloat16, float16 (env SAMKIT_DTYPE)")
+    serve.add_argument("--label-studio-url", dest="label_studio_url", help="env LABEL_STUDIO_URL")
+    serve.add_argument("--label-studio-api-key", dest="label_studio_api_key",
+                       help="legacy token or personal access token (env LABEL_STUDIO_API_KEY)")
+    serve.add_argument("--basic-auth-user", dest="basic_auth_user", help="env SAMKIT_LS_BASIC_AUTH_USER")
+    serve.add_argument("--basic-auth-pass", dest="basic_auth_pass", help="env SAMKIT_LS_BASIC_AUTH_PASS")
+    serve.add_argument("--cache-size", dest="cache_size", type=int, help="embeddings in memory (env SAMKIT_LS_CACHE_SIZE)")
+    serve.add_argument("--cache-dir", dest="cache_dir", help="also keep embeddings on disk (env SAMKIT_LS_CACHE_DIR)")
+    serve.add_argument("--output", choices=("auto", "brush", "polygon"), help="env SAMKIT_LS_OUTPUT")
+    serve.add_argument("--model-version", dest="model_version", help="env SAMKIT_LS_MODEL_VERSION")
+    serve.add_argument("--log-level", dest="log_level", help="env SAMKIT_LS_LOG_LEVEL (default INFO)")
+    serve.set_defaults(func=_serve)
+
+    pre = sub.add_parser("precompute", help="compute the image embeddings of a whole project on a running backend")
+    pre.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    pre.add_argument("--backend", default=os.environ.get("SAMKIT_LS_BACKEND_URL", "http://127.0.0.1:9090"),
+                     help="the running backend (env SAMKIT_LS_BACKEND_URL, default http://127.0.0.1:9090)")
+    pre.add_argument("--basic-auth-user", dest="basic_auth_user", default=os.environ.get("SAMKIT_LS_BASIC_AUTH_USER"))
+    pre.add_argument("--basic-auth-pass", dest="basic_auth_pass", default=os.environ.get("SAMKIT_LS_BASIC_AUTH_PASS"))
+    pre.add_argument("--no-wait", dest="wait", action="store_false", help="start the job and return")
+    pre.set_defaults(func=_precompute)
+
+    cfg = sub.add_parser("config", help="print a ready labeling config (brush, polygon, smart keypoint and rectangle)")
+    cfg.set_defaults(func=_config)
+
+
+def _env_help() -> str:
+    from . import settings as _settings  # stdlib-only module body except its docstring table
+
+    return "environment variables:\n" + "\n".join(
+        line for line in (_settings.__doc__ or "").splitlines() if line.startswith("|"))
+
+
+def _serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .app import create_app
+        from .settings import Settings
+    except ImportError as e:
+        print(f"samkit: error: {_INSTALL_HINT} ({e})", file=sys.stderr)
+        return 2
+    import logging
+
+    overrides = {k: getattr(args, k, None) for k in (
+        "model", "checkpoint", "device", "dtype", "label_studio_url", "label_studio_api_key", "basic_auth_user",
+        "basic_auth_pass", "cache_size", "cache_dir", "output", "model_version", "log_level")}
+    settings = Settings.from_env(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
+                timeout_keep_alive=30, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _precompute(args) -> int:
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    def call(method: str, path: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(args.backend.rstrip("/") + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+        if args.basic_auth_user:
+            import base64
+
+            token = base64.b64encode(f"{args.basic_auth_user}:{args.basic_auth_pass or ''}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode("utf-8", "replace")
+            try:
+                detail = json.loads(detail).get("error", detail)
+            except ValueError:
+                pass
+            raise SystemExit(f"samkit: error: backend answered HTTP {e.code}: {detail}") from None
+        except urllib.error.URLError as e:
+            raise SystemExit(f"samkit: error: cannot reach the backend at {args.backend}: {e.reason}") from None
+
+    job = call("POST", "/precompute", {"project": args.project})
+    print(f"precompute job {job['id']} started for project {args.project}")
+    if not args.wait:
+        return 0
+    while job["state"] in ("queued", "running"):
+        time.sleep(1.0)
+        job = call("GET", f"/precompute/{job['id']}")
+        print(f"\r{job['done']}/{job['total']} images, {job['computed']} computed", end="", flush=True)
+    print()
+    for err in job["errors"]:
+        print(f"  {err}", file=sys.stderr)
+    if job["state"] != "done":
+        print(f"samkit: error: precompute failed: {job['error']}", file=sys.stderr)
+        return 2
+    return 0 if not job["errors"] else 1
+
+
+def _config(args) -> int:
+    from pathlib import Path
+
+    print((Path(__file__).parent / "label_config.xml").read_text(), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m samkit.label_studio ...` (the same commands without the `label-studio` word)."""
+    parser = argparse.ArgumentParser(prog="samkit")
+    sub = parser.add_subparsers(dest="command")
+    add_commands(sub)
+    args = parser.parse_args(["label-studio", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except Exception as e:
+        try:
+            from samkit import SamkitError
+        except ImportError:  # pragma: no cover
+            raise e
+        if isinstance(e, SamkitError):
+            print(f"samkit: error: {e}", file=sys.stderr)
+            return 2
+        raise

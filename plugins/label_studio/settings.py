@@ -1,0 +1,129 @@
+"""Backend settings: environment variables, overridable by `samkit label-studio serve` flags.
+
+| variable | default | meaning |
+|---|---|---|
+| SAMKIT_MODEL | mobile_sam | model name (mobile_sam, vit_b, vit_l, vit_h) or a checkpoint path |
+| SAMKIT_CHECKPOINT | | checkpoint file; wins over SAMKIT_MODEL |
+| SAMKIT_DEVICE | auto | cpu, cuda, cuda:1, mps; auto picks a GPU when there is one |
+| SAMKIT_DTYPE | float32 | float32, bfloat16 or float16 compute |
+| LABEL_STUDIO_URL | | where the backend fetches /data/... images and project tasks |
+| LABEL_STUDIO_API_KEY | | legacy token or personal access token |
+| SAMKIT_LS_BASIC_AUTH_USER / _PASS | | require HTTP basic auth on every endpoint but /health |
+| SAMKIT_LS_CACHE_SIZE | 32 | image embeddings kept in memory (about 4 MiB each) |
+| SAMKIT_LS_CACHE_DIR | | also keep embeddings on disk here (survive restarts) |
+| SAMKIT_LS_OUTPUT | auto | auto (every brush/polygon tool of the config), brush, polygon |
+| SAMKIT_LS_MODEL_VERSION | samkit-<model> | model_version reported to Label Studio |
+| SAMKIT_LS_MAX_REQUEST_MB | 200 | largest request body accepted (413 above) |
+| SAMKIT_LS_MAX_IMAGE_MB | 100 | largest image download accepted |
+| SAMKIT_LS_DOWNLOAD_TIMEOUT | 30 | seconds per image download |
+| LOCAL_FILES_DOCUMENT_ROOT | | read /data/local-files/?d=... from this folder directly |
+| SAMKIT_LS_BATCH | auto | batch pre-labelling: auto (masks for a task's rectangles, else segment everything), boxes (only tasks with rectangles), off |
+| SAMKIT_LS_POINTS_PER_SIDE | 32 | segment-everything grid for batch pre-labelling |
+| SAMKIT_LS_PRED_IOU_THRESH | 0.88 | segment-everything: keep masks with predicted IoU above |
+| SAMKIT_LS_STABILITY_THRESH | 0.95 | segment-everything: keep masks with stability above |
+| SAMKIT_LS_MAX_REGIONS | 100 | segment-everything: most masks per task (best first) |
+| SAMKIT_LS_MIN_AREA | 25 | drop masks / polygon parts smaller than this many pixels |
+| SAMKIT_LS_POLYGON_TOLERANCE | 1.0 | polygon simplification, pixels |
+| SAMKIT_LS_LOG_LEVEL | INFO | logging level |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+def _env(name: str, default=None, *alts: str):
+    for key in (name, *alts):
+        value = os.environ.get(key)
+        if value not in (None, ""):
+            return value
+    return default
+
+
+@dataclass
+class Settings:
+    model: str = "mobile_sam"
+    checkpoint: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    cache_size: int = 32
+    cache_dir: str | None = None
+    output: str = "auto"
+    model_version: str | None = None
+    max_request_mb: float = 200.0
+    max_image_mb: float = 100.0
+    download_timeout: float = 30.0
+    local_files_root: str | None = None
+    batch: str = "auto"
+    points_per_side: int = 32
+    pred_iou_thresh: float = 0.88
+    stability_thresh: float = 0.95
+    max_regions: int = 100
+    min_area: int = 25
+    polygon_tolerance: float = 1.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        s = cls(
+            model=_env("SAMKIT_MODEL", "mobile_sam"),
+            checkpoint=_env("SAMKIT_CHECKPOINT"),
+            device=_env("SAMKIT_DEVICE"),
+            dtype=_env("SAMKIT_DTYPE"),
+            label_studio_url=_env("LABEL_STUDIO_URL", None, "LABEL_STUDIO_HOST"),
+            label_studio_api_key=_env("LABEL_STUDIO_API_KEY", None, "LABEL_STUDIO_ACCESS_TOKEN"),
+            basic_auth_user=_env("SAMKIT_LS_BASIC_AUTH_USER", None, "BASIC_AUTH_USER"),
+            basic_auth_pass=_env("SAMKIT_LS_BASIC_AUTH_PASS", None, "BASIC_AUTH_PASS"),
+            cache_size=int(_env("SAMKIT_LS_CACHE_SIZE", 32)),
+            cache_dir=_env("SAMKIT_LS_CACHE_DIR"),
+            output=_env("SAMKIT_LS_OUTPUT", "auto"),
+            model_version=_env("SAMKIT_LS_MODEL_VERSION"),
+            max_request_mb=float(_env("SAMKIT_LS_MAX_REQUEST_MB", 200)),
+            max_image_mb=float(_env("SAMKIT_LS_MAX_IMAGE_MB", 100)),
+            download_timeout=float(_env("SAMKIT_LS_DOWNLOAD_TIMEOUT", 30)),
+            local_files_root=_env("LOCAL_FILES_DOCUMENT_ROOT"),
+            batch=_env("SAMKIT_LS_BATCH", "auto"),
+            points_per_side=int(_env("SAMKIT_LS_POINTS_PER_SIDE", 32)),
+            pred_iou_thresh=float(_env("SAMKIT_LS_PRED_IOU_THRESH", 0.88)),
+            stability_thresh=float(_env("SAMKIT_LS_STABILITY_THRESH", 0.95)),
+            max_regions=int(_env("SAMKIT_LS_MAX_REGIONS", 100)),
+            min_area=int(_env("SAMKIT_LS_MIN_AREA", 25)),
+            polygon_tolerance=float(_env("SAMKIT_LS_POLYGON_TOLERANCE", 1.0)),
+            log_level=_env("SAMKIT_LS_LOG_LEVEL", "INFO"),
+        )
+        names = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key not in names:
+                raise TypeError(f"unknown setting {key!r}")
+            if value is not None:
+                setattr(s, key, value)
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        from samkit import SamkitError
+
+        if self.output not in ("auto", "brush", "polygon"):
+            raise SamkitError(f"SAMKIT_LS_OUTPUT must be auto, brush or polygon, not {self.output!r}")
+        if self.batch not in ("auto", "boxes", "off"):
+            raise SamkitError(f"SAMKIT_LS_BATCH must be auto, boxes or off, not {self.batch!r}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise SamkitError("set both SAMKIT_LS_BASIC_AUTH_USER and SAMKIT_LS_BASIC_AUTH_PASS, or neither")
+        if self.cache_size < 1:
+            raise SamkitError("SAMKIT_LS_CACHE_SIZE must be at least 1")
+        if self.points_per_side < 1:
+            raise SamkitError("SAMKIT_LS_POINTS_PER_SIDE must be at least 1")
+
+    def batch_signature(self) -> tuple:
+        """The settings a batch answer depends on."""
+        return (self.points_per_side, self.pred_iou_thresh, self.stability_thresh, self.max_regions,
+                self.min_area, self.polygon_tolerance, self.output)
+
+    @property
+    def model_source(self) -> str:
+        return self.checkpoint or self.model

@@ -1,0 +1,326 @@
+"""The ML backend protocol in-process, with the payloads a real Label Studio 1.23.2 sent
+(../shared/notes/label-studio-1.23.2-payloads), real photos and the seeded MobileSAM."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from ls_helpers import CONFIG_ALL, brush_mask, iou, polygon_mask
+
+import samkit
+
+DOG = ("dog.jpg", 800, 534)
+GROCERIES = ("groceries.jpg", 800, 534)
+
+
+def interactive_body(payloads, name: str, url: str, size: tuple[int, int]) -> dict:
+    body = copy.deepcopy(payloads[name]["body"])
+    body["tasks"][0]["data"]["image"] = url
+    for r in body["params"]["context"]["result"]:
+        r["original_width"], r["original_height"] = size
+    return body
+
+
+@pytest.fixture(scope="module")
+def ref(sam_model, images_dir):
+    """ref(name, points, labels, box, multimask) -> the best mask and score straight from samkit.Predictor."""
+    pred = samkit.Predictor(sam_model, cache_size=4)
+
+    def run(name, points=None, labels=None, box=None, multimask=False):
+        return reference(pred, images_dir, name, points, labels, box, multimask)
+
+    return run
+
+
+def reference(pred, images_dir, name, points=None, labels=None, box=None, multimask=False):
+    pred.set_image(images_dir / name)
+    masks, scores, _ = pred.predict(point_coords=points, point_labels=labels, box=box, multimask_output=multimask)
+    best = int(np.argmax(scores))
+    return masks[best], float(scores[best])
+
+
+def regions_by_type(result: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in result:
+        out.setdefault(r["type"], []).append(r)
+    return out
+
+
+def test_health_setup_versions_webhook_in_any_order(make_client, payloads):
+    client, backend = make_client()
+    # versions and webhooks before any setup
+    v = client.get("/versions")
+    assert v.status_code == 200 and v.json()["versions"] == [backend.model_version]
+    for name in ("ls_to_backend_webhook_start_training", "ls_to_backend_webhook_annotation_created"):
+        r = client.post("/webhook", json=payloads[name]["body"])
+        assert r.status_code == 200, r.text
+        assert r.json()["action"] == payloads[name]["body"]["action"]
+    assert client.post("/webhook", content=b"not json at all").status_code == 200
+    h = client.get("/health")
+    assert h.status_code == 200 and h.json()["status"] == "UP"
+    s = client.post("/setup", json=payloads["ls_to_backend_setup"]["body"])
+    assert s.status_code == 200 and s.json() == {"model_version": backend.model_version}
+    # /setup told the backend where Label Studio is and its token, for project 1
+    src = backend.source("1.1795457690")
+    assert src.url == "http://127.0.0.1:8080" and src.api_key == "0123456789abcdef0123456789abcdef01234567"
+    assert client.post("/train", json={}).status_code == 200
+
+
+def test_interactive_keypoint_matches_the_predictor(make_client, payloads, image_server, ref):
+    client, _ = make_client()
+    name, w, h = DOG
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+    r = client.post("/predict", json=body)  # no /setup first: the request carries what is needed
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 1
+    got = regions_by_type(results[0]["result"])
+    assert set(got) == {"brushlabels", "polygonlabels"}
+    kp = body["params"]["context"]["result"][0]["value"]
+    expected, score = ref(name, np.array([[kp["x"] / 100 * w, kp["y"] / 100 * h]]),
+                                np.array([1]), multimask=True)
+    brush = got["brushlabels"][0]
+    assert (brush["original_width"], brush["original_height"]) == (w, h)
+    assert brush["from_name"] == "brush" and brush["to_name"] == "image"
+    assert brush["value"]["brushlabels"] == ["Object"]
+    mask = brush_mask(brush)
+    assert mask.shape == (h, w)
+    assert np.array_equal(mask, expected), "the brush RLE must decode to exactly the predicted mask"
+    assert brush["score"] == pytest.approx(score, abs=1e-4)
+    polys = got["polygonlabels"]
+    assert all(p["value"]["polygonlabels"] == ["Object"] and p["value"]["closed"] for p in polys)
+    pts = np.array([pt for p in polys for pt in p["value"]["points"]])
+    assert pts.min() >= 0 and pts.max() <= 100  # percent coordinates
+    assert iou(polygon_mask(polys), expected) > 0.85
+
+
+def test_interactive_negative_points_and_rectangle(make_client, payloads, image_server, ref):
+    client, _ = make_client()
+    name, w, h = DOG
+    url = f"{image_server.url}/public/{name}"
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3", url, (w, h))
+    ctx = body["params"]["context"]["result"]
+    assert [c["is_positive"] for c in ctx] == [True, False, True]
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200, r.text
+    pts = np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx])
+    expected, _ = ref(name, pts, np.array([1, 0, 1]))
+    brush = regions_by_type(r.json()["results"][0]["result"])["brushlabels"][0]
+    assert np.array_equal(brush_mask(brush), expected)
+
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_rect", url, (w, h))
+    body["label_config"] = CONFIG_ALL
+    v = body["params"]["context"]["result"][0]["value"]
+    v["rectanglelabels"] = ["Dog"]
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200, r.text
+    box = np.array([v["x"] * w, v["y"] * h, (v["x"] + v["width"]) * w, (v["y"] + v["height"]) * h]) / 100
+    expected, _ = ref(name, box=box)
+    got = regions_by_type(r.json()["results"][0]["result"])
+    assert np.array_equal(brush_mask(got["brushlabels"][0]), expected)
+    assert got["brushlabels"][0]["value"]["brushlabels"] == ["Dog"]  # the drawn label
+    assert got["polygonlabels"][0]["value"]["polygonlabels"] == ["Dog"]
+
+
+def test_output_follows_the_config_and_setting(make_client, payloads, image_server):
+    name, w, h = DOG
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+    body["label_config"] = body["label_config"].replace(
+        '<BrushLabels name="brush" toName="image">\n    <Label value="Object" background="#FF0000"/>\n  </BrushLabels>', "")
+    client, _ = make_client()
+    types = {r["type"] for r in client.post("/predict", json=body).json()["results"][0]["result"]}
+    assert types == {"polygonlabels"}
+    client, _ = make_client(output="brush")
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+    types = {r["type"] for r in client.post("/predict", json=body).json()["results"][0]["result"]}
+    assert types == {"brushlabels"}
+
+
+def test_second_click_runs_only_the_decoder(make_client, payloads, image_server):
+    client, backend = make_client(fresh_cache=True)
+    name, w, h = DOG
+    url = f"{image_server.url}/public/{name}"
+    first = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", url, (w, h))
+    assert client.post("/predict", json=first).status_code == 200
+    assert backend.encoder_calls == 1
+    t_first = backend.last_timings["embed_s"]
+    for name_ in ("ls_to_backend_predict_interactive_kp3", "ls_to_backend_predict_interactive_rect"):
+        r = client.post("/predict", json=interactive_body(payloads, name_, url, (w, h)))
+        assert r.status_code == 200 and r.json()["results"][0]["result"]
+    assert backend.encoder_calls == 1, "later clicks on the same image must not run the image encoder"
+    assert backend.cache.hits >= 2
+    assert backend.last_timings["embed_s"] < t_first / 5
+    assert image_server.hits.get(f"/public/{name}", 0) >= 1
+    stats = client.get("/stats").json()
+    assert stats["encoder_calls"] == 1 and stats["cache"]["items"] == 1
+
+
+def test_embeddings_on_disk_survive_a_restart(make_client, payloads, image_server, tmp_path):
+    name, w, h = GROCERIES
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+    client, backend = make_client(fresh_cache=True, cache_dir=str(tmp_path))
+    first = client.post("/predict", json=body).json()
+    assert backend.encoder_calls == 1 and list(tmp_path.glob("*.pt"))
+    client2, backend2 = make_client(fresh_cache=True, cache_dir=str(tmp_path))  # a new process, same disk
+    second = client2.post("/predict", json=body).json()
+    assert backend2.encoder_calls == 0
+    strip = lambda res: [{k: v for k, v in r.items() if k != "id"} for r in res["results"][0]["result"]]  # noqa: E731
+    assert strip(first) == strip(second)
+
+
+def test_batch_boxes_and_everything_one_result_per_task_in_order(make_client, payloads, image_server, images_dir,
+                                                                   sam_model, ref):
+    client, _ = make_client()
+    body = copy.deepcopy(payloads["ls_to_backend_predict_batch"]["body"])
+    body["label_config"] = CONFIG_ALL
+    t0 = body["tasks"][0]
+    t0["predictions"] = []  # a detector-free task: segment everything
+    t0["data"]["image"] = f"{image_server.url}/public/{GROCERIES[0]}"
+    t1 = copy.deepcopy(t0)
+    t1["id"] = 99
+    t1["data"]["image"] = f"{image_server.url}/public/{DOG[0]}"
+    rect = {"x": 10, "y": 20, "width": 50, "height": 60, "rotation": 0, "rectanglelabels": ["Dog"]}
+    t1["annotations"] = [{"id": 7, "was_cancelled": False, "result": [
+        {"from_name": "rect", "to_name": "image", "type": "rectanglelabels", "original_width": 800,
+         "original_height": 534, "value": rect},
+        {"from_name": "brush", "to_name": "image", "type": "brushlabels",
+         "value": {"format": "rle", "rle": [0, 1, 2] * 1000, "brushlabels": ["Object"]}}]}]
+    body["tasks"] = [t0, t1]
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert len(res) == 2
+    # task 0: segment everything; scores are the predicted IoUs
+    everything = regions_by_type(res[0]["result"])
+    assert 1 <= len(everything["brushlabels"]) <= 5
+    for b in everything["brushlabels"]:
+        assert brush_mask(b).shape == (534, 800) and brush_mask(b).any()
+        assert 0.0 <= b["score"] <= 1.5
+    gen = samkit.MaskGenerator(sam_model, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0,
+                               min_mask_region_area=25)
+    recs = sorted(gen.generate(samkit.load_image(images_dir / GROCERIES[0])), key=lambda x: -x["predicted_iou"])
+    assert [b["score"] for b in everything["brushlabels"]] == [round(x["predicted_iou"], 4) for x in recs[:5]]
+    assert np.array_equal(brush_mask(everything["brushlabels"][0]), recs[0]["segmentation"])
+    # task 1: a mask for its rectangle, with the rectangle's label
+    boxed = regions_by_type(res[1]["result"])
+    assert len(boxed["brushlabels"]) == 1 and boxed["brushlabels"][0]["value"]["brushlabels"] == ["Dog"]
+    box = np.array([80, 106.8, 480, 427.2])
+    expected, _ = ref(DOG[0], box=box)
+    assert np.array_equal(brush_mask(boxed["brushlabels"][0]), expected)
+    assert all(p["value"]["polygonlabels"] == ["Dog"] for p in boxed["polygonlabels"])
+
+
+def test_bad_json_and_bad_shapes(make_client):
+    client, _ = make_client()
+    r = client.post("/predict", content=b'{"tasks": [ {"id": 1,', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = client.post("/predict", json={"tasks": "nope", "label_config": CONFIG_ALL})
+    assert r.status_code == 400 and "tasks" in r.json()["error"]
+    r = client.post("/predict", content=b"")
+    assert r.status_code == 400 and "empty" in r.json()["error"]
+    r = client.post("/setup", content=b"[1, 2")
+    assert r.status_code == 400
+    assert client.get("/health").status_code == 200  # still alive
+
+
+def test_task_without_image(make_client, payloads):
+    client, _ = make_client()
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", "x", (800, 534))
+    body["tasks"][0]["data"] = {"text": "hello"}
+    r = client.post("/predict", json=body)
+    assert r.status_code == 422
+    assert "no image under data.image" in r.json()["error"] and "text" in r.json()["error"]
+    # batch: that task is skipped with the reason (no empty prediction), the others answered
+    batch = copy.deepcopy(payloads["ls_to_backend_predict_batch"]["body"])
+    batch["tasks"][0]["data"] = {}
+    r = client.post("/predict", json=batch)
+    assert r.status_code == 200
+    entry = r.json()["results"][0]
+    assert "result" not in entry and "no image" in entry["error"]
+
+
+def test_image_404_and_auth_errors_are_readable(make_client, payloads, image_server):
+    client, _ = make_client()
+    for path, status, words in [
+        ("/missing.jpg", 502, ["HTTP 404", "not found"]),
+        ("/private/dog.jpg", 502, ["HTTP 401", "credentials"]),
+        ("/text", 502, ["not an image", "login page"]),
+    ]:
+        body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", image_server.url + path, (800, 534))
+        r = client.post("/predict", json=body)
+        assert r.status_code == status, r.text
+        for w in words:
+            assert w in r.json()["error"]
+    # a Label Studio-relative path without any Label Studio URL configured or set up
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", "/data/upload/1/x.png", (64, 48))
+    body["project"] = "77.123"
+    r = client.post("/predict", json=body)
+    assert r.status_code == 502 and "LABEL_STUDIO_URL" in r.json()["error"]
+
+
+def test_label_studio_host_needs_the_key(make_client, payloads, image_server):
+    # The image lives on "Label Studio" (the image server plays it): without a key a clear 401 ...
+    client, _ = make_client(label_studio_url=image_server.url)
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", "/private/dog.jpg", (800, 534))
+    body["project"] = "55.1"
+    r = client.post("/predict", json=body)
+    assert r.status_code == 502 and "LABEL_STUDIO_API_KEY" in r.json()["error"]
+    # ... with a wrong key another one, with the legacy token it works.
+    client, _ = make_client(label_studio_url=image_server.url, label_studio_api_key="f" * 40)
+    r = client.post("/predict", json=body)
+    assert r.status_code == 502 and "refused" in r.json()["error"]
+    client, _ = make_client(label_studio_url=image_server.url, label_studio_api_key=image_server.token)
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200 and r.json()["results"][0]["result"]
+
+
+def test_config_without_supported_tool(make_client, payloads, image_server):
+    client, _ = make_client()
+    config = '<View><Image name="image" value="$image"/><Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
+    r = client.post("/setup", json={**payloads["ls_to_backend_setup"]["body"], "schema": config})
+    assert r.status_code == 422 and "BrushLabels" in r.json()["error"]
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/dog.jpg", (800, 534))
+    body["label_config"] = config
+    r = client.post("/predict", json=body)
+    assert r.status_code == 422 and "PolygonLabels" in r.json()["error"]
+    assert client.post("/validate", json={"config": config}).status_code == 422
+    assert client.post("/validate", json={"config": CONFIG_ALL}).status_code == 200
+
+
+def test_request_size_limit(make_client, payloads, image_server):
+    client, _ = make_client(max_request_mb=0.05)
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/dog.jpg", (800, 534))
+    body["tasks"][0]["annotations"][0]["result"].append(
+        {"type": "brushlabels", "value": {"rle": list(range(20000))}})
+    r = client.post("/predict", content=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "SAMKIT_LS_MAX_REQUEST_MB" in r.json()["error"]
+
+    def chunks():  # no Content-Length: counted while streaming
+        data = json.dumps(body).encode()
+        for i in range(0, len(data), 4096):
+            yield data[i:i + 4096]
+
+    r = client.post("/predict", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_big_task_history_is_skipped_not_parsed(make_client, payloads, image_server):
+    client, _ = make_client()
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/dog.jpg", (800, 534))
+    huge = {"format": "rle", "rle": [255] * 300_000, "brushlabels": ["Object"]}
+    body["tasks"][0]["annotations"] += [{"result": [{"type": "brushlabels", "from_name": "brush", "to_name": "image",
+                                                      "value": huge}]}] * 10
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200 and r.json()["results"][0]["result"]
+
+
+def test_basic_auth(make_client, payloads):
+    client, _ = make_client(basic_auth_user="ls", basic_auth_pass="s3cret")
+    assert client.get("/health").status_code == 401
+    assert client.post("/setup", json=payloads["ls_to_backend_setup"]["body"], auth=("ls", "wrong")).status_code == 401
+    r = client.post("/setup", json=payloads["ls_to_backend_setup"]["body"], auth=("ls", "s3cret"))
+    assert r.status_code == 200
+    assert client.get("/health", auth=("ls", "s3cret")).json()["status"] == "UP"
