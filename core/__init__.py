@@ -6,10 +6,11 @@ from .image_io import load_image
 from .mask_generator import MaskGenerator
 from .predictor import EmbeddingCache, Predictor
 from .sam import Sam
+from .ultralytics_api import SAM, Result
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CHECKPOINTS", "CheckpointError", "EmbeddingCache", "ImageError", "MaskGenerator", "Predictor", "PromptError", "Sam",
+    "CHECKPOINTS", "CheckpointError", "EmbeddingCache", "ImageError", "MaskGenerator", "Predictor", "PromptError", "Result", "SAM", "Sam",
     "SamkitError", "build_sam", "cache_dir", "load_image", "load_model",
 ]

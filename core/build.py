@@ -7,7 +7,6 @@ import os
 import pickle
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -167,12 +166,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         # weights_only: a checkpoint is data; never let it execute code.
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: it is truncated, corrupt or not a PyTorch weights file ({first_line[:200]}). "
-            "Download it again (samkit download MODEL) or pass the right file."
-        ) from None
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors, which samkit refuses to unpickle (a checkpoint "
+                "must not run code). Re-save it as a plain state_dict: torch.save(model.state_dict(), path)"
+            ) from None
+        raise _unreadable(path, exc) from None
+    except Exception as exc:  # torch.load fails in many ways on a damaged file (IndexError, EOFError, ...)
+        raise _unreadable(path, exc) from None
     if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
         loaded = loaded["model"]
     elif isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
@@ -182,6 +184,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if any(k.startswith("model.") for k in loaded) and not any(k.startswith("image_encoder.") for k in loaded):
         loaded = {k.removeprefix("model."): v for k, v in loaded.items()}
     return loaded
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    text = str(exc).strip()
+    first_line = text.splitlines()[0][:200] if text else type(exc).__name__
+    return CheckpointError(
+        f"cannot read checkpoint {path}: it is truncated, corrupt or not a PyTorch weights file ({first_line}). "
+        "Download it again (samkit download MODEL) or pass the right file."
+    )
 
 
 def infer_arch(state_dict: dict[str, torch.Tensor], path: Path) -> str:

@@ -76,7 +76,12 @@ class MaskGenerator:
         """HxWx3 uint8 RGB image (or a path / PIL image) -> one record per mask:
         segmentation, area, bbox (XYWH), predicted_iou, point_coords, stability_score, crop_box (XYWH)."""
         image = load_image(image)
-        data = self._generate_masks(image)
+        previous_state = self.predictor.current_state
+        try:
+            data = self._generate_masks(image)
+        finally:
+            # A predictor shared with interactive use keeps pointing at the image it had.
+            self.predictor.set_image_state(previous_state)
         if self.min_mask_region_area > 0:
             data = self._remove_small_regions(data, max(self.box_nms_thresh, self.crop_nms_thresh))
         records = []
@@ -123,7 +128,6 @@ class MaskGenerator:
         for start in range(0, len(points_for_image), self.points_per_batch):
             points = points_for_image[start : start + self.points_per_batch]
             parts.append(self._process_batch(points, (crop_h, crop_w), crop_box, orig_size))
-        self.predictor.reset_image()
         data = concat_data(parts)
         keep = mask_utils.nms(data["boxes"], data["iou_preds"], self.box_nms_thresh)
         data = filter_data(data, keep)

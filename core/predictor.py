@@ -139,7 +139,12 @@ class Predictor:
         self.encoder_calls += 1
         return ImageState(features, (image.shape[0], image.shape[1]), (resized.shape[0], resized.shape[1]))
 
-    def set_image_state(self, state: ImageState) -> None:
+    @property
+    def current_state(self) -> ImageState | None:
+        """The current image's state, or None when no image is set."""
+        return self._state
+
+    def set_image_state(self, state: ImageState | None) -> None:
         """Use an embedding computed elsewhere (for example by another predictor)."""
         self._state = state
 
