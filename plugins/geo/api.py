@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GeoError
+from .raster import gdal_bounded
 
 log = logging.getLogger("samkit.geo")
 
@@ -18,6 +19,7 @@ COLUMNS = ["id", "score", "stability_score", "area_m2", "area_px", "tile", "n_ti
 PROMPT_COLUMNS = ["id", "prompt_id", "score", "stability_score", "area_m2", "area_px", "tile"]
 
 
+@gdal_bounded
 def vectorize(
     src,
     dst=None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import GeoError
-from .raster import RasterSpec, open_raster, read_tile, read_valid
+from .raster import RasterSpec, gdal_env, open_raster, read_tile, read_valid
 from .tiling import Tile
 
 FORMAT_VERSION = 1
@@ -108,10 +108,39 @@ def record_mask(record, shape) -> np.ndarray:
     return seg.astype(bool, copy=False)
 
 
+def _crop_hint(rec, shape):
+    """The record's bbox (XYWH) grown by 2 px, if it holds the whole mask (checked against
+    ``area``); SAM-style boxes may be one pixel short, hence the margin."""
+    bbox, area = rec.get("bbox"), rec.get("area")
+    if bbox is None or area is None or isinstance(rec["segmentation"], dict):
+        return None
+    h, w = shape
+    x, y, bw, bh = (int(round(float(v))) for v in bbox)
+    r0, c0 = max(0, y - 2), max(0, x - 2)
+    r1, c1 = min(h, y + bh + 3), min(w, x + bw + 3)
+    if r1 <= r0 or c1 <= c0:
+        return None
+    return r0, c0, r1, c1, int(area)
+
+
 def pieces_from_records(tile: Tile, records, valid: np.ndarray):
-    """Clip each record's mask to valid pixels and crop it to its box (global coordinates)."""
+    """Clip each record's mask to valid pixels and crop it to its box (global coordinates).
+
+    The record's bbox is used to avoid scanning full-size masks when it provably holds the
+    whole mask (the mask's pixel count inside it equals the record's ``area``)."""
     for rec in records:
-        mask = record_mask(rec, valid.shape) & valid
+        hint = _crop_hint(rec, valid.shape)
+        mask = None
+        if hint is not None:
+            hr0, hc0, hr1, hc1, area = hint
+            seg = np.asarray(rec["segmentation"])
+            if seg.shape != valid.shape:
+                record_mask(rec, valid.shape)  # raises the clear error
+            sub = seg[hr0:hr1, hc0:hc1].astype(bool, copy=False)
+            if int(np.count_nonzero(sub)) == area:
+                mask, off_r, off_c = sub & valid[hr0:hr1, hc0:hc1], hr0, hc0
+        if mask is None:
+            mask, off_r, off_c = record_mask(rec, valid.shape) & valid, 0, 0
         rows = np.flatnonzero(mask.any(axis=1))
         if rows.size == 0:
             continue
@@ -120,7 +149,7 @@ def pieces_from_records(tile: Tile, records, valid: np.ndarray):
         crop = np.ascontiguousarray(mask[r0:r1, c0:c1])
         score = float(rec.get("predicted_iou", 1.0))
         stability = float(rec.get("stability_score", 1.0))
-        yield crop, (tile.r0 + int(r0), tile.c0 + int(c0)), score, stability
+        yield crop, (tile.r0 + off_r + int(r0), tile.c0 + off_c + int(c0)), score, stability
 
 
 _local = threading.local()
@@ -145,10 +174,12 @@ def process_tile(spec: RasterSpec, tile: Tile, generator) -> TileResult:
     """
     from .generators import resolve
 
-    ds = _dataset(spec.path)
-    valid = read_valid(ds, spec, tile.window)
-    if not valid.any():
-        return TileResult.empty(tile, "nodata")
-    image, valid = read_tile(ds, spec, tile.window, valid=valid)
+    with gdal_env():
+        ds = _dataset(spec.path)
+        valid = read_valid(ds, spec, tile.window)
+        if not valid.any():
+            return TileResult.empty(tile, "nodata")
+        image, valid = read_tile(ds, spec, tile.window, valid=valid)
     records = resolve(generator).generate(image)
+    del image
     return TileResult.from_masks(tile, pieces_from_records(tile, records, valid))

@@ -24,6 +24,30 @@ STRETCH_SAMPLE_PIXELS = 1 << 20
 DECIMATED_READ_MAX_PIXELS = 64 * 1024 * 1024
 
 
+#: GDAL's block cache for samkit.geo's reads unless GDAL_CACHEMAX is set (GDAL's own default is
+#: 5% of RAM, which on a large raster fills up with decompressed blocks)
+GDAL_CACHE_BYTES = 128 * 1024 * 1024
+
+
+def gdal_env():
+    """rasterio.Env bounding GDAL's block cache (respects a GDAL_CACHEMAX the user set)."""
+    if "GDAL_CACHEMAX" in os.environ:
+        return rasterio.Env()
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+
+
+def gdal_bounded(fn):
+    """Run ``fn`` inside ``gdal_env()``."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with gdal_env():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def apply_affine(t, x, y):
     """``t`` applied to coordinates (numbers or arrays), without affine's deprecated ``*``."""
     x = np.asarray(x, dtype=float)
@@ -219,8 +243,9 @@ def apply_stretch(plane: np.ndarray, lohi) -> np.ndarray:
         return np.clip(np.nan_to_num(plane.astype(np.float32)), 0, 255).round().astype(np.uint8)
     lo, hi = lohi
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    out = (plane.astype(np.float32) - np.float32(lo)) * np.float32(scale)
-    out = np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # nodata like -3.4e38 overflows; it is masked anyway
+        out = (plane.astype(np.float32) - np.float32(lo)) * np.float32(scale)
+        out = np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
     return np.clip(out, 0, 255).round().astype(np.uint8)
 
 

@@ -52,9 +52,13 @@ class LabelSegmenter:
         codes = colour_codes(image)
         h, w = codes.shape
         flat = codes.ravel()
-        order = np.argsort(flat, kind="stable")
+        if len(self.background) == 1:
+            fg = np.flatnonzero(flat != self.background[0])
+        else:
+            fg = np.flatnonzero(~np.isin(flat, np.asarray(self.background, np.uint32)))
+        order = fg[np.argsort(flat[fg], kind="stable")]
         values, starts = np.unique(flat[order], return_index=True)
-        ends = np.append(starts[1:], flat.size)
+        ends = np.append(starts[1:], order.size)
         records = []
         for value, s, e in zip(values, starts, ends):
             if int(value) in self.background:
