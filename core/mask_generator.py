@@ -18,12 +18,11 @@ import torch.nn.functional as F
 
 from . import mask_utils
 from .image_io import ImageLike, load_image
-from .predictor import Predictor
+from .predictor import UPSCALE_CHUNK, Predictor
 from .sam import Sam
 from .transforms import scale_coords
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-UPSCALE_CHUNK = 16  # full-resolution logits upscaled at once; bounds memory for large images
 
 
 class MaskGenerator:

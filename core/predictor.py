@@ -16,6 +16,8 @@ from .image_io import ImageLike, load_image
 from .sam import Sam
 from .transforms import resize_longest_side, scale_boxes, scale_coords
 
+UPSCALE_CHUNK = 16  # prompts whose full-size logits are computed at once
+
 
 @dataclass
 class ImageState:
@@ -282,8 +284,16 @@ class Predictor:
             mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=device)[None]
             num_prompts = coords_t.shape[0] if coords_t is not None else (boxes_t.shape[0] if boxes_t is not None else 1)
             mask_t = mask_t.expand(num_prompts, -1, -1, -1)
-        masks, scores, low_res = self.predict_torch(coords_t, labels_t, boxes_t, mask_t, multimask_output, return_logits)
-        return masks.cpu().numpy(), scores.cpu().numpy(), low_res.cpu().numpy()
+        low_res, scores = self.decode_low_res(coords_t, labels_t, boxes_t, mask_t, multimask_output)
+        # Upscale a few prompts at a time: full-size float logits of every prompt at once can take GBs.
+        height, width = state.original_size
+        masks = np.empty((*low_res.shape[:2], height, width), dtype=np.float32 if return_logits else bool)
+        with torch.inference_mode():
+            for start in range(0, low_res.shape[0], UPSCALE_CHUNK):
+                logits = self.model.postprocess_masks(low_res[start : start + UPSCALE_CHUNK], state.input_size, state.original_size)
+                chunk = logits if return_logits else logits > self.model.mask_threshold
+                masks[start : start + UPSCALE_CHUNK] = chunk.cpu().numpy()
+        return masks, scores.cpu().numpy(), low_res.cpu().numpy()
 
     # -- validation --------------------------------------------------------------------------
     @staticmethod
