@@ -24,8 +24,11 @@ import json
 import logging
 import time
 
+import anyio
+import anyio.to_thread
+
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -135,16 +138,31 @@ def create_app(settings: Settings | None = None, backend: SamBackend | None = No
         req = parse_body(SetupRequest, await request.body(), "/setup")
         return await run_in_threadpool(backend.setup, req)
 
+    # Interactive clicks and batch pre-labelling run in separate thread pools, so a long batch
+    # never holds every thread a click needs; both stay small so the Python-heavy parts (parsing,
+    # RLE, JSON) do not starve the event loop that answers /health.
+    interactive_limiter = anyio.CapacityLimiter(max(1, settings.interactive_threads))
+    batch_limiter = anyio.CapacityLimiter(max(1, settings.batch_threads))
+
+    def _predict(req: PredictRequest, t0: float) -> bytes:
+        out = backend.predict(req)
+        content = json.dumps(out, separators=(",", ":")).encode()
+        kind = "interactive" if req.params.context and req.params.context.result else "batch"
+        log.info("/predict %s: %d task(s), %d region(s) in %.3f s", kind, len(req.tasks),
+                 sum(len(r.get("result", [])) for r in out["results"]), time.perf_counter() - t0)
+        return content
+
     @app.post("/predict")
     async def predict(request: Request):
         body = await request.body()
         t0 = time.perf_counter()
-        req = await run_in_threadpool(parse_body, PredictRequest, body, "/predict")
-        out = await run_in_threadpool(backend.predict, req)
-        kind = "interactive" if req.params.context and req.params.context.result else "batch"
-        log.info("/predict %s: %d task(s), %d region(s) in %.3f s", kind, len(req.tasks),
-                 sum(len(r.get("result", [])) for r in out["results"]), time.perf_counter() - t0)
-        return out
+        req = await anyio.to_thread.run_sync(parse_body, PredictRequest, body, "/predict", limiter=interactive_limiter)
+        del body
+        interactive = bool(req.params.context and req.params.context.result)
+        content = await anyio.to_thread.run_sync(_predict, req, t0,
+                                                 limiter=interactive_limiter if interactive else batch_limiter)
+        # Serialised in the worker thread: FastAPI's own encoder would walk big RLE lists on the event loop.
+        return Response(content=content, media_type="application/json")
 
     @app.post("/webhook")
     async def webhook(request: Request):

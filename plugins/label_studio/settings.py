@@ -24,6 +24,8 @@
 | SAMKIT_LS_MAX_REGIONS | 100 | segment-everything: most masks per task (best first) |
 | SAMKIT_LS_MIN_AREA | 25 | drop masks / polygon parts smaller than this many pixels |
 | SAMKIT_LS_POLYGON_TOLERANCE | 1.0 | polygon simplification, pixels |
+| SAMKIT_LS_INTERACTIVE_THREADS | 4 | interactive requests worked on at once (more wait) |
+| SAMKIT_LS_BATCH_THREADS | 1 | batch pre-labelling requests worked on at once |
 | SAMKIT_LS_LOG_LEVEL | INFO | logging level |
 """
 
@@ -66,6 +68,8 @@ class Settings:
     max_regions: int = 100
     min_area: int = 25
     polygon_tolerance: float = 1.0
+    interactive_threads: int = 4
+    batch_threads: int = 1
     log_level: str = "INFO"
 
     @classmethod
@@ -94,6 +98,8 @@ class Settings:
             max_regions=int(_env("SAMKIT_LS_MAX_REGIONS", 100)),
             min_area=int(_env("SAMKIT_LS_MIN_AREA", 25)),
             polygon_tolerance=float(_env("SAMKIT_LS_POLYGON_TOLERANCE", 1.0)),
+            interactive_threads=int(_env("SAMKIT_LS_INTERACTIVE_THREADS", 4)),
+            batch_threads=int(_env("SAMKIT_LS_BATCH_THREADS", 1)),
             log_level=_env("SAMKIT_LS_LOG_LEVEL", "INFO"),
         )
         names = {f.name for f in fields(cls)}

@@ -81,6 +81,25 @@ def sam_model(mobile_sam_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def ref(sam_model, images_dir):
+    """ref(name, points=None, labels=None, box=None, multimask=False) -> (best mask, its score),
+    straight from samkit.Predictor: what the backend's answer must decode to."""
+    import numpy as np
+
+    import samkit
+
+    pred = samkit.Predictor(sam_model, cache_size=8)
+
+    def run(name, points=None, labels=None, box=None, multimask=False):
+        pred.set_image(images_dir / name)
+        masks, scores, _ = pred.predict(point_coords=points, point_labels=labels, box=box, multimask_output=multimask)
+        best = int(np.argmax(scores))
+        return masks[best], float(scores[best])
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def payloads(shared_dir) -> dict:
     d = shared_dir / "notes" / "label-studio-1.23.2-payloads"
     return {p.stem: json.loads(p.read_text()) for p in d.glob("*.json")}

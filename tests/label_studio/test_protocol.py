@@ -24,24 +24,6 @@ def interactive_body(payloads, name: str, url: str, size: tuple[int, int]) -> di
     return body
 
 
-@pytest.fixture(scope="module")
-def ref(sam_model, images_dir):
-    """ref(name, points, labels, box, multimask) -> the best mask and score straight from samkit.Predictor."""
-    pred = samkit.Predictor(sam_model, cache_size=4)
-
-    def run(name, points=None, labels=None, box=None, multimask=False):
-        return reference(pred, images_dir, name, points, labels, box, multimask)
-
-    return run
-
-
-def reference(pred, images_dir, name, points=None, labels=None, box=None, multimask=False):
-    pred.set_image(images_dir / name)
-    masks, scores, _ = pred.predict(point_coords=points, point_labels=labels, box=box, multimask_output=multimask)
-    best = int(np.argmax(scores))
-    return masks[best], float(scores[best])
-
-
 def regions_by_type(result: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in result:

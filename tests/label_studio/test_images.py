@@ -1,0 +1,82 @@
+"""Fetching task images: auth only where it belongs, personal access tokens, limits, local files."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+import samkit
+from samkit.label_studio.errors import ImageFetchError
+from samkit.label_studio.images import ImageFetcher, Source, is_personal_access_token
+
+
+def test_legacy_token_only_to_label_studio(image_server, images_dir):
+    fetcher = ImageFetcher()
+    ls = Source(url=image_server.url, api_key=image_server.token)
+    img = fetcher.get("/private/dog.jpg", ls)
+    assert np.array_equal(img, samkit.load_image(images_dir / "dog.jpg"))
+    # a redirect to another host (a presigned bucket URL) must not carry Label Studio's key
+    image_server.seen_auth.clear()
+    fetcher.get(f"{image_server.url}/redirect/bus.jpg", ls)
+    assert image_server.seen_auth == [("/echo-auth/bus.jpg", None)]
+    # a plain URL on another host gets no key either
+    other = image_server.url.replace("127.0.0.1", "localhost")
+    image_server.seen_auth.clear()
+    fetcher.get(f"{other}/echo-auth/truck.jpg", ls)
+    assert image_server.seen_auth == [("/echo-auth/truck.jpg", None)]
+
+
+def test_personal_access_token_is_exchanged_and_reused(image_server):
+    assert is_personal_access_token(image_server.pat) and not is_personal_access_token(image_server.token)
+    fetcher = ImageFetcher(cache_items=0)
+    ls = Source(url=image_server.url, api_key=image_server.pat)
+    before = image_server.refresh_calls
+    fetcher.get("/private/dog.jpg", ls)
+    fetcher.get("/private/groceries.jpg", ls)
+    assert image_server.refresh_calls == before + 1  # one exchange, the access token is reused
+    bad = Source(url=image_server.url, api_key=image_server.pat[:-4] + "AAAA")
+    with pytest.raises(ImageFetchError, match="refused the personal access token"):
+        fetcher.get("/private/dog.jpg", bad)
+
+
+def test_downloads_are_cached_by_url(image_server):
+    fetcher = ImageFetcher(cache_items=2)
+    src = Source(url=None, api_key=None)
+    a = fetcher.get(f"{image_server.url}/public/picture1.jpg", src)
+    b = fetcher.get(f"{image_server.url}/public/picture1.jpg", src)
+    assert a is b and fetcher.downloads == 1
+    assert not a.flags.writeable  # shared between requests: read-only
+
+
+def test_data_uri_and_unsupported_refs(images_dir):
+    fetcher = ImageFetcher()
+    raw = (images_dir / "dog.jpg").read_bytes()
+    img = fetcher.get("data:image/jpeg;base64," + base64.b64encode(raw).decode(), Source(None, None))
+    assert img.shape == (534, 800, 3)
+    for ref, words in [("ftp://host/x.jpg", "cannot fetch"), ("images/x.jpg", "cannot fetch"), ("", "empty"),
+                       ("s3://bucket/key.jpg", "LABEL_STUDIO_URL")]:
+        with pytest.raises(ImageFetchError, match=words):
+            fetcher.get(ref, Source(None, None))
+
+
+def test_size_limit(image_server):
+    fetcher = ImageFetcher(max_bytes=50_000)
+    with pytest.raises(ImageFetchError, match="SAMKIT_LS_MAX_IMAGE_MB"):
+        fetcher.get(f"{image_server.url}/public/truck.jpg", Source(None, None))
+
+
+def test_local_files_read_from_disk_when_the_root_is_shared(shared_dir, tmp_path):
+    fetcher = ImageFetcher(local_files_root=str(shared_dir / "data"))
+    img = fetcher.get("/data/local-files/?d=images/picture2.jpg", Source(None, None))
+    assert img.shape == (770, 769, 3)
+    assert fetcher.downloads == 0
+    with pytest.raises(ImageFetchError, match="outside"):
+        fetcher.get("/data/local-files/?d=../../../etc/passwd", Source(None, None))
+
+
+def test_unreachable_host_is_readable():
+    fetcher = ImageFetcher(timeout=2)
+    with pytest.raises(ImageFetchError, match="could not download the image http://127.0.0.1:9/"):
+        fetcher.get("http://127.0.0.1:9/x.jpg", Source(None, None))
