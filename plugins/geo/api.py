@@ -170,7 +170,6 @@ def _run_prompts(ds, spec, out_crs, transform, prompts, *, prompts_crs, skip_out
     from tqdm.auto import tqdm
 
     from . import raster
-    from .merge import trace
     from .prompts import load_prompts, plan_windows
 
     plist = load_prompts(prompts, raster_crs=out_crs, transform=transform, width=ds.width, height=ds.height,
@@ -179,52 +178,84 @@ def _run_prompts(ds, spec, out_crs, transform, prompts, *, prompts_crs, skip_out
         import samkit
 
         predictor = samkit.Predictor(samkit.load_model(model, device=device))
-    windows = plan_windows(plist, ds.width, ds.height, tile_size)
-    records, geoms = [], []
-    for win in tqdm(windows, desc="prompt windows", unit="window", disable=not progress, dynamic_ncols=True):
-        window = raster.Window(win.c0, win.r0, win.w, win.h)
-        image, valid = raster.read_tile(ds, spec, window, out_shape=win.out_shape)
-        if not valid.any():
-            log.warning("prompts %s lie in nodata only; skipped", [plist[k].prompt_id for k in win.members])
-            continue
-        fy, fx = image.shape[0] / win.h, image.shape[1] / win.w
-        predictor.set_image(image)
-        for k in win.members:
-            p = plist[k]
-            kwargs = {}
-            if len(p.points):
-                pts = (p.points - [win.c0, win.r0]) * [fx, fy]
-                kwargs["point_coords"] = pts.astype(np.float32)
-                kwargs["point_labels"] = p.labels.astype(np.int64)
-            if p.box is not None:
-                kwargs["box"] = ((p.box - [win.c0, win.r0, win.c0, win.r0]) * [fx, fy, fx, fy]).astype(np.float32)
-            single = len(p.points) == 1 and p.box is None
-            masks, scores, low_res = predictor.predict(multimask_output=single, return_logits=True, **kwargs)
-            best = int(np.argmax(scores))
-            logits = np.asarray(masks[best])
-            if logits.dtype == bool:  # a predictor that ignores return_logits
-                mask = logits
-                lr = np.asarray(low_res[best], dtype=np.float32)
-                stability = float((lr > 1).sum() / max(1, (lr > -1).sum()))
-            else:
-                mask = logits > 0
-                stability = float((logits > 1).sum() / max(1, (logits > -1).sum()))
-            mask &= valid
-            rows = np.flatnonzero(mask.any(axis=1))
-            if rows.size == 0:
-                log.warning("prompt %r gave an empty mask (or only nodata); skipped", p.prompt_id)
+    answers: dict[int, tuple] = {}
+    pending, size = list(range(len(plist))), tile_size
+    bar = tqdm(total=len(plist), desc="prompts", unit="prompt", disable=not progress, dynamic_ncols=True)
+    for attempt in range(PROMPT_WINDOW_GROWTH + 1):
+        windows = plan_windows([plist[k] for k in pending], ds.width, ds.height, size, read_size=tile_size)
+        retry = []
+        for win in windows:
+            members = [pending[j] for j in win.members]
+            image, valid = raster.read_tile(ds, spec, raster.Window(win.c0, win.r0, win.w, win.h),
+                                            out_shape=win.out_shape)
+            if not valid.any():
+                log.warning("prompts %s lie in nodata only; skipped", [plist[k].prompt_id for k in members])
+                bar.update(len(members))
                 continue
-            cols = np.flatnonzero(mask.any(axis=0))
-            r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-            g = trace(np.ascontiguousarray(mask[r0:r1, c0:c1]), int(r0), int(c0))
-            # the read grid (possibly reduced) -> global pixels of the raster
-            from shapely import affinity
+            predictor.set_image(image)
+            for k in members:
+                answer, cut = _answer_prompt(predictor, plist[k], win, image.shape[:2], valid, ds.width, ds.height)
+                if answer is not None:
+                    answers[k] = answer
+                if cut and attempt < PROMPT_WINDOW_GROWTH:
+                    retry.append(k)  # the mask runs into the window's edge: ask again with a larger window
+                else:
+                    bar.update(1)
+        if not retry:
+            break
+        pending, size = retry, size * 2
+    bar.close()
+    for k in range(len(plist)):
+        if k not in answers:
+            log.warning("prompt %r gave an empty mask (or only nodata); skipped", plist[k].prompt_id)
+    order = sorted(answers)
+    return [answers[k][1] for k in order], [answers[k][0] for k in order]
 
-            g = affinity.affine_transform(g, [1 / fx, 0, 0, 1 / fy, win.c0, win.r0])
-            geoms.append(g)
-            records.append({"prompt_id": str(p.prompt_id), "score": float(scores[best]),
-                            "stability_score": stability, "tile": f"x{win.c0}y{win.r0}w{win.w}h{win.h}"})
-    return records, geoms
+
+#: how many times a prompt whose mask reaches its window's edge is asked again with a window
+#: twice as large (read at the same resolution budget)
+PROMPT_WINDOW_GROWTH = 2
+
+
+def _answer_prompt(predictor, p, win, read_shape, valid, width, height):
+    """((geometry in global pixels, record) or None, whether the mask reaches a window edge that
+    is not the raster's edge)."""
+    from shapely import affinity
+
+    from .merge import trace
+
+    fy, fx = read_shape[0] / win.h, read_shape[1] / win.w
+    kwargs = {}
+    if len(p.points):
+        kwargs["point_coords"] = ((p.points - [win.c0, win.r0]) * [fx, fy]).astype(np.float32)
+        kwargs["point_labels"] = p.labels.astype(np.int64)
+    if p.box is not None:
+        kwargs["box"] = ((p.box - [win.c0, win.r0, win.c0, win.r0]) * [fx, fy, fx, fy]).astype(np.float32)
+    single = len(p.points) == 1 and p.box is None
+    masks, scores, low_res = predictor.predict(multimask_output=single, return_logits=True, **kwargs)
+    best = int(np.argmax(scores))
+    logits = np.asarray(masks[best])
+    if logits.dtype == bool:  # a predictor that ignores return_logits
+        mask = logits.copy()
+        lr = np.asarray(low_res[best], dtype=np.float32)
+        stability = float((lr > 1).sum() / max(1, (lr > -1).sum()))
+    else:
+        mask = logits > 0
+        stability = float((logits > 1).sum() / max(1, (logits > -1).sum()))
+    mask &= valid
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None, False
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    h, w = mask.shape
+    cut = ((r0 == 0 and win.r0 > 0) or (c0 == 0 and win.c0 > 0) or (r1 == h and win.r0 + win.h < height)
+           or (c1 == w and win.c0 + win.w < width))
+    g = trace(np.ascontiguousarray(mask[r0:r1, c0:c1]), int(r0), int(c0))
+    g = affinity.affine_transform(g, [1 / fx, 0, 0, 1 / fy, win.c0, win.r0])  # read grid -> raster pixels
+    record = {"prompt_id": str(p.prompt_id), "score": float(scores[best]), "stability_score": stability,
+              "tile": f"x{win.c0}y{win.r0}w{win.w}h{win.h}"}
+    return (g, record), cut
 
 
 def _valid_polygon(ds, spec, bounds):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import GeoError
-from .raster import apply_affine, to_pyproj
+from .raster import apply_affine, to_pyproj, transform_xy
 
 
 @dataclass
@@ -96,7 +96,7 @@ def _read_source(prompts, prompts_crs):
     labels = gdf["label"] if "label" in gdf.columns else None
     rows = []
     for k, geom in enumerate(gdf.geometry):
-        pid = ids.iloc[k] if ids is not None else k
+        pid = ids.iloc[k] if ids is not None else gdf.index[k]  # default: the row's index (row number in a file)
         lab = _label(labels.iloc[k]) if labels is not None else 1
         if geom is None or geom.is_empty:
             raise GeoError(f"{name}: row {k} has no geometry")
@@ -123,7 +123,7 @@ def _coords_valid_in(crs, xy: np.ndarray) -> np.ndarray:
     if crs.is_geographic:
         return ok & (np.abs(x) <= 180) & (np.abs(y) <= 90)
     try:
-        lon, lat = pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True).transform(x, y)
+        lon, lat = transform_xy(pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True), x, y)
     except pyproj.exceptions.ProjError:
         return np.zeros(len(x), bool)
     ok &= np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 360) & (np.abs(lat) <= 90)
@@ -184,9 +184,10 @@ def _load_one(prompts, *, raster_crs, transform, width, height, prompts_crs, ski
             bad = allxy[~ok][0]
             hint = ""
             px = np.column_stack(apply_affine(~transform, allxy[:, 0], allxy[:, 1]))
-            if raster_crs is not None and np.all((px[:, 0] >= 0) & (px[:, 0] <= width)
-                                                  & (px[:, 1] >= 0) & (px[:, 1] <= height)):
-                hint = (" They do fall inside the raster when read in the raster's own CRS: if that is what"
+            inside = (px[:, 0] >= 0) & (px[:, 0] <= width) & (px[:, 1] >= 0) & (px[:, 1] <= height)
+            if raster_crs is not None and inside.mean() >= 0.5:
+                hint = (f" {inside.mean():.0%} of them fall inside the raster when read in the raster's own CRS:"
+                        " if that is what"
                         " they are, pass prompts_crs='raster' (CLI --prompt-crs raster) or fix the file's CRS.")
             raise GeoError(
                 f"{name} says its CRS is {_crs_name(crs)}, but {int((~ok).sum())} of {len(allxy)} coordinates"
@@ -194,22 +195,20 @@ def _load_one(prompts, *, raster_crs, transform, width, height, prompts_crs, ski
                 f" (a GeoJSON without a 'crs' member is EPSG:4326 by definition).{hint}"
             )
         to_raster = None if crs.equals(raster_crs) else pyproj.Transformer.from_crs(crs, raster_crs, always_xy=True)
-    inv = ~transform
-
-    def to_px(xy):
-        if to_raster is not None:
-            x, y = to_raster.transform(xy[:, 0], xy[:, 1])
-            xy = np.column_stack([x, y])
-        return np.column_stack(apply_affine(inv, xy[:, 0], xy[:, 1])).reshape(-1, 2)
+    # all coordinates at once: prompt CRS -> raster CRS -> global pixels
+    allxy = np.concatenate([r[2] for r in rows])
+    if to_raster is not None:
+        allxy = np.column_stack(transform_xy(to_raster, allxy[:, 0], allxy[:, 1]))
+    allpx = np.column_stack(apply_affine(~transform, allxy[:, 0], allxy[:, 1]))
+    splits = np.cumsum([len(r[2]) for r in rows])[:-1]
 
     grouped: dict = {}
     order = []
-    for pid, kind, xy, lab in rows:
+    for (pid, kind, _, lab), px in zip(rows, np.split(allpx, splits)):
         if pid not in grouped:
             grouped[pid] = Prompt(pid)
             order.append(pid)
         p = grouped[pid]
-        px = to_px(xy)
         if kind == "point":
             p.points = np.concatenate([p.points, px])
             p.labels = np.concatenate([p.labels, np.full(len(px), lab, int)])
@@ -289,17 +288,20 @@ class PromptWindow:
         return left <= x0 and x1 <= right and top <= y0 and y1 <= bottom
 
 
-def plan_windows(prompts, width: int, height: int, tile_size: int):
-    """Windows to answer the prompts from: each prompt lies at least a quarter tile from every
+def plan_windows(prompts, width: int, height: int, tile_size: int, read_size: int | None = None):
+    """Windows to answer the prompts from: each prompt lies at least a quarter window from every
     edge of its window that is not the raster's own edge (so a prompt near a tile border gets a
-    window centred on it); nearby prompts share a window (one image embedding). A box larger
-    than a tile gets a window around it, read at reduced resolution to the tile size."""
+    window centred on it); nearby prompts share a window (one image embedding). Windows are
+    ``tile_size`` pixels (larger around a box that does not fit) and are read at reduced
+    resolution when larger than ``read_size`` (default ``tile_size``)."""
+    read_size = read_size or tile_size
     margin = tile_size // 4
+    standard = (min(tile_size, width), min(tile_size, height))
     windows: list[PromptWindow] = []
     for k in sorted(range(len(prompts)), key=lambda i: prompt_extent(prompts[i])[1::-1]):
         ext = prompt_extent(prompts[k])
         for win in windows:
-            if win.out_shape is None and win.fits(ext, margin, width, height):
+            if (win.w, win.h) == standard and win.fits(ext, margin, width, height):
                 win.members.append(k)
                 break
         else:
@@ -310,8 +312,8 @@ def plan_windows(prompts, width: int, height: int, tile_size: int):
             c0 = int(min(max(0, round(cx - w / 2)), width - w))
             r0 = int(min(max(0, round(cy - h / 2)), height - h))
             out_shape = None
-            if max(w, h) > tile_size:
-                f = tile_size / max(w, h)
+            if max(w, h) > read_size:
+                f = read_size / max(w, h)
                 out_shape = (max(1, round(h * f)), max(1, round(w * f)))
             windows.append(PromptWindow(c0, r0, w, h, out_shape, [k]))
     return windows

@@ -48,6 +48,16 @@ def gdal_bounded(fn):
     return wrapper
 
 
+def transform_xy(transformer, x, y):
+    """pyproj ``transformer.transform`` on arrays (pyproj mishandles arrays of one element)."""
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if x.size == 1:
+        tx, ty = transformer.transform(float(x[0]), float(y[0]))
+        return np.array([tx]), np.array([ty])
+    return transformer.transform(x, y)
+
+
 def apply_affine(t, x, y):
     """``t`` applied to coordinates (numbers or arrays), without affine's deprecated ``*``."""
     x = np.asarray(x, dtype=float)

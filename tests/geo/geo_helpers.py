@@ -105,3 +105,48 @@ def synthetic_raster(path, codes: np.ndarray, *, crs="EPSG:32633", origin=(50000
     transform = Affine(res, 0, origin[0], 0, -res, origin[1])
     write_rgb(path, codes_to_rgb(codes), crs=crs, transform=transform, alpha=alpha)
     return Path(path), transform
+
+
+class FloodPredictor:
+    """A stand-in for ``samkit.Predictor`` whose answer is known exactly: the 4-connected region of
+    one colour under the first positive point (or, for a box alone, the region with most pixels
+    inside the box). Returns logits (+10 inside, -10 outside) and records every call."""
+
+    def __init__(self):
+        self.images = []
+        self.calls = []
+
+    def set_image(self, image):
+        from samkit.geo.testing import colour_codes
+
+        self.codes = colour_codes(image)
+        self.images.append(image.shape)
+
+    def predict(self, point_coords=None, point_labels=None, box=None, multimask_output=True,
+                return_logits=False, mask_input=None):
+        import cv2
+
+        self.calls.append({"points": None if point_coords is None else np.array(point_coords),
+                           "labels": None if point_labels is None else np.array(point_labels),
+                           "box": None if box is None else np.array(box), "multimask": multimask_output,
+                           "shape": self.codes.shape})
+        h, w = self.codes.shape
+        if point_coords is not None and (np.asarray(point_labels) == 1).any():
+            x, y = np.asarray(point_coords)[np.asarray(point_labels) == 1][0]
+            r, c = min(int(y), h - 1), min(int(x), w - 1)
+        else:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            sub = self.codes[y0:y1, x0:x1]
+            vals, counts = np.unique(sub[sub > 0], return_counts=True)
+            code = vals[np.argmax(counts)]
+            rr, cc = np.nonzero(sub == code)
+            r, c = y0 + rr[0], x0 + cc[0]
+        same = (self.codes == self.codes[r, c]).astype(np.uint8)
+        _, labels = cv2.connectedComponents(same, connectivity=4)
+        mask = labels == labels[r, c]
+        n = 3 if multimask_output else 1
+        masks = np.stack([mask] * n)
+        logits = np.where(masks, 10.0, -10.0).astype(np.float32)
+        scores = np.linspace(0.9, 0.7, n).astype(np.float32)
+        low = np.zeros((n, 256, 256), np.float32)
+        return (logits if return_logits else masks), scores, low
