@@ -77,6 +77,9 @@ def add_commands(subparsers) -> None:
     m.add_argument("--pred-iou-thresh", type=float, default=0.88)
     m.add_argument("--stability-thresh", type=float, default=0.95)
     m.add_argument("--min-mask-region-area", type=int, default=None)
+    m.add_argument("--generator", metavar="MODULE:NAME",
+                   help="use another segmenter: a class or factory (called without arguments) whose object has"
+                        " generate(image) -> MaskGenerator records, e.g. samkit.geo.testing:LabelSegmenter")
     r = v.add_argument_group("large jobs")
     r.add_argument("--dask", help="run tiles on Dask: a scheduler address (tcp://host:8786) or a number of"
                                   " local worker processes")
@@ -131,6 +134,23 @@ def _api():
     return api
 
 
+def _load_object(spec: str):
+    import importlib
+
+    from .errors import GeoError
+
+    module, _, name = spec.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in name.split(".") if name else []:
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise GeoError(f"--generator {spec}: cannot import it ({exc}); give MODULE:NAME") from exc
+    if not name or not callable(obj):
+        raise GeoError(f"--generator {spec}: give MODULE:NAME of a class or factory")
+    return obj
+
+
 def _stretch(value: str):
     if value.startswith("v:"):
         nums = [float(x) for x in value[2:].split(",")]
@@ -175,7 +195,11 @@ def _vectorize(args) -> int:
     dask = args.dask
     if dask is not None and dask.isdigit():
         dask = int(dask)
-    gdf = api.vectorize(args.raster, args.output, model=args.model, device=args.device, generator_options=opts,
+    generator = None
+    if args.generator:
+        generator, opts = _load_object(args.generator)(), None
+    gdf = api.vectorize(args.raster, args.output, generator=generator, model=args.model, device=args.device,
+                        generator_options=opts,
                         tile_size=args.tile_size, overlap=args.overlap, iou_thresh=args.iou_thresh, dask=dask,
                         checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume,
                         keep_checkpoints=args.keep_checkpoints, **_raster_kwargs(args), **_output_kwargs(args))

@@ -87,45 +87,54 @@ def write_vector(gdf, dst, *, layer: str | None = None) -> Path:
     """Write ``gdf`` to ``dst`` in the format its extension names; atomically (a temporary file
     in the same directory, renamed over ``dst`` once complete: an interrupted run leaves no file
     that looks finished). A shapefile's sidecars are moved first and the .shp last."""
+    import warnings
+
     path = Path(os.fspath(dst))
     fmt = output_format(path)
     gdf = _prepare(gdf, fmt)
-    layer = layer or path.stem
-    geometry_type = None
-    if len(gdf) == 0:
-        geometry_type = "Polygon"
+    geometry_type = "Polygon" if len(gdf) == 0 else None
     try:
-        if fmt == "ESRI Shapefile":
-            tmpdir = path.parent / f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}"
-            tmpdir.mkdir()
-            try:
-                tmp = tmpdir / path.name
-                gdf.to_file(tmp, driver=fmt, engine="pyogrio", geometry_type=geometry_type, encoding="UTF-8")
-                written = sorted(tmpdir.iterdir(), key=lambda p: p.suffix.lower() == ".shp")
-                for old in SHAPEFILE_SIDECARS:  # stale sidecars of an older file must not survive
-                    stale = path.with_suffix(old)
-                    if stale.exists() and not (tmpdir / stale.name).exists():
-                        stale.unlink()
-                for f in written:
-                    os.replace(f, path.parent / f.name)
-            finally:
-                shutil.rmtree(tmpdir, ignore_errors=True)
-            return path
-        tmp = _tmp_name(path)
-        try:
-            if fmt == "GeoParquet":
-                gdf.to_parquet(tmp, index=False)
-            elif fmt == "GPKG":
-                gdf.to_file(tmp, driver=fmt, engine="pyogrio", layer=layer, geometry_type=geometry_type)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixel space: no CRS on purpose
+            if fmt == "ESRI Shapefile":
+                _write_shapefile(gdf, path, geometry_type)
             else:
-                gdf.to_file(tmp, driver=fmt, engine="pyogrio", geometry_type=geometry_type)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+                _write_single_file(gdf, path, fmt, layer or path.stem, geometry_type)
     except OSError as exc:
         raise GeoError(f"could not write {path}: {exc}") from exc
     return path
+
+
+def _write_shapefile(gdf, path: Path, geometry_type) -> None:
+    tmpdir = path.parent / f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}"
+    tmpdir.mkdir()
+    try:
+        gdf.to_file(tmpdir / path.name, driver="ESRI Shapefile", engine="pyogrio", geometry_type=geometry_type,
+                    encoding="UTF-8")
+        written = sorted(tmpdir.iterdir(), key=lambda p: p.suffix.lower() == ".shp")  # .shp last
+        for old in SHAPEFILE_SIDECARS:  # stale sidecars of an older file must not survive
+            stale = path.with_suffix(old)
+            if stale.exists() and not (tmpdir / stale.name).exists():
+                stale.unlink()
+        for f in written:
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _write_single_file(gdf, path: Path, fmt: str, layer: str, geometry_type) -> None:
+    tmp = _tmp_name(path)
+    try:
+        if fmt == "GeoParquet":
+            gdf.to_parquet(tmp, index=False)
+        elif fmt == "GPKG":
+            gdf.to_file(tmp, driver=fmt, engine="pyogrio", layer=layer, geometry_type=geometry_type)
+        else:
+            gdf.to_file(tmp, driver=fmt, engine="pyogrio", geometry_type=geometry_type)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_id_raster(objects_px, dst, *, width: int, height: int, crs, transform, block: int = 1024) -> Path:
