@@ -24,6 +24,7 @@ from samkit.fiftyone.runner import (
     Progress,
     RunSummary,
     check_output_field,
+    drive,
     iter_segment_everything,
     iter_segment_prompts,
     prompt_kind,
@@ -148,10 +149,34 @@ def _delegation_hint(inputs: "types.Object") -> None:
 class _SamOperator(foo.Operator):
     """Shared execution: progress, streaming to the App, the result shown at the end."""
 
+    name = label = description = ""
     defaults: dict[str, Any] = {}
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name=self.name,
+            label=self.label,
+            description=self.description,
+            dynamic=True,  # the form changes with the prompt field and the storage mode
+            execute_as_generator=True,  # progress streamed to the App (see execute)
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
 
     def _job(self, ctx) -> Generator[Progress, None, RunSummary]:
         raise NotImplementedError
+
+    def _common(self, ctx) -> dict[str, Any]:
+        """Job arguments both operators take: model, device, resume and mask storage."""
+        p = lambda name: _param(ctx, self.defaults, name)  # noqa: E731
+        return dict(
+            model=p("model") or _secret(ctx, "SAMKIT_CHECKPOINT"),
+            device=_secret(ctx, "SAMKIT_DEVICE"),
+            skip_existing=bool(p("skip_existing")),
+            mask_storage=p("mask_storage"),
+            mask_dir=p("mask_dir") or _secret(ctx, "SAMKIT_MASK_DIR"),
+        )
 
     def execute(self, ctx):
         job = self._job(ctx)
@@ -161,17 +186,7 @@ class _SamOperator(foo.Operator):
         return summary.to_dict()
 
     def _stream(self, ctx, job):
-        last = 0.0
-        while True:
-            try:
-                update = next(job)
-            except StopIteration as stop:
-                summary = stop.value
-                break
-            now = time.monotonic()
-            if now - last >= PROGRESS_INTERVAL_S:
-                last = now
-                yield ctx.ops.set_progress(label=update.label, progress=update.fraction)
+        summary = yield from _mapped(_throttled(job), lambda u: ctx.ops.set_progress(label=u.label, progress=u.fraction))
         yield ctx.ops.set_progress(label=summary.message, progress=1.0)
         yield ctx.ops.reload_dataset()
         yield ctx.ops.notify(summary.message, variant="warning" if summary.failed else "success")
@@ -186,18 +201,32 @@ class _SamOperator(foo.Operator):
         return types.Property(outputs, view=types.View(label="SAM run"))
 
 
-def _drive_with_progress(job, set_progress: Callable[..., Any]) -> RunSummary:
+def _throttled(job: Generator[Progress, None, RunSummary]) -> Generator[Progress, None, RunSummary]:
+    """The job's progress updates, at most one per PROGRESS_INTERVAL_S (and the last one)."""
     last = 0.0
     while True:
         try:
             update = next(job)
         except StopIteration as stop:
-            summary = stop.value
-            break
+            return stop.value
         now = time.monotonic()
         if now - last >= PROGRESS_INTERVAL_S or update.done == update.total:
             last = now
-            set_progress(progress=update.fraction, label=update.label)
+            yield update
+
+
+def _mapped(gen: Generator, fn: Callable[[Any], Any]) -> Generator:
+    """Yield fn(item) for each item of gen; return what gen returns."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield fn(item)
+
+
+def _drive_with_progress(job, set_progress: Callable[..., Any]) -> RunSummary:
+    summary = drive(_throttled(job), lambda u: set_progress(progress=u.fraction, label=u.label))
     set_progress(progress=1.0, label=summary.message)
     return summary
 
@@ -205,17 +234,9 @@ def _drive_with_progress(job, set_progress: Callable[..., Any]) -> RunSummary:
 class SegmentEverything(_SamOperator):
     defaults = EVERYTHING_PARAM_DEFAULTS
 
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="segment_everything",
-            label="SAM: segment everything",
-            description="Instance masks for every object SAM finds, as Detections (samkit)",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-        )
+    name = "segment_everything"
+    label = "SAM: segment everything"
+    description = "Instance masks for every object SAM finds, as Detections (samkit)"
 
     def resolve_input(self, ctx):
         d = self.defaults
@@ -248,30 +269,18 @@ class SegmentEverything(_SamOperator):
         return iter_segment_everything(
             ctx.target_view(),
             label_field=p("output_field"),
-            model=p("model") or _secret(ctx, "SAMKIT_CHECKPOINT"),
-            device=_secret(ctx, "SAMKIT_DEVICE"),
             **{name: p(name) for name in EVERYTHING_DEFAULTS},
             max_masks=p("max_masks") or None,
-            skip_existing=bool(p("skip_existing")),
-            mask_storage=p("mask_storage"),
-            mask_dir=p("mask_dir") or _secret(ctx, "SAMKIT_MASK_DIR"),
+            **self._common(ctx),
         )
 
 
 class SegmentPrompts(_SamOperator):
     defaults = PROMPTS_PARAM_DEFAULTS
 
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="segment_prompts",
-            label="SAM: masks from boxes or keypoints",
-            description="Instance masks from a Detections (boxes) or Keypoints (points) field (samkit)",
-            dynamic=True,
-            execute_as_generator=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-        )
+    name = "segment_prompts"
+    label = "SAM: masks from boxes or keypoints"
+    description = "Instance masks from a Detections (boxes) or Keypoints (points) field (samkit)"
 
     def resolve_input(self, ctx):
         d = self.defaults
@@ -327,13 +336,9 @@ class SegmentPrompts(_SamOperator):
             ctx.target_view(),
             prompt_field,
             label_field=output_field,
-            model=p("model") or _secret(ctx, "SAMKIT_CHECKPOINT"),
-            device=_secret(ctx, "SAMKIT_DEVICE"),
             batch_size=p("batch_size"),
             point_labels_attr=p("point_labels_attr"),
-            skip_existing=bool(p("skip_existing")),
-            mask_storage=p("mask_storage"),
-            mask_dir=p("mask_dir") or _secret(ctx, "SAMKIT_MASK_DIR"),
+            **self._common(ctx),
         )
 
 

@@ -130,7 +130,7 @@ class MaskWriter:
         return True
 
 
-def _drive(gen: Generator[Progress, None, RunSummary], progress: Optional[ProgressCallback]) -> RunSummary:
+def drive(gen: Generator[Progress, None, RunSummary], progress: Optional[ProgressCallback]) -> RunSummary:
     while True:
         try:
             update = next(gen)
@@ -242,6 +242,17 @@ def _process(
                            + (f", {summary.failed} failed" if summary.failed else ""))
 
 
+def _plan(summary: RunSummary, todo, nothing_to_do: str) -> list[str]:
+    """The ids of the samples to process; counts the others as skipped."""
+    todo_ids = todo.values("id")
+    summary.skipped = summary.total - len(todo_ids)
+    if summary.total == 0:
+        summary.message = "the target view is empty: nothing to segment"
+    elif not todo_ids:
+        summary.message = nothing_to_do
+    return todo_ids
+
+
 def _run(summary: RunSummary, samples, todo_ids, select, compute, write, error_field: str,
          started: float) -> Generator[Progress, None, RunSummary]:
     yield Progress(summary.skipped, summary.total, f"{summary.operation}: {len(todo_ids)} samples to do")
@@ -304,12 +315,7 @@ def iter_segment_everything(
     todo = samples
     if skip_existing and samples.has_field(label_field):
         todo = samples.exists(label_field, False)
-    todo_ids = todo.values("id")
-    summary.skipped = summary.total - len(todo_ids)
-    if summary.total == 0:
-        summary.message = "the target view is empty: nothing to segment"
-    elif not todo_ids:
-        summary.message = f"all {summary.total} samples already have '{label_field}': nothing to do"
+    todo_ids = _plan(summary, todo, f"all {summary.total} samples already have '{label_field}': nothing to do")
     if not todo_ids:
         return _finished(summary, samples, label_field, started)
 
@@ -344,7 +350,7 @@ def segment_everything(samples, label_field: str = "sam", model: Any = None, *,
     ``model``: a name ("mobile_sam", "vit_b", ...), a checkpoint path or a loaded ``samkit.Sam``;
     default ``$SAMKIT_CHECKPOINT``, else mobile_sam.
     """
-    return _drive(iter_segment_everything(samples, label_field, model, **options), progress)
+    return drive(iter_segment_everything(samples, label_field, model, **options), progress)
 
 
 def iter_segment_prompts(
@@ -385,12 +391,7 @@ def iter_segment_prompts(
             todo = todo.match(F(list_field).filter(missing).length() > 0)
         elif samples.has_field(target):
             todo = todo.exists(target, False)
-    todo_ids = todo.values("id")
-    summary.skipped = summary.total - len(todo_ids)
-    if summary.total == 0:
-        summary.message = "the target view is empty: nothing to segment"
-    elif not todo_ids:
-        summary.message = f"nothing to do: every sample with prompts in '{prompt_field}' already has masks"
+    todo_ids = _plan(summary, todo, f"nothing to do: every sample with prompts in '{prompt_field}' already has masks")
     if not todo_ids:
         return _finished(summary, samples, target, started)
 
@@ -425,4 +426,4 @@ def segment_prompts(samples, prompt_field: str, label_field: Optional[str] = Non
     ``sam_labels``), NaN points are ignored. Options: ``batch_size`` (boxes decoded at once),
     ``skip_existing``, ``mask_storage``, ``mask_dir``, ``error_field``, ``device``.
     """
-    return _drive(iter_segment_prompts(samples, prompt_field, label_field, model, **options), progress)
+    return drive(iter_segment_prompts(samples, prompt_field, label_field, model, **options), progress)

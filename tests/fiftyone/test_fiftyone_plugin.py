@@ -136,3 +136,26 @@ def test_cli_install_into_plugins_dir(tmp_path, mode):
                  else argv)
     assert _run_cli(["fiftyone", "uninstall", "--plugins-dir", str(plugins_dir)]) == 0
     assert not (plugins_dir / "@samkit").exists()
+
+
+def test_enrich_example_runs(tmp_path, photos, checkpoint, monkeypatch, capsys):
+    import runpy
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "dog.jpg").write_bytes(Path(photos["dog.jpg"]).read_bytes())
+    name = f"enrich-{tmp_path.name}"
+    script = PLUGINS_DIR.parent / "examples" / "fiftyone_enrich.py"
+    monkeypatch.setattr(sys, "argv", [
+        str(script), "--images", str(images), "--dataset", name, "--model", checkpoint, "--points-per-side", "2",
+        "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--no-app"])
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+        out = capsys.readouterr().out
+        assert "segment_everything: 1 samples written to 'sam_everything'" in out
+        assert "segment_prompts: 1 samples written to 'boxes_sam'" in out
+        dataset = fo.load_dataset(name)
+        assert dataset.count("boxes_sam.detections") == dataset.count("boxes.detections") > 0
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
