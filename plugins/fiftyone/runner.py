@@ -198,7 +198,10 @@ def prompt_kind(samples, prompt_field: str) -> str:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if "DocumentTooLarge" in message or "too large" in text.lower():
+        message += " (the masks exceed MongoDB's 16 MB per sample: use mask_storage 'png' or 'auto')"
+    return message
 
 
 def _process(
@@ -206,7 +209,7 @@ def _process(
     samples,
     todo_ids: list[str],
     select: list[str],
-    compute: Callable[[Any, Any], "fol.Detections"],
+    compute: Callable[[Any, Any], tuple["fol.Detections", int]],  # (labels, masks made)
     write: Callable[[Any, "fol.Detections"], None],
     error_field: str,
 ) -> Generator[Progress, None, None]:
@@ -217,16 +220,18 @@ def _process(
     total = summary.total
     for start in range(0, len(todo_ids), _CHUNK):
         chunk = todo_ids[start : start + _CHUNK]
-        for sample in dataset.select(chunk, ordered=True).select_fields(select):
+        # from the target view itself, so its label filters apply (prompts the user filtered out
+        # are not used, and saving merges the visible labels back)
+        for sample in samples.select(chunk, ordered=True).select_fields(select):
             try:
                 image = samkit.load_image(sample.filepath)
-                labels = compute(image, sample)
+                labels, masks = compute(image, sample)
                 write(sample, labels)
                 if had_error_field and sample[error_field] is not None:
                     sample[error_field] = None
                 sample.save()
                 summary.processed += 1
-                summary.masks += len(labels.detections)
+                summary.masks += masks
             except Exception as exc:  # one sample's failure is recorded; the run goes on
                 message = _describe(exc)
                 summary.failed += 1
@@ -333,8 +338,11 @@ def iter_segment_everything(
             summary.mask_dir = writer.mask_dir
         sample[label_field] = labels
 
-    return _run(summary, samples, todo_ids, [label_field], lambda image, sample: segmenter.everything(image),
-                write, error_field, started)
+    def compute(image, sample):
+        labels = segmenter.everything(image)
+        return labels, segmenter.last_masks
+
+    return _run(summary, samples, todo_ids, [label_field], compute, write, error_field, started)
 
 
 def segment_everything(samples, label_field: str = "sam", model: Any = None, *,
@@ -400,8 +408,9 @@ def iter_segment_prompts(
     def compute(image, sample):
         value = sample[prompt_field]
         if value is None:
-            return fol.Detections()
-        return segmenter.prompts(image, value, in_place=in_place, only_missing=skip_existing)
+            return fol.Detections(), 0
+        labels = segmenter.prompts(image, value, in_place=in_place, only_missing=skip_existing)
+        return labels, segmenter.last_masks
 
     def write(sample, labels):
         if writer.store(sample.id, labels.detections, replace=not in_place):

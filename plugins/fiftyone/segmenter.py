@@ -165,6 +165,7 @@ class Segmenter:
         self.point_labels_attr = point_labels_attr or DEFAULT_POINT_LABELS_ATTR
         self._predictor: Optional[samkit.Predictor] = None
         self._generator = None
+        self.last_masks = 0  # masks made by the last call (in place: not the detections left as they were)
 
     @property
     def predictor(self) -> "samkit.Predictor":
@@ -198,6 +199,7 @@ class Segmenter:
                     area=int(record["area"]),
                 )
             )
+        self.last_masks = len(detections)
         return fol.Detections(detections=detections)
 
     # -- prompts ------------------------------------------------------------------------------
@@ -250,6 +252,7 @@ class Segmenter:
                 det.mask_path = None
                 det["predicted_iou"] = score
                 det["area"] = int(det.mask.sum())
+            self.last_masks = len(todo)
             return detections
 
         out = []
@@ -258,6 +261,7 @@ class Segmenter:
             new = self._new_detection(det, mask, score)
             if new is not None:
                 out.append(new)
+        self.last_masks = len(out)
         return fol.Detections(detections=out)
 
     def keypoints(self, image: np.ndarray, keypoints: "fol.Keypoints") -> "fol.Detections":
@@ -281,6 +285,7 @@ class Segmenter:
             new = self._new_detection(kp, np.asarray(masks[best], dtype=bool), float(scores[best]))
             if new is not None:
                 out.append(new)
+        self.last_masks = len(out)
         return fol.Detections(detections=out)
 
     def _new_detection(self, prompt: "fol.Label", mask: np.ndarray, score: float) -> Optional["fol.Detection"]:

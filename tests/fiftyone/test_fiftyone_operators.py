@@ -206,6 +206,26 @@ def test_segment_prompts_in_place_keeps_labels(make_dataset, photos, checkpoint)
     assert again["processed"] == 0 and again["skipped"] == 2
 
 
+def test_segment_prompts_in_place_on_filtered_labels(make_dataset, photos, checkpoint):
+    """A view that filters the prompt labels: only the visible boxes get masks, the others stay
+    as they were (and are not dropped when the sample is saved); a later run on the whole
+    dataset does only the boxes still without masks."""
+    dataset = make_dataset([photos["bus.jpg"]], boxes=True)
+    people = dataset.filter_labels("gt", fo.ViewField("label") == "person")
+    params = {"prompt_field": "gt", "in_place": True, "model": checkpoint}
+    summary = foo.execute_operator(PROMPTS, ctx={"view": people, "params": params}).result
+    assert summary["processed"] == 1 and summary["masks"] == 1
+    bus, person = dataset.first().gt.detections
+    assert (bus.label, person.label) == ("bus", "person")
+    assert bus.mask is None and person.mask is not None
+    person_mask = person.mask.copy()
+
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["processed"] == 1 and summary["masks"] == 1  # only the bus was missing
+    bus, person = dataset.first().gt.detections
+    assert bus.mask is not None and np.array_equal(person.mask, person_mask)
+
+
 def test_segment_prompts_keypoints_positive_negative(make_dataset, photos, checkpoint):
     dataset = make_dataset([photos["truck.jpg"], photos["dog.jpg"]])
     truck, dog = dataset.select_by("filepath", [photos["truck.jpg"], photos["dog.jpg"]], ordered=True)

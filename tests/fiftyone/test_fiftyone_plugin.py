@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -92,12 +91,9 @@ def test_segment_prompts_form(make_dataset, photos):
 
 
 def _run_cli(argv):
-    from samkit.fiftyone import cli
+    from samkit.cli import main  # the `samkit` console script
 
-    parser = argparse.ArgumentParser(prog="samkit")
-    cli.add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def _operators_in(plugins_dir: Path):
@@ -116,7 +112,7 @@ def _operators_in(plugins_dir: Path):
 
 
 @pytest.mark.parametrize("mode", ["link", "copy"])
-def test_cli_install_into_plugins_dir(tmp_path, mode):
+def test_cli_install_into_plugins_dir(tmp_path, mode, capsys):
     plugins_dir = tmp_path / "plugins"
     argv = ["fiftyone", "install", "--plugins-dir", str(plugins_dir)] + (["--copy"] if mode == "copy" else [])
     assert _run_cli(argv) == 0
@@ -129,11 +125,11 @@ def test_cli_install_into_plugins_dir(tmp_path, mode):
     assert Path(directory) == target
     assert uris == URIS
 
-    from samkit import SamkitError
-
-    with pytest.raises(SamkitError, match="already exists"):
-        _run_cli(["fiftyone", "install", "--plugins-dir", str(plugins_dir), "--copy"] if mode == "link"
-                 else argv)
+    again = ["fiftyone", "install", "--plugins-dir", str(plugins_dir)] + (["--copy"] if mode == "link" else [])
+    assert _run_cli(again) == 2
+    err = capsys.readouterr().err
+    assert "samkit: error:" in err and "already exists; pass --force to replace it" in err
+    assert _run_cli(again + ["--force"]) == 0
     assert _run_cli(["fiftyone", "uninstall", "--plugins-dir", str(plugins_dir)]) == 0
     assert not (plugins_dir / "@samkit").exists()
 
