@@ -9,7 +9,7 @@
 #  - Debian's Chromium for the headless App test (Playwright cannot download its browsers here).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
+PY="${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/}python"  # the project venv (tests/run.sh activates it)
 
 mongod_path() {
     "$PY" - <<'PYEOF'
@@ -34,4 +34,4 @@ if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -qq
     apt-get install -y -qq chromium >/dev/null
 fi
-chromium --version
+chromium --version 2>/dev/null
