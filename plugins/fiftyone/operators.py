@@ -149,15 +149,13 @@ def _delegation_hint(inputs: "types.Object") -> None:
 class _SamOperator(foo.Operator):
     """Shared execution: progress, streaming to the App, the result shown at the end."""
 
-    name = label = description = ""
+    labels: dict[str, str] = {}  # name, label, description
     defaults: dict[str, Any] = {}
 
     @property
     def config(self):
         return foo.OperatorConfig(
-            name=self.name,
-            label=self.label,
-            description=self.description,
+            **self.labels,
             dynamic=True,  # the form changes with the prompt field and the storage mode
             execute_as_generator=True,  # progress streamed to the App (see execute)
             allow_immediate_execution=True,
@@ -232,11 +230,9 @@ def _drive_with_progress(job, set_progress: Callable[..., Any]) -> RunSummary:
 
 
 class SegmentEverything(_SamOperator):
+    labels = {"name": "segment_everything", "label": "SAM: segment everything",
+              "description": "Instance masks for every object SAM finds, as Detections (samkit)"}
     defaults = EVERYTHING_PARAM_DEFAULTS
-
-    name = "segment_everything"
-    label = "SAM: segment everything"
-    description = "Instance masks for every object SAM finds, as Detections (samkit)"
 
     def resolve_input(self, ctx):
         d = self.defaults
@@ -276,11 +272,9 @@ class SegmentEverything(_SamOperator):
 
 
 class SegmentPrompts(_SamOperator):
+    labels = {"name": "segment_prompts", "label": "SAM: masks from boxes or keypoints",
+              "description": "Instance masks from a Detections (boxes) or Keypoints (points) field (samkit)"}
     defaults = PROMPTS_PARAM_DEFAULTS
-
-    name = "segment_prompts"
-    label = "SAM: masks from boxes or keypoints"
-    description = "Instance masks from a Detections (boxes) or Keypoints (points) field (samkit)"
 
     def resolve_input(self, ctx):
         d = self.defaults
