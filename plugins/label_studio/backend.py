@@ -48,14 +48,17 @@ class PrecomputeJob:
     total: int = 0
     done: int = 0
     computed: int = 0  # embeddings the encoder had to compute (the rest were cached)
+    predictions: bool = False
+    predicted: int = 0  # predictions stored in Label Studio
+    skipped: int = 0  # tasks that already had this model_version's prediction
     errors: list[str] = field(default_factory=list)
     error: str | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("id", "project", "state", "total", "done", "computed",
-                                               "errors", "error", "started", "finished")}
+        return {k: getattr(self, k) for k in ("id", "project", "state", "total", "done", "computed", "predictions",
+                                               "predicted", "skipped", "errors", "error", "started", "finished")}
 
 
 class SamBackend:
@@ -85,9 +88,17 @@ class SamBackend:
         self._batch_results = _SingleFlightCache(max_items=64)
 
     # -- model --------------------------------------------------------------------------------
+    @staticmethod
+    def warm_up() -> None:
+        """Import what the first request would otherwise wait for (label_studio_sdk takes seconds)."""
+        import label_studio_sdk.converter.brush  # noqa: F401
+
+        from samkit import mask_utils  # noqa: F401
+
     def load(self, background: bool = True) -> None:
-        """Load the model (in a thread by default, so /health answers at once)."""
+        """Load the model and warm up (in a thread by default, so /health answers at once)."""
         if self._ready.is_set():
+            threading.Thread(target=self.warm_up, name="samkit-warm-up", daemon=True).start()
             return
 
         def _load():
@@ -95,6 +106,11 @@ class SamBackend:
 
             t0 = time.perf_counter()
             try:
+                if self.settings.threads:
+                    import torch
+
+                    torch.set_num_threads(self.settings.threads)
+                self.warm_up()
                 self._model = samkit.load_model(self.settings.model_source, device=self.settings.device,
                                                 dtype=self.settings.dtype)
                 log.info("loaded %s (%s) on %s in %.1f s", self.settings.model_source, self._model.arch,
@@ -136,6 +152,14 @@ class SamBackend:
         src = self.settings.model_source
         name = Path(src).stem if ("/" in src or src.endswith((".pt", ".pth"))) else src
         return f"samkit-{samkit.__version__}-{name}"
+
+    @property
+    def points_per_side(self) -> int:
+        """Segment-everything grid: the setting, else 32 on a GPU and 16 on CPU (a 32x32 grid is
+        1024 decoder runs, about a minute per image on two CPU cores)."""
+        if self.settings.points_per_side:
+            return self.settings.points_per_side
+        return 16 if self.model.device.type == "cpu" else 32
 
     def _predictor(self):
         import samkit
@@ -313,7 +337,7 @@ class SamBackend:
             import samkit
 
             gen = samkit.MaskGenerator(
-                self.model, points_per_side=self.settings.points_per_side,
+                self.model, points_per_side=self.points_per_side,
                 pred_iou_thresh=self.settings.pred_iou_thresh,
                 stability_score_thresh=self.settings.stability_thresh,
                 min_mask_region_area=self.settings.min_area, predictor=predictor)
@@ -367,7 +391,9 @@ class SamBackend:
     def start_precompute(self, req: PrecomputeRequest) -> PrecomputeJob:
         if req.project is None and not req.tasks:
             raise TaskError("precompute needs a Label Studio project id or a list of tasks")
-        job = PrecomputeJob(id=uuid.uuid4().hex[:12], project=req.project)
+        if req.predictions and req.project is None:
+            raise TaskError("storing predictions needs the Label Studio project id")
+        job = PrecomputeJob(id=uuid.uuid4().hex[:12], project=req.project, predictions=req.predictions)
         self.jobs[job.id] = job
         threading.Thread(target=self._precompute, args=(job, req), name=f"precompute-{job.id}", daemon=True).start()
         return job
@@ -385,12 +411,15 @@ class SamBackend:
             job.total = len(tasks)
             for task in tasks:
                 try:
-                    image = self.task_image(task, config, image_name, source)
-                    predictor = self._predictor()
-                    with self._batch_lock:
-                        predictor.set_image(image)
-                    job.computed += predictor.encoder_calls
-                    self._count(predictor)
+                    if req.predictions:
+                        self._prelabel(job, task, config, source)
+                    else:
+                        image = self.task_image(task, config, image_name, source)
+                        predictor = self._predictor()
+                        with self._batch_lock:
+                            predictor.set_image(image)
+                        job.computed += predictor.encoder_calls
+                        self._count(predictor)
                 except BackendError as e:
                     job.errors.append(f"task {task.id}: {e}")
                 job.done += 1
@@ -400,6 +429,37 @@ class SamBackend:
             log.exception("precompute job %s failed", job.id)
         finally:
             job.finished = time.time()
+
+    def _prelabel(self, job: PrecomputeJob, task: Task, config: LabelConfig, source: Source) -> None:
+        """One task's batch prediction, stored in Label Studio (no 100 s request timeout to beat)."""
+        session = self.fetcher.session
+
+        def get(path: str, **params) -> list:
+            # (not /api/tasks/<id>/: opening a task makes Label Studio ask this backend for a prediction)
+            resp = session.get(f"{source.base}{path}", params=params, timeout=60,
+                               headers=self.fetcher.tokens.headers(source, session))
+            if resp.status_code != 200:
+                raise ImageFetchError(f"Label Studio answered HTTP {resp.status_code} for {path}")
+            return resp.json()
+
+        predictions = get("/api/predictions/", task=task.id)
+        if any(p.get("model_version") == self.model_version for p in predictions):
+            job.skipped += 1
+            return
+        # its annotations' rectangles get masks; without any, segment everything
+        task = Task(id=task.id, data=task.data, annotations=get(f"/api/tasks/{task.id}/annotations/"),
+                    predictions=predictions)
+        before = self.encoder_calls
+        prediction = self._batch_task(task, config, source)
+        if "result" not in prediction:
+            raise TaskError(prediction.get("error", "no prediction"))
+        job.computed += self.encoder_calls - before
+        resp = session.post(f"{source.base}/api/predictions/", headers=self.fetcher.tokens.headers(source, session),
+                            json={"task": task.id, "result": prediction["result"], "score": prediction["score"],
+                                  "model_version": self.model_version}, timeout=120)
+        if resp.status_code >= 300:
+            raise ImageFetchError(f"Label Studio refused the prediction (HTTP {resp.status_code}): {resp.text[:300]}")
+        job.predicted += 1
 
     def _project_tasks(self, project: int, source: Source) -> tuple[list[Task], str | None]:
         if not source.base:
@@ -415,7 +475,7 @@ class SamBackend:
         page = 1
         while True:
             resp = session.get(f"{source.base}/api/tasks/", headers=headers, timeout=60,
-                               params={"project": project, "page": page, "page_size": 100, "fields": "task_only"})
+                               params={"project": project, "page": page, "page_size": 100})
             if resp.status_code == 404 and page > 1:
                 break
             if resp.status_code != 200:

@@ -36,6 +36,7 @@ def add_commands(subparsers) -> None:
     serve.add_argument("--checkpoint", help="checkpoint file, wins over --model (env SAMKIT_CHECKPOINT)")
     serve.add_argument("--device", help="cpu, cuda, cuda:1, mps (env SAMKIT_DEVICE, default: a GPU if any)")
     serve.add_argument("--dtype", help="float32, bfloat16, float16 (env SAMKIT_DTYPE)")
+    serve.add_argument("--threads", type=int, help="PyTorch CPU threads (env SAMKIT_LS_THREADS)")
     serve.add_argument("--label-studio-url", dest="label_studio_url", help="env LABEL_STUDIO_URL")
     serve.add_argument("--label-studio-api-key", dest="label_studio_api_key",
                        help="legacy token or personal access token (env LABEL_STUDIO_API_KEY)")
@@ -54,6 +55,9 @@ def add_commands(subparsers) -> None:
                      help="the running backend (env SAMKIT_LS_BACKEND_URL, default http://127.0.0.1:9090)")
     pre.add_argument("--basic-auth-user", dest="basic_auth_user", default=os.environ.get("SAMKIT_LS_BASIC_AUTH_USER"))
     pre.add_argument("--basic-auth-pass", dest="basic_auth_pass", default=os.environ.get("SAMKIT_LS_BASIC_AUTH_PASS"))
+    pre.add_argument("--predictions", action="store_true",
+                     help="also pre-label: store each task's batch prediction in Label Studio (masks for its "
+                          "rectangles, else segment-everything), skipping tasks that already have one")
     pre.add_argument("--no-wait", dest="wait", action="store_false", help="start the job and return")
     pre.set_defaults(func=_precompute)
 
@@ -80,7 +84,7 @@ def _serve(args) -> int:
     import logging
 
     overrides = {k: getattr(args, k, None) for k in (
-        "model", "checkpoint", "device", "dtype", "label_studio_url", "label_studio_api_key", "basic_auth_user",
+        "model", "checkpoint", "device", "dtype", "threads", "label_studio_url", "label_studio_api_key", "basic_auth_user",
         "basic_auth_pass", "cache_size", "cache_dir", "output", "model_version", "log_level")}
     settings = Settings.from_env(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -118,15 +122,19 @@ def _precompute(args) -> int:
         except urllib.error.URLError as e:
             raise SystemExit(f"samkit: error: cannot reach the backend at {args.backend}: {e.reason}") from None
 
-    job = call("POST", "/precompute", {"project": args.project})
+    job = call("POST", "/precompute", {"project": args.project, "predictions": args.predictions})
     print(f"precompute job {job['id']} started for project {args.project}")
     if not args.wait:
         return 0
+    def progress() -> str:
+        extra = f", {job['predicted']} predictions stored, {job['skipped']} skipped" if job["predictions"] else ""
+        return f"{job['done']}/{job['total']} images, {job['computed']} computed{extra}"
+
     while job["state"] in ("queued", "running"):
         time.sleep(1.0)
         job = call("GET", f"/precompute/{job['id']}")
-        print(f"\r{job['done']}/{job['total']} images, {job['computed']} computed", end="", flush=True)
-    print()
+        print(f"\r{progress()}", end="", flush=True)
+    print(f"\r{progress()}")
     for err in job["errors"]:
         print(f"  {err}", file=sys.stderr)
     if job["state"] != "done":

@@ -96,6 +96,9 @@ class PrecomputeRequest(_Model):
     project: Optional[int] = None  # a Label Studio project id: every task's image
     tasks: Optional[list[Task]] = None  # or these tasks
     label_config: Optional[str] = None
+    # Also pre-label: compute each task's batch prediction and store it in Label Studio
+    # (POST /api/predictions/), skipping tasks that already hold this model_version's.
+    predictions: bool = False
 
 
 def parse_body(model: type[BaseModel], body: bytes, what: str):

@@ -6,6 +6,7 @@
 | SAMKIT_CHECKPOINT | | checkpoint file; wins over SAMKIT_MODEL |
 | SAMKIT_DEVICE | auto | cpu, cuda, cuda:1, mps; auto picks a GPU when there is one |
 | SAMKIT_DTYPE | float32 | float32, bfloat16 or float16 compute |
+| SAMKIT_LS_THREADS | | CPU threads for PyTorch (default: all cores); 1 keeps clicks steady on a busy CPU |
 | LABEL_STUDIO_URL | | where the backend fetches /data/... images and project tasks |
 | LABEL_STUDIO_API_KEY | | legacy token or personal access token |
 | SAMKIT_LS_BASIC_AUTH_USER / _PASS | | require HTTP basic auth on every endpoint but /health |
@@ -18,7 +19,7 @@
 | SAMKIT_LS_DOWNLOAD_TIMEOUT | 30 | seconds per image download |
 | LOCAL_FILES_DOCUMENT_ROOT | | read /data/local-files/?d=... from this folder directly |
 | SAMKIT_LS_BATCH | auto | batch pre-labelling: auto (masks for a task's rectangles, else segment everything), boxes (only tasks with rectangles), off |
-| SAMKIT_LS_POINTS_PER_SIDE | 32 | segment-everything grid for batch pre-labelling |
+| SAMKIT_LS_POINTS_PER_SIDE | 32 on a GPU, 16 on CPU | segment-everything grid for batch pre-labelling |
 | SAMKIT_LS_PRED_IOU_THRESH | 0.88 | segment-everything: keep masks with predicted IoU above |
 | SAMKIT_LS_STABILITY_THRESH | 0.95 | segment-everything: keep masks with stability above |
 | SAMKIT_LS_MAX_REGIONS | 100 | segment-everything: most masks per task (best first) |
@@ -49,6 +50,7 @@ class Settings:
     checkpoint: str | None = None
     device: str | None = None
     dtype: str | None = None
+    threads: int | None = None
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
     basic_auth_user: str | None = None
@@ -62,7 +64,7 @@ class Settings:
     download_timeout: float = 30.0
     local_files_root: str | None = None
     batch: str = "auto"
-    points_per_side: int = 32
+    points_per_side: int | None = None  # None: 32 on a GPU, 16 on CPU
     pred_iou_thresh: float = 0.88
     stability_thresh: float = 0.95
     max_regions: int = 100
@@ -79,6 +81,7 @@ class Settings:
             checkpoint=_env("SAMKIT_CHECKPOINT"),
             device=_env("SAMKIT_DEVICE"),
             dtype=_env("SAMKIT_DTYPE"),
+            threads=int(_env("SAMKIT_LS_THREADS")) if _env("SAMKIT_LS_THREADS") else None,
             label_studio_url=_env("LABEL_STUDIO_URL", None, "LABEL_STUDIO_HOST"),
             label_studio_api_key=_env("LABEL_STUDIO_API_KEY", None, "LABEL_STUDIO_ACCESS_TOKEN"),
             basic_auth_user=_env("SAMKIT_LS_BASIC_AUTH_USER", None, "BASIC_AUTH_USER"),
@@ -92,7 +95,7 @@ class Settings:
             download_timeout=float(_env("SAMKIT_LS_DOWNLOAD_TIMEOUT", 30)),
             local_files_root=_env("LOCAL_FILES_DOCUMENT_ROOT"),
             batch=_env("SAMKIT_LS_BATCH", "auto"),
-            points_per_side=int(_env("SAMKIT_LS_POINTS_PER_SIDE", 32)),
+            points_per_side=int(_env("SAMKIT_LS_POINTS_PER_SIDE")) if _env("SAMKIT_LS_POINTS_PER_SIDE") else None,
             pred_iou_thresh=float(_env("SAMKIT_LS_PRED_IOU_THRESH", 0.88)),
             stability_thresh=float(_env("SAMKIT_LS_STABILITY_THRESH", 0.95)),
             max_regions=int(_env("SAMKIT_LS_MAX_REGIONS", 100)),
@@ -122,7 +125,7 @@ class Settings:
             raise SamkitError("set both SAMKIT_LS_BASIC_AUTH_USER and SAMKIT_LS_BASIC_AUTH_PASS, or neither")
         if self.cache_size < 1:
             raise SamkitError("SAMKIT_LS_CACHE_SIZE must be at least 1")
-        if self.points_per_side < 1:
+        if self.points_per_side is not None and self.points_per_side < 1:
             raise SamkitError("SAMKIT_LS_POINTS_PER_SIDE must be at least 1")
 
     def batch_signature(self) -> tuple:

@@ -156,6 +156,7 @@ class ImageServer:
     /redirect/<name>          302 to the other host alias (localhost <-> 127.0.0.1) /echo-auth/<name>
     /echo-auth/<name>         the image, recording the Authorization header it got
     /api/token/refresh/       {"refresh": <pat>} -> {"access": <jwt>} (a fake Label Studio)
+    /tasks/<id>/presign/?fileuri=<base64 uri>   with the key: 303 to a "presigned" /echo-auth URL
     /missing                  404
     /text                     200 text/html, not an image
     """
@@ -167,6 +168,7 @@ class ImageServer:
         self.access = _fake_jwt({"token_type": "access", "exp": int(time.time()) + 300})
         self.seen_auth: list[tuple[str, str | None]] = []
         self.refresh_calls = 0
+        self.presigned: list[str] = []
         self.hits: dict[str, int] = {}
         server = self
 
@@ -209,6 +211,17 @@ class ImageServer:
                 if kind == "echo-auth":
                     server.seen_auth.append((path, auth))
                     return self._image(name)
+                if kind == "tasks" and "/presign/" in path:
+                    # Label Studio's cloud-storage resolver: checks the key, redirects to a presigned URL
+                    if auth not in (f"Token {server.token}", f"Bearer {server.access}"):
+                        return self._send(401, b"{}", "application/json")
+                    from urllib.parse import parse_qs
+
+                    uri = base64.urlsafe_b64decode(parse_qs(urlsplit(self.path).query)["fileuri"][0]).decode()
+                    server.presigned.append(uri)
+                    host = self.headers["Host"].replace("127.0.0.1", "localhost")
+                    return self._send(303, b"", "text/plain", {
+                        "Location": f"http://{host}/echo-auth/{uri.rsplit('/', 1)[-1]}?X-Amz-Signature=abc"})
                 if kind == "text":
                     return self._send(200, b"<html>login page</html>", "text/html")
                 return self._send(404, b"not found", "text/plain")

@@ -80,3 +80,15 @@ def test_unreachable_host_is_readable():
     fetcher = ImageFetcher(timeout=2)
     with pytest.raises(ImageFetchError, match="could not download the image http://127.0.0.1:9/"):
         fetcher.get("http://127.0.0.1:9/x.jpg", Source(None, None))
+
+
+def test_cloud_uri_is_presigned_through_label_studio(image_server, images_dir):
+    fetcher = ImageFetcher()
+    ls = Source(url=image_server.url, api_key=image_server.pat)
+    image_server.seen_auth.clear()
+    img = fetcher.get("s3://my-bucket/photos/groceries.jpg", ls, task_id=12)
+    assert np.array_equal(img, samkit.load_image(images_dir / "groceries.jpg"))
+    assert image_server.presigned[-1] == "s3://my-bucket/photos/groceries.jpg"
+    assert image_server.seen_auth == [("/echo-auth/groceries.jpg", None)]  # the bucket never sees the key
+    with pytest.raises(ImageFetchError, match="task id"):
+        fetcher.get("gs://b/k.jpg", ls, task_id=None)

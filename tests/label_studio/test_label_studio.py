@@ -197,6 +197,27 @@ def test_precompute_a_project_then_clicks_need_no_encoder(label_studio, backend_
     assert backend_server.stats()["encoder_calls"] == before + 2
 
 
+def test_prelabel_a_project_stores_predictions_in_label_studio(label_studio, backend_server, images_dir):
+    ls = label_studio
+    pid = ls.create_project("samkit prelabel")
+    t1 = ls.upload(pid, images_dir / "dog.jpg")
+    t2 = ls.upload(pid, images_dir / "groceries.jpg")
+    ls.connect(pid, backend_server.url, interactive=False)
+    cmd = [sys.executable, "-m", "samkit.label_studio", "precompute", "--project", str(pid), "--predictions",
+           "--backend", backend_server.url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2/2 images" in proc.stdout and "2 predictions stored, 0 skipped" in proc.stdout
+    for task, shape in ((t1, (534, 800)), (t2, (534, 800))):
+        preds = ls.ok("GET", "/api/predictions/", params={"task": task})
+        assert len(preds) == 1 and preds[0]["model_version"] == "samkit-0.1.0-mobile_sam_random"
+        brushes, _ = split(preds[0]["result"])
+        assert brushes and brush_mask(brushes[0]).shape == shape
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # again: nothing to do
+    assert proc.returncode == 0 and "0 predictions stored, 2 skipped" in proc.stdout, proc.stdout + proc.stderr
+    assert len(ls.ok("GET", "/api/predictions/", params={"task": t1})) == 1
+
+
 def test_sixteen_concurrent_predicts_and_health_stays_fast(backend_server, image_server, ref, payloads):
     import copy
 
