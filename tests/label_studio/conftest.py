@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from ls_helpers import CONFIG_ALL
+from ls_helpers import CONFIG_ALL, samkit_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LS_VENV = Path(os.environ.get("SAMKIT_LS_VENV", REPO_ROOT / ".venvs" / "label-studio"))
@@ -361,13 +361,7 @@ def backend_server(mobile_sam_checkpoint, tmp_path_factory):
 
 
 def serve_command() -> list[str]:
-    """`samkit label-studio serve` once the core CLI exists, else the module entry point."""
-    exe = Path(sys.executable).with_name("samkit")
-    try:
-        import samkit.cli  # noqa: F401
-    except ImportError:
-        return [sys.executable, "-m", "samkit.label_studio", "serve"]
-    return [str(exe), "label-studio", "serve"]
+    return [*samkit_command(), "label-studio", "serve"]
 
 
 class Backend:

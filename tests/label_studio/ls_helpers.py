@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
+
+
+def samkit_command() -> list[str]:
+    """The `samkit` console script of this environment (core CLI; adapters add sub-commands)."""
+    return [str(Path(sys.executable).with_name("samkit"))]
+
 
 CONFIG_ALL = """<View>
   <Image name="image" value="$image" zoom="true"/>

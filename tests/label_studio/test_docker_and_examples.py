@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from ls_helpers import samkit_command
 
 from samkit.label_studio.label_config import parse_label_config
 
@@ -26,8 +27,9 @@ def test_example_config_is_the_packaged_one_and_has_every_tool():
     assert {c.tag for c in config.outputs("image")} == {"BrushLabels", "PolygonLabels"}
     assert {c.tag for c in config.prompts("image")} == {"KeyPointLabels", "RectangleLabels"}
     assert all(c.smart for c in config.prompts("image"))
-    out = subprocess.run([sys.executable, "-m", "samkit.label_studio", "config"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout == example
+    for cmd in ([*samkit_command(), "label-studio", "config"], [sys.executable, "-m", "samkit.label_studio", "config"]):
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout == example, out.stderr
 
 
 def test_example_script_connects_a_project(label_studio, backend_server, images_dir, tmp_path):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 import requests
-from ls_helpers import brush_mask, iou, polygon_mask
+from ls_helpers import brush_mask, iou, polygon_mask, samkit_command
 
 DOG_W, DOG_H = 800, 534
 
@@ -186,7 +185,7 @@ def test_precompute_a_project_then_clicks_need_no_encoder(label_studio, backend_
     ls.upload(pid, images_dir / "picture2.jpg")
     ml = ls.connect(pid, backend_server.url)  # /setup gives the backend Label Studio's URL and token
     before = backend_server.stats()["encoder_calls"]
-    proc = subprocess.run([sys.executable, "-m", "samkit.label_studio", "precompute", "--project", str(pid),
+    proc = subprocess.run([*samkit_command(), "label-studio", "precompute", "--project", str(pid),
                            "--backend", backend_server.url], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2/2 images, 2 computed" in proc.stdout
@@ -203,7 +202,7 @@ def test_prelabel_a_project_stores_predictions_in_label_studio(label_studio, bac
     t1 = ls.upload(pid, images_dir / "dog.jpg")
     t2 = ls.upload(pid, images_dir / "groceries.jpg")
     ls.connect(pid, backend_server.url, interactive=False)
-    cmd = [sys.executable, "-m", "samkit.label_studio", "precompute", "--project", str(pid), "--predictions",
+    cmd = [*samkit_command(), "label-studio", "precompute", "--project", str(pid), "--predictions",
            "--backend", backend_server.url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
