@@ -306,3 +306,14 @@ def test_basic_auth(make_client, payloads):
     r = client.post("/setup", json=payloads["ls_to_backend_setup"]["body"], auth=("ls", "s3cret"))
     assert r.status_code == 200
     assert client.get("/health", auth=("ls", "s3cret")).json()["status"] == "UP"
+
+
+def test_rotated_rectangles_become_the_box_around_them():
+    from samkit.label_studio.backend import _rect_xyxy
+    from samkit.label_studio.models import RegionValue
+
+    # Label Studio rotates a rectangle about its top-left corner, in degrees
+    v = RegionValue(x=50, y=10, width=20, height=10, rotation=90)
+    x0, y0, x1, y1 = _rect_xyxy(v, 200, 100)  # 40x10 px, turned to point down and left
+    assert (x0, y0, x1, y1) == pytest.approx((90.0, 10.0, 100.0, 50.0))
+    assert _rect_xyxy(RegionValue(x=-5, y=90, width=20, height=20), 200, 100) == pytest.approx([0, 90, 30, 100])
