@@ -279,6 +279,7 @@ def _finish(ds, spec, records, px_geoms, out_crs, transform, columns, *, min_are
             regularize):
     """Pixel geometries -> cleaned map geometries with attributes, as a GeoDataFrame."""
     import geopandas as gpd
+    from shapely.geometry import Polygon
 
     from . import polygons, raster
 
@@ -297,12 +298,11 @@ def _finish(ds, spec, records, px_geoms, out_crs, transform, columns, *, min_are
             m = polygons.simplify(m, simplify)
         changed = fill_holes or regularize or simplify
         if changed and has_nodata:  # outlines moved: cut them back out of nodata
-            gpx = polygons.to_map(m, inv)
-            vpoly, all_valid = _valid_polygon(ds, spec, gpx.buffer(1).bounds)
+            vpoly, all_valid = _valid_polygon(ds, spec, polygons.to_map(m, inv).buffer(1).bounds)
             if not all_valid:
-                gpx = polygons.make_valid(gpx.intersection(vpoly)) if vpoly is not None else gpx
-                gpx = polygons.join(polygons.polygons_of(gpx))
-                m = polygons.to_map(gpx, transform)
+                m = m.intersection(polygons.to_map(vpoly, transform)) if vpoly is not None else Polygon()
+        if changed:
+            m = polygons.make_valid(m)
         if m.is_empty:
             continue
         records[k]["area_px"] = float(area_px)

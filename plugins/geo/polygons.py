@@ -40,9 +40,14 @@ def fill_holes(geom):
 
 
 def make_valid(geom):
-    if geom.is_valid:
+    """A valid (Multi)Polygon: repaired, lines and points dropped, touching parts united."""
+    if geom.is_valid and isinstance(geom, (Polygon, MultiPolygon)):
         return geom
-    return join(polygons_of(shapely.make_valid(geom)))
+    polys = polygons_of(shapely.make_valid(geom))
+    if not polys:
+        return Polygon()
+    out = shapely.union_all(polys)
+    return out if out.is_valid else shapely.make_valid(out)
 
 
 def simplify(geom, tolerance: float):
