@@ -259,7 +259,7 @@ def apply_stretch(plane: np.ndarray, lohi) -> np.ndarray:
     return np.clip(out, 0, 255).round().astype(np.uint8)
 
 
-def sample_values(ds, spec: RasterSpec, max_pixels: int = STRETCH_SAMPLE_PIXELS) -> np.ndarray:
+def sample_values(ds, spec: RasterSpec, max_pixels: int | None = None) -> np.ndarray:
     """A (bands, N) sample of valid pixel values of the selected bands, from the whole raster.
 
     From the overviews when the raster has them (one decimated read GDAL answers from the
@@ -267,6 +267,7 @@ def sample_values(ds, spec: RasterSpec, max_pixels: int = STRETCH_SAMPLE_PIXELS)
     read (GDAL streams the blocks, memory stays bounded); for a huge raster without overviews
     from a regular grid of small full-resolution windows.
     """
+    max_pixels = max_pixels or STRETCH_SAMPLE_PIXELS
     bands = list(spec.bands)
     w, h = ds.width, ds.height
     has_overviews = bool(ds.overviews(bands[0]))

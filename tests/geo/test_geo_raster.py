@@ -233,3 +233,45 @@ def test_raster_smaller_than_a_tile(tmp_path):
     gdf = sg.vectorize(path, None, generator=LabelSegmenter(), tile_size=1024, progress=False)
     assert len(gdf) == 1 and gdf["area_px"].iloc[0] == 100
     assert shapely.equals(gdf.geometry.iloc[0], reference_regions(codes, transform)[0][0])
+
+
+@pytest.mark.parametrize("path_kind", ["overviews", "window_grid"])
+def test_stretch_sample_of_large_rasters(tmp_path, monkeypatch, path_kind):
+    """Without reading the whole raster: from overviews when present, else from a grid of small
+    windows; nodata never counts."""
+    import samkit.geo.raster as georaster
+
+    h, w = 1200, 1500
+    rng = np.random.default_rng(1)
+    data = (rng.gamma(2.0, 400.0, (h, w)) + 100).astype(np.uint16)
+    data[:, :300] = 0  # nodata
+    path = tmp_path / "big16.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=1, dtype="uint16", nodata=0,
+                       crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 0), tiled=True) as ds:
+        ds.write(data, 1)
+        if path_kind == "overviews":
+            ds.build_overviews([2, 4, 8], rasterio.enums.Resampling.nearest)
+    monkeypatch.setattr(georaster, "STRETCH_SAMPLE_PIXELS", 40_000)
+    if path_kind == "window_grid":
+        monkeypatch.setattr(georaster, "DECIMATED_READ_MAX_PIXELS", 100_000)
+    reads = []
+    orig = rasterio.io.DatasetReader.read
+
+    def read(self, *a, **kw):
+        out = orig(self, *a, **kw)
+        reads.append(out.shape[-2] * out.shape[-1])
+        return out
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", read)
+    ds, spec, _, _ = georaster.prepare(path)
+    ds.close()
+    (lo, hi), = spec.stretch
+    true_lo, true_hi = np.percentile(data[:, 300:], [2, 98])
+    assert abs(lo - true_lo) < 0.05 * true_lo and abs(hi - true_hi) < 0.05 * true_hi
+    assert max(reads) <= 40_000  # never more than the sample budget in one read
+
+
+def test_progress_bar_counts_tiles(kampala_truth, capsys):
+    sg.vectorize(kampala_truth[0], None, generator=LabelSegmenter(), tile_size=256, overlap=32, progress=True)
+    err = capsys.readouterr().err
+    assert "tiles" in err and "25/25" in err
