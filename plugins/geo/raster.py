@@ -273,7 +273,7 @@ def sample_values(ds, spec: RasterSpec, max_pixels: int | None = None) -> np.nda
     has_overviews = bool(ds.overviews(bands[0]))
     if w * h <= max_pixels or has_overviews or w * h <= DECIMATED_READ_MAX_PIXELS:
         f = min(1.0, math.sqrt(max_pixels / float(w * h)))
-        shape = (max(1, int(round(h * f))), max(1, int(round(w * f))))
+        shape = (max(1, int(h * f)), max(1, int(w * f)))  # within the budget
         windows = [(Window(0, 0, w, h), shape)]
     else:
         n = 24
