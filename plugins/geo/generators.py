@@ -30,7 +30,6 @@ class GeneratorSpec:
 
     def build(self):
         try:
-            import samkit
             from samkit import MaskGenerator, load_model
         except ImportError as exc:  # pragma: no cover - core missing
             raise GeoError(f"samkit's core is not importable ({exc}); reinstall samkit") from exc

@@ -156,14 +156,29 @@ _local = threading.local()
 
 
 def _dataset(path: str):
-    """One open dataset per thread and path (rasterio datasets are not thread-safe)."""
+    """One open dataset per thread and file version (rasterio datasets are not thread-safe; a
+    file rewritten in place is reopened)."""
     cache = getattr(_local, "datasets", None)
     if cache is None:
         cache = _local.datasets = {}
-    ds = cache.get(path)
+    try:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+    except OSError:  # URLs, /vsi paths
+        key = (path, None, None)
+    ds = cache.get(key)
     if ds is None or ds.closed:
-        ds = cache[path] = open_raster(path)
+        for old in [k for k in cache if k[0] == path]:
+            cache.pop(old).close()
+        ds = cache[key] = open_raster(path)
     return ds
+
+
+def close_datasets() -> None:
+    """Close this thread's cached datasets (the main process calls it after its tiles)."""
+    for ds in getattr(_local, "datasets", {}).values():
+        ds.close()
+    _local.datasets = {}
 
 
 def process_tile(spec: RasterSpec, tile: Tile, generator) -> TileResult:

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from .errors import GeoError
-from .pieces import FORMAT_VERSION, TileResult, process_tile
+from .pieces import FORMAT_VERSION, TileResult, close_datasets, process_tile
 
 MANIFEST = "manifest.json"
 
@@ -118,8 +118,11 @@ def run_tiles(grid, spec, generator, *, store: TileStore | None = None, dask=Non
 
     try:
         if dask is None:
-            for t in pending:
-                done(process_tile(spec, t, generator))
+            try:
+                for t in pending:
+                    done(process_tile(spec, t, generator))
+            finally:
+                close_datasets()
         elif pending:
             from distributed import as_completed
 

@@ -185,3 +185,35 @@ def test_each_part_comes_from_the_tile_that_saw_it_with_context(kampala_truth):
     assert len(crossing) >= 20
     assert ious.min() > 0.999, f"worst IoU {ious.min():.4f}"
     assert (per_out <= 1).all()
+
+
+class PartsSegmenter(LabelSegmenter):
+    """Like LabelSegmenter, plus a nested part-mask (the object's top half) for each region, but
+    only in tiles whose index is even: a model that sees a part in one tile and not the next."""
+
+    def generate(self, image):
+        records = super().generate(image)
+        if self.calls % 2 == 0:
+            return records
+        parts = []
+        for rec in records:
+            m = rec["segmentation"]
+            rows = np.flatnonzero(m.any(axis=1))
+            if rows.size < 8:
+                continue
+            top = m.copy()
+            top[rows[0] + rows.size // 2:] = False
+            parts.append({**rec, "segmentation": top, "area": int(top.sum()), "predicted_iou": 0.5})
+        return records + parts
+
+
+def test_part_masks_are_not_absorbed_into_their_whole(tmp_path):
+    c = _codes(128, 128)
+    c[20:100, 40:90] = 1  # crosses the borders of 64 px tiles
+    path, transform = synthetic_raster(tmp_path / "parts.tif", c)
+    gdf = sg.vectorize(path, None, generator=PartsSegmenter(), tile_size=64, overlap=16, progress=False)
+    whole = gdf[gdf["score"] == 1.0]
+    parts = gdf[gdf["score"] < 1.0]
+    assert len(whole) == 1 and whole["area_px"].iloc[0] == 80 * 50
+    assert len(parts) >= 1, "the part must stay an object of its own"
+    assert all(whole.geometry.iloc[0].contains(p) for p in parts.geometry)
