@@ -223,3 +223,17 @@ def test_cli_errors_are_one_line(nocrs_raster, geo_dir, tmp_path, capsys):
     assert rc == 2 and "cannot import" in err
     rc, out, err = run("geo", "prompt", str(geo_dir / KAMPALA), "-o", str(tmp_path / "p.gpkg"))
     assert rc == 2 and "no prompts" in err
+
+
+def test_missing_geo_extra_is_one_clear_line(geo_dir):
+    code = ("import sys; sys.modules['rasterio'] = None\n"  # as if the geo extra were not installed
+            "from samkit.cli import main\n"
+            f"rc = main(['geo', 'info', {str(geo_dir / 'rasterio__shade.tif')!r}])\n"
+            "import samkit.geo as sg\n"
+            "try:\n    sg.vectorize\nexcept sg.GeoError as exc:\n    print('API:', exc)\n"
+            "sys.exit(rc)")
+    res = _run(sys.executable, "-c", code)
+    assert res.returncode == 2
+    assert res.stderr.strip() == ('samkit: error: the geo commands need the geo extra (rasterio is missing):'
+                                  ' pip install "samkit[geo]"')
+    assert 'pip install "samkit[geo]"' in res.stdout
