@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
-from .transformer import TwoWayTransformer
+from .transformer import PreparedImage, TwoWayTransformer
 
 # Prompts decoded together: large enough to keep the matrix products efficient, small enough that the
 # per-prompt copies of the 64x64x256 image tokens stay in a few hundred MB.
@@ -41,6 +41,7 @@ class MaskDecoder(nn.Module):
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+        self._prepared_cache: tuple | None = None
 
     def forward(
         self,
@@ -66,6 +67,24 @@ class MaskDecoder(nn.Module):
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks_all[:, selected], iou_all[:, selected]
 
+    def _prepared_image(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor) -> PreparedImage:
+        """The transformer's image-only work, reused while the same image is decoded again
+        (every later click on an image, every point batch of segment-everything)."""
+        cached = self._prepared_cache
+        autocast = torch.is_autocast_enabled(image_embeddings.device.type)
+        # The cache holds the embedding itself, so its identity cannot pass to a new tensor.
+        if (
+            cached is not None
+            and cached[0] is image_embeddings
+            and cached[1] == autocast
+            and torch.equal(cached[2], image_pe)
+            and torch.equal(cached[3], dense)
+        ):
+            return cached[4]
+        prepared = self.transformer.prepare_image(image_embeddings + dense, image_pe)
+        self._prepared_cache = (image_embeddings, autocast, image_pe, dense, prepared)
+        return prepared
+
     def predict_masks(
         self,
         image_embeddings: torch.Tensor,
@@ -83,8 +102,11 @@ class MaskDecoder(nn.Module):
             # One dense embedding broadcast to every prompt (no mask input): keep batch 1 so the
             # transformer shares the image-side work between prompts.
             dense_prompt_embeddings = dense_prompt_embeddings[:1]
+        prepared = None
+        if dense_prompt_embeddings.shape[0] == 1 and image_embeddings.shape[0] == 1:
+            prepared = self._prepared_image(image_embeddings, image_pe, dense_prompt_embeddings)
         src = image_embeddings + dense_prompt_embeddings
-        hs, keys = self.transformer(src, image_pe, tokens)
+        hs, keys = self.transformer(src, image_pe, tokens, prepared)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 

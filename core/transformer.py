@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,16 +28,30 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding (1 or B, C, H, W), image_pe (1, C, H, W), point_embedding (B, T, C)
-        -> processed tokens (B, T, C) and image tokens (B, H*W, C)."""
+    def prepare_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> "PreparedImage":
+        """Everything the transformer computes from the image alone: the image tokens, their
+        positional encoding and the first block's projections of them. Valid for any prompts."""
         keys = image_embedding.flatten(2).permute(0, 2, 1).contiguous()
         key_pe = image_pe.flatten(2).permute(0, 2, 1).contiguous()
+        return PreparedImage(keys, key_pe, self.layers[0].project_image(keys, key_pe))
+
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        prepared: "PreparedImage | None" = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embedding (1 or B, C, H, W), image_pe (1, C, H, W), point_embedding (B, T, C)
+        -> processed tokens (B, T, C) and image tokens (B, H*W, C). `prepared` (from
+        prepare_image on the same inputs) skips the image-only work."""
+        if prepared is None:
+            prepared = self.prepare_image(image_embedding, image_pe)
+        keys, key_pe = prepared.keys, prepared.key_pe
         queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        for i, layer in enumerate(self.layers):
+            projections = prepared.first_projections if i == 0 else None
+            queries, keys = layer(queries, keys, point_embedding, key_pe, projections)
         final = self.final_attn_token_to_image
         attn_out = final.attend_tokens_to_image(
             final.q_proj(queries + point_embedding), final.k_proj(keys + key_pe), final.v_proj(keys)
@@ -45,6 +60,15 @@ class TwoWayTransformer(nn.Module):
         if keys.shape[0] != queries.shape[0]:
             keys = keys.expand(queries.shape[0], -1, -1)
         return queries, keys
+
+
+class PreparedImage(NamedTuple):
+    """Image tokens (1, N, C), their positional encoding (1, N, C), and the first block's
+    (k to image, q to token, v to image) projections of them."""
+
+    keys: torch.Tensor
+    key_pe: torch.Tensor
+    first_projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -62,8 +86,21 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
+    def project_image(self, keys: torch.Tensor, key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The image tokens' projections both cross attentions need: (k to image, q to token, v to image)."""
+        to_image, to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        # Both cross attentions read the image tokens with their positional encoding: project
+        # them for the two in one matrix product.
+        k_to_image, q_to_token = fused_linear(keys + key_pe, to_image.k_proj, to_token.q_proj)
+        return k_to_image, q_to_token, to_image.v_proj(keys)
+
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        image_projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.skip_first_layer_pe:
             # The first block replaces the tokens by their self-attention (no residual, no PE).
@@ -74,10 +111,9 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         to_image, to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-        # Both cross attentions read the image tokens with their positional encoding: project
-        # them for the two in one matrix product.
-        k_to_image, q_to_token = fused_linear(keys + key_pe, to_image.k_proj, to_token.q_proj)
-        v_to_image = to_image.v_proj(keys)
+        if image_projections is None:
+            image_projections = self.project_image(keys, key_pe)
+        k_to_image, q_to_token, v_to_image = image_projections
 
         q = queries + query_pe
         queries = self.norm2(queries + to_image.attend_tokens_to_image(to_image.q_proj(q), k_to_image, v_to_image))
