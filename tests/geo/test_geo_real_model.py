@@ -114,7 +114,11 @@ def test_cli_builds_the_model(geo_dir, mobile_sam_checkpoint, tmp_path, capsys):
     assert gdf.crs.to_epsg() is None  # IGNF:ETRS89LAEA has no EPSG code; kept as the raster's CRS
     with rasterio.open(raster) as ds:
         cx, cy = (ds.bounds.left + ds.bounds.right) / 2, (ds.bounds.bottom + ds.bounds.top) / 2
+    pts = tmp_path / "pts.gpkg"
+    gpd.GeoDataFrame(geometry=[shapely.Point(cx - 600, cy + 400)], crs=gdf.crs).to_file(pts)
     rc = main(["geo", "prompt", str(raster), "-o", str(tmp_path / "p.gpkg"), "--model", str(mobile_sam_checkpoint),
-               "--device", "cpu", "--point", str(cx), str(cy), "--prompt-crs", "raster", "-q"])
+               "--device", "cpu", "--points", str(pts), "--point", str(cx), str(cy), "--prompt-crs", "raster", "-q"])
     assert rc == 0, capsys.readouterr().err
-    _check_output(raster, gpd.read_file(tmp_path / "p.gpkg"))
+    prompted = gpd.read_file(tmp_path / "p.gpkg")
+    _check_output(raster, prompted)
+    assert set(prompted["prompt_id"]) <= {"0:0", "1:p0"}
