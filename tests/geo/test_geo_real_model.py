@@ -122,3 +122,18 @@ def test_cli_builds_the_model(geo_dir, mobile_sam_checkpoint, tmp_path, capsys):
     prompted = gpd.read_file(tmp_path / "p.gpkg")
     _check_output(raster, prompted)
     assert set(prompted["prompt_id"]) <= {"0:0", "1:p0"}
+
+
+def test_dask_workers_build_the_model_and_agree(geo_dir, generator, mobile_sam_checkpoint):
+    """dask=2: two local worker processes each load the checkpoint once and segment their tiles;
+    the result matches one process (masks may differ in a boundary pixel: float sums in another
+    thread count)."""
+    raster = geo_dir / "ftw__inference-img.tif"  # two tiles of 384 px
+    single = sg.vectorize(raster, None, generator=generator, tile_size=384, overlap=48, progress=False)
+    dask = sg.vectorize(raster, None, model=str(mobile_sam_checkpoint), device="cpu", generator_options=OPTIONS,
+                        tile_size=384, overlap=48, dask=2, progress=False)
+    _check_output(raster, dask)
+    assert len(dask) == len(single) and list(dask["tile"]) == list(single["tile"])
+    for a, b in zip(dask.geometry, single.geometry):
+        assert a.intersection(b).area / a.union(b).area > 0.999
+    assert np.allclose(dask["score"], single["score"], atol=1e-4)
