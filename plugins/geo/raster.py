@@ -298,8 +298,9 @@ def compute_stretch(ds, spec: RasterSpec, stretch="auto") -> tuple[tuple[float, 
     """The one global stretch applied to every tile: (lo, hi) per selected band, or None.
 
     ``stretch``: ``"auto"`` (uint8 rasters pass through, others 2-98 percentile), ``"none"``,
-    ``"minmax"``, ``(p_low, p_high)`` percentiles, or explicit values ``[(lo, hi), ...]`` (one
-    pair for all bands or one per band). Nodata never enters the statistics.
+    ``"minmax"``, ``(p_low, p_high)`` percentiles (a pair within 0..100), or explicit values
+    ``[(lo, hi)]`` (a list: one pair for all bands, or one pair per band; a bare pair outside
+    0..100 is values too). Nodata never enters the statistics.
     """
     if stretch is None or (isinstance(stretch, str) and stretch.lower() == "none"):
         return None
@@ -323,8 +324,9 @@ def compute_stretch(ds, spec: RasterSpec, stretch="auto") -> tuple[tuple[float, 
         arr = np.asarray(stretch, dtype=float)
         if arr.shape == (2,) and not _looks_like_values(arr):
             pct = tuple(arr)
-        elif arr.shape == (2,):
-            return tuple((float(arr[0]), float(arr[1])) for _ in range(nb))
+        elif arr.shape in ((2,), (1, 2)):  # one (lo, hi) for every band
+            lo, hi = (float(v) for v in arr.ravel())
+            return tuple((lo, hi) for _ in range(nb))
         elif arr.shape == (nb, 2):
             return tuple((float(a), float(b)) for a, b in arr)
         else:

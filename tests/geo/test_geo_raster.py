@@ -92,6 +92,31 @@ def test_explicit_and_percentile_stretch_options(geo_dir):
         sg.vectorize(path, None, generator=Recorder(), stretch="bogus", progress=False)
 
 
+class GlobalRecorder(Recorder):
+    """A Recorder the CLI can build by name (``--generator test_geo_raster:GlobalRecorder``)."""
+
+    images: list = []
+
+    def __init__(self):
+        pass
+
+
+def test_cli_stretch_values_apply_to_every_band(geo_dir, tmp_path, capsys):
+    """--stretch v:LO,HI on a 3-band 16-bit raster: one pair for all bands."""
+    from samkit.cli import main
+
+    path = geo_dir / "ftw__inference-img.tif"
+    with rasterio.open(path) as ds:
+        raw = ds.read([1, 2, 3])
+    GlobalRecorder.images.clear()
+    rc = main(["geo", "vectorize", str(path), "-o", str(tmp_path / "o.gpkg"), "--stretch", "v:200,2000",
+               "--generator", f"{__name__}:GlobalRecorder", "--allow-empty", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    (img,) = GlobalRecorder.images
+    expect = np.stack([apply_stretch(b, (200, 2000)) for b in raw], axis=-1)
+    assert np.array_equal(img, expect)
+
+
 def _nodata_variants(tmp_path):
     """A 300x300 raster whose nodata (left third, plus a triangle) is marked by value, by an
     internal mask and by alpha. Returns [(name, path)], the valid mask."""
