@@ -300,3 +300,24 @@ def test_progress_bar_counts_tiles(kampala_truth, capsys):
     sg.vectorize(kampala_truth[0], None, generator=LabelSegmenter(), tile_size=256, overlap=32, progress=True)
     err = capsys.readouterr().err
     assert "tiles" in err and "25/25" in err
+
+
+def test_vrt_input(kampala_truth, tmp_path):
+    """Any raster GDAL reads: here a VRT over the label GeoTIFF gives the same objects."""
+    path = kampala_truth[0]
+    with rasterio.open(path) as ds:
+        w, h, t, crs = ds.width, ds.height, ds.transform, ds.crs.to_wkt()
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><ColorInterp>{ci}</ColorInterp><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{path}</SourceFilename><SourceBand>{b}</SourceBand>'
+        f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+        f"</SimpleSource></VRTRasterBand>" for b, ci in [(1, "Red"), (2, "Green"), (3, "Blue")])
+    from xml.sax.saxutils import escape
+
+    vrt = tmp_path / "labels.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>{escape(crs)}</SRS>'
+                   f"<GeoTransform>{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}</GeoTransform>{bands}</VRTDataset>")
+    a = sg.vectorize(vrt, None, generator=LabelSegmenter(), tile_size=256, overlap=32, progress=False)
+    b = sg.vectorize(path, None, generator=LabelSegmenter(), tile_size=256, overlap=32, progress=False)
+    assert sg.info(vrt)["driver"] == "VRT"
+    assert len(a) == len(b) > 90 and all(x.equals(y) for x, y in zip(a.geometry, b.geometry))
