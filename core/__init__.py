@@ -1,16 +1,49 @@
-"""samkit: Segment Anything (SAM, MobileSAM) in pure PyTorch, with one API for prompts and segment-everything."""
+"""samkit: Segment Anything (SAM, MobileSAM) in pure PyTorch, with one API for prompts and segment-everything.
 
-from .build import CHECKPOINTS, build_sam, cache_dir, load_model
+Exports are loaded on first use (PEP 562), so `import samkit` and the command-line entry points
+of the adapters stay light until a model is actually needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .errors import CheckpointError, ImageError, PromptError, SamkitError
-from .image_io import load_image
-from .mask_generator import MaskGenerator
-from .predictor import EmbeddingCache, Predictor
-from .sam import Sam
-from .ultralytics_api import SAM, Result
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CHECKPOINTS", "CheckpointError", "EmbeddingCache", "ImageError", "MaskGenerator", "Predictor", "PromptError", "Result", "SAM", "Sam",
-    "SamkitError", "build_sam", "cache_dir", "load_image", "load_model",
-]
+_LAZY_EXPORTS = {
+    "CHECKPOINTS": "build",
+    "build_sam": "build",
+    "cache_dir": "build",
+    "load_model": "build",
+    "load_image": "image_io",
+    "MaskGenerator": "mask_generator",
+    "EmbeddingCache": "predictor",
+    "Predictor": "predictor",
+    "Sam": "sam",
+    "SAM": "ultralytics_api",
+    "Result": "ultralytics_api",
+}
+_SUBMODULES = {
+    "build", "cli", "common", "errors", "image_encoder", "image_io", "mask_decoder", "mask_generator",
+    "mask_utils", "predictor", "prompt_encoder", "sam", "tiny_vit", "transformer", "transforms",
+    "ultralytics_api", "visualize",
+}
+
+__all__ = ["CheckpointError", "ImageError", "PromptError", "SamkitError", *sorted(_LAZY_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_EXPORTS:
+        value = getattr(importlib.import_module(f".{_LAZY_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'samkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_EXPORTS) | _SUBMODULES)

@@ -185,3 +185,13 @@ def test_sam_facade_prompts_and_everything(mobile_sam_checkpoint, images_dir, tm
     assert len(boxes.save_masks(tmp_path / "masks")) == 2
     coco = boxes.to_coco()
     assert np.array_equal(mask_utils.rle_to_mask(coco[0]["segmentation"]), boxes.masks[0])
+
+
+def test_import_and_cli_do_not_load_torch():
+    """`import samkit` and building the CLI stay light: torch loads only when a model is needed."""
+    import subprocess
+    import sys
+
+    code = "import sys, samkit, samkit.cli; samkit.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
