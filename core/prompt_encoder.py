@@ -69,10 +69,26 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe_cache: tuple | None = None
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid: (1, C, 64, 64)."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """Positional encoding of the image embedding grid: (1, C, 64, 64).
+
+        Computed once and kept until the frequency matrix changes (its version counter moves on
+        every in-place update, load_state_dict included); the decoder recognises the kept
+        tensor and reuses its image-side work without comparing contents.
+        """
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (matrix.data_ptr(), matrix._version, matrix.device, matrix.dtype)
+        cached = self._dense_pe_cache
+        if cached is None or cached[0] != key or cached[1]._version != cached[2]:
+            # a normal tensor even when first asked for in inference mode: its version counter
+            # lets the decoder recognise it without comparing values
+            with torch.inference_mode(False):
+                pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+            cached = (key, pe, pe._version)
+            self._dense_pe_cache = cached
+        return cached[1]
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # shift to the pixel centre

@@ -59,15 +59,32 @@ class Sam(nn.Module):
         height, width = x.shape[-2:]
         return F.pad(x, (0, self.image_size - width, 0, self.image_size - height))
 
-    @torch.inference_mode()
     def embed_image(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed (B, 3, 1024, 1024) -> float32 image embedding (B, 256, 64, 64)."""
-        with self.autocast():
-            return self.image_encoder(x).float()
+        with torch.inference_mode(), self.autocast():
+            features = self.image_encoder(x).float()
+        # Returned as a normal tensor: its version counter lets the decoder recognise it on
+        # every prompt without comparing values (inference tensors keep no counter).
+        with torch.inference_mode(False):
+            return features.clone()
 
     def postprocess_masks(self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
-        """Low-res logits (B, M, 256, 256) -> logits at the original image size (B, M, H, W)."""
-        masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        """Low-res logits (B, M, 256, 256) -> logits at the original image size (B, M, H, W).
+
+        The official steps: upscale to 1024 x 1024, crop the resized image's input_size, resize
+        to original_size. Only the crop survives, so only the low-res rows and columns it reads
+        are upscaled, at the same integer scale: bilinear interpolation computes each output
+        pixel from its own position and the scale, so the kept pixels come out identical.
+        """
+        low_h, low_w = masks.shape[-2:]
+        scale = self.image_size // low_w
+        if low_h * scale == self.image_size and low_w * scale == self.image_size:
+            # output row r reads input rows floor((r + 0.5) / scale - 0.5) and the one after it
+            rows = min(low_h, input_size[0] // scale + 2)
+            cols = min(low_w, input_size[1] // scale + 2)
+            masks = F.interpolate(masks[..., :rows, :cols], (rows * scale, cols * scale), mode="bilinear", align_corners=False)
+        else:
+            masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
         return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
 

@@ -1,0 +1,142 @@
+"""Mask decoder parity: samkit's decoder against the official one, module to module.
+
+The decoder computes attention by folding the key/query projections into the handful of prompt
+tokens and shares the image-only work between prompts and calls. These tests feed both decoders
+the same perturbed weights and random inputs in every shape the predictor and the generator use:
+one prompt, many prompts across chunk boundaries, one dense embedding shared by all prompts or
+one per prompt (mask inputs), single and multi-mask output, and repeated calls on one image and
+then on another (the image-side cache must follow the image).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from samkit import mask_decoder as our_mask_decoder
+from samkit.mask_decoder import MaskDecoder
+
+try:
+    from . import oracle
+except ImportError:
+    import oracle
+
+LOGIT_TOL = 5e-5  # max |diff| of low-res logits relative to their largest value
+IOU_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def decoders():
+    sa = oracle.official()
+    from segment_anything.modeling import MaskDecoder as OfficialMaskDecoder
+    from segment_anything.modeling import TwoWayTransformer as OfficialTransformer
+
+    torch.manual_seed(0)
+    official = OfficialMaskDecoder(
+        num_multimask_outputs=3,
+        transformer=OfficialTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    oracle.perturb_(official, seed=11)
+    ours = MaskDecoder()
+    ours.load_state_dict(official.state_dict())
+    assert sa is not None
+    return ours.eval(), official.eval()
+
+
+def _inputs(num_prompts: int, num_tokens: int, per_prompt_dense: bool, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randn(1, 256, 64, 64, generator=gen)
+    pe = torch.randn(1, 256, 64, 64, generator=gen)
+    sparse = torch.randn(num_prompts, num_tokens, 256, generator=gen)
+    if per_prompt_dense:
+        dense = torch.randn(num_prompts, 256, 64, 64, generator=gen) * 0.5
+    else:
+        dense = (torch.randn(1, 256, 1, 1, generator=gen) * 0.5).expand(num_prompts, -1, 64, 64)
+    return image, pe, sparse, dense
+
+
+def _run(decoder, image, pe, sparse, dense, multimask):
+    with torch.inference_mode():
+        return decoder(
+            image_embeddings=image,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+
+
+def _assert_same(ours_out, official_out):
+    (masks, iou), (ref_masks, ref_iou) = ours_out, official_out
+    assert masks.shape == ref_masks.shape and iou.shape == ref_iou.shape
+    scale = float(ref_masks.abs().max())
+    assert float((masks - ref_masks).abs().max()) <= LOGIT_TOL * scale
+    assert float((iou - ref_iou).abs().max()) <= IOU_TOL
+    # the sign of the logits is the mask: all but a vanishing fraction of pixels must agree
+    assert float(((masks > 0) != (ref_masks > 0)).float().mean()) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "num_prompts,num_tokens,per_prompt_dense,multimask",
+    [
+        (1, 2, False, True),  # one click (point + padding point)
+        (1, 3, False, False),  # box + point, single mask
+        (37, 2, False, True),  # a point batch that does not fill whole chunks
+        (5, 1, True, False),  # mask inputs: one dense embedding per prompt
+        (3, 4, True, True),
+    ],
+)
+def test_decoder_matches_official(decoders, num_prompts, num_tokens, per_prompt_dense, multimask):
+    ours, official = decoders
+    inputs = _inputs(num_prompts, num_tokens, per_prompt_dense, seed=num_prompts * 10 + num_tokens)
+    _assert_same(_run(ours, *inputs, multimask), _run(official, *inputs, multimask))
+
+
+def test_decoder_chunking_does_not_change_results(decoders, monkeypatch):
+    ours, _ = decoders
+    inputs = _inputs(9, 2, False, seed=3)
+    reference = _run(ours, *inputs, True)
+    for chunk in (1, 4, 64):
+        monkeypatch.setattr(our_mask_decoder, "DECODER_CHUNK", {"cpu": chunk, "other": chunk})
+        masks, iou = _run(ours, *inputs, True)
+        assert torch.allclose(masks, reference[0], atol=1e-5, rtol=0)
+        assert torch.allclose(iou, reference[1], atol=1e-6, rtol=0)
+
+
+def test_image_side_cache_follows_the_image(decoders):
+    """Decode on image A, on image B, then A again, with new tensors each time: every call must
+    match the official decoder (a stale cache would reuse A's work for B)."""
+    ours, official = decoders
+    first = _inputs(4, 2, False, seed=100)
+    second = _inputs(4, 2, False, seed=200)
+    for image, pe, sparse, dense in (first, second, first, second):
+        inputs = (image.clone(), pe.clone(), sparse, dense.clone())
+        _assert_same(_run(ours, *inputs, True), _run(official, *inputs, True))
+    # the same image tensor modified in place between calls (the identity alone must not decide)
+    image, pe, sparse, dense = first
+    image = image.clone()
+    _run(ours, image, pe, sparse, dense, True)
+    image.mul_(-1.0)
+    _assert_same(_run(ours, image, pe, sparse, dense, True), _run(official, image, pe, sparse, dense, True))
+
+
+@pytest.mark.parametrize(
+    "original_size", [(1200, 1800), (1800, 1200), (1024, 1024), (480, 640), (5, 7), (1, 1000), (3000, 17), (767, 1023)]
+)
+def test_postprocess_equals_the_official_steps(mobile_sam, original_size):
+    """Upscaling only the low-res rows and columns that survive the crop gives bit-identical
+    logits to the official upscale-to-1024, crop, resize."""
+    import torch.nn.functional as F
+
+    from samkit.transforms import preprocess_shape
+
+    input_size = preprocess_shape(*original_size, 1024)
+    low_res = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(sum(original_size)))
+    ours = mobile_sam.postprocess_masks(low_res, input_size, original_size)
+    official = F.interpolate(low_res, (1024, 1024), mode="bilinear", align_corners=False)
+    official = official[..., : input_size[0], : input_size[1]]
+    official = F.interpolate(official, original_size, mode="bilinear", align_corners=False)
+    assert torch.equal(ours, official)
