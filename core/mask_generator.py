@@ -163,26 +163,29 @@ class MaskGenerator:
                 chunk, score, logits = chunk[passed], score[passed], logits[passed]
             kept_index.append(chunk)
             stability.append(score)
-            masks.append(logits > threshold)
+            # Thresholded straight into column-major order (N, W, H), the order of COCO RLE:
+            # as fast as a plain comparison, and no transposed copy of the masks later.
+            column_major = torch.empty((len(chunk), logits.shape[2], logits.shape[1]), dtype=torch.bool, device=logits.device)
+            masks.append(torch.gt(logits.transpose(1, 2), threshold, out=column_major))
         if kept_index:
             index = torch.cat(kept_index)
             stability_t = torch.cat(stability)
-            masks_t = torch.cat(masks)
+            masks_cm = torch.cat(masks)
         else:
             index = index[:0]
             stability_t = torch.zeros(0)
-            masks_t = torch.zeros((0, *im_size), dtype=torch.bool)
+            masks_cm = torch.zeros((0, im_size[1], im_size[0]), dtype=torch.bool)
 
-        boxes = mask_utils.batched_mask_to_box(masks_t)
+        boxes = mask_utils.batched_mask_to_box(masks_cm.transpose(1, 2))
         orig_h, orig_w = orig_size
         near_edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
         if near_edge.any():
             inside = ~near_edge
-            index, stability_t, masks_t, boxes = index[inside], stability_t[inside], masks_t[inside], boxes[inside]
-        masks_t = uncrop_masks(masks_t, crop_box, orig_h, orig_w)
+            index, stability_t, masks_cm, boxes = index[inside], stability_t[inside], masks_cm[inside], boxes[inside]
+        masks_cm = uncrop_masks(masks_cm.transpose(1, 2), crop_box, orig_h, orig_w, column_major=True)
         index_np = index.cpu().numpy()
         return {
-            "rles": mask_utils.masks_to_rle(masks_t),
+            "rles": mask_utils.masks_to_rle(masks_cm.transpose(1, 2)),
             "iou_preds": iou_preds[index].cpu().numpy(),
             "points": mask_points[index_np].reshape(-1, 2),
             "stability_score": stability_t.cpu().numpy(),
@@ -267,12 +270,17 @@ def is_box_near_crop_edge(boxes: torch.Tensor, crop_box: list[int], orig_box: li
     return torch.any(near_crop & ~near_image, dim=1)
 
 
-def uncrop_masks(masks: torch.Tensor, crop_box: list[int], orig_h: int, orig_w: int) -> torch.Tensor:
-    """Masks of a crop -> masks of the whole image (zero outside the crop)."""
+def uncrop_masks(masks: torch.Tensor, crop_box: list[int], orig_h: int, orig_w: int, column_major: bool = False) -> torch.Tensor:
+    """Masks (N, h, w) of a crop -> masks (N, H, W) of the whole image (zero outside the crop).
+    column_major: return them as (N, W, H) contiguous instead (the order of COCO RLE)."""
     x0, y0, x1, y1 = crop_box
+    if column_major:
+        masks = masks.transpose(1, 2)
     if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
-        return masks
+        return masks.contiguous()
     pad_x, pad_y = orig_w - (x1 - x0), orig_h - (y1 - y0)
+    if column_major:
+        return F.pad(masks.contiguous(), (y0, pad_y - y0, x0, pad_x - x0), value=0)
     return F.pad(masks, (x0, pad_x - x0, y0, pad_y - y0), value=0)
 
 

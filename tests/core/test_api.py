@@ -84,6 +84,16 @@ def test_return_logits(dog_predictor):
     assert np.array_equal(logits > 0, masks)
 
 
+def test_best_only_returns_the_highest_scoring_mask(dog_predictor):
+    point, label = np.array([[400, 260]]), np.array([1])
+    masks, scores, low_res = dog_predictor.predict(point_coords=point, point_labels=label)
+    best, best_score, best_low = dog_predictor.predict(point_coords=point, point_labels=label, best_only=True)
+    i = int(np.argmax(scores))
+    assert best.shape == (1, *masks.shape[1:]) and best_score.shape == (1,) and best_low.shape == (1, 256, 256)
+    assert np.array_equal(best[0], masks[i]) and best_score[0] == scores[i]
+    assert np.array_equal(best_low[0], low_res[i])
+
+
 def test_bfloat16_path_agrees_with_float32(mobile_sam_checkpoint, images_dir):
     image = samkit.load_image(images_dir / "dog.jpg")
     results = {}

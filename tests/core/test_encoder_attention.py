@@ -42,3 +42,26 @@ def test_bias_chunks_cover_rows_and_batches():
     assert image_encoder.bias_chunks(25, 12, 14, 14, 4) == (9, 14)
     # a budget below one row still makes progress
     assert image_encoder.bias_chunks(2, 12, 64, 64, 4)[1] >= 1
+
+
+@pytest.mark.parametrize("budget", [1, 2**40])
+def test_bfloat16_attention_stays_close_to_float32(monkeypatch, budget):
+    """The CPU bf16 path (plain products instead of the fused kernel) against the official
+    module in float32: bf16 rounding only."""
+    oracle.official()
+    from segment_anything.modeling.image_encoder import Attention as OfficialAttention
+
+    torch.manual_seed(3)
+    official = OfficialAttention(96, num_heads=4, qkv_bias=True, use_rel_pos=True, input_size=(16, 16))
+    oracle.perturb_(official, seed=6)
+    ours = Attention(96, num_heads=4, input_size=(16, 16))
+    ours.load_state_dict(official.state_dict())
+    monkeypatch.setattr(image_encoder, "BIAS_CHUNK_BYTES", budget)
+    x = torch.randn(2, 16, 16, 96)
+    with torch.inference_mode():
+        expected = official(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = ours(x)
+    assert got.dtype == torch.bfloat16
+    error = (got.float() - expected).abs().max() / expected.abs().max()
+    assert error < 3e-2
