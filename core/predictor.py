@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .errors import PromptError, SamkitError
+from .files import atomic_output
 from .image_io import ImageLike, load_image
 from .sam import Sam
 from .transforms import resize_longest_side, scale_boxes, scale_coords
@@ -75,11 +76,9 @@ class EmbeddingCache:
                 self._items.popitem(last=False)
         if write_disk and self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"{key}.pt"
-            partial = path.with_suffix(".pt.part")
             data = {"features": state.features.cpu(), "original_size": list(state.original_size), "input_size": list(state.input_size)}
-            torch.save(data, partial)
-            partial.replace(path)
+            with atomic_output(self.directory / f"{key}.pt") as tmp:
+                torch.save(data, tmp)
 
     def __contains__(self, key: str) -> bool:
         with self._lock:

@@ -22,6 +22,7 @@ import numpy as np
 from . import mask_utils
 from .build import load_model
 from .errors import PromptError
+from .files import atomic_output
 from .image_io import ImageLike, load_image
 from .mask_generator import MaskGenerator
 from .predictor import Predictor
@@ -77,7 +78,8 @@ class Result:
     def save_json(self, filename: str | os.PathLike) -> str:
         height, width = self.orig_img.shape[:2]
         doc = {"image": {"file_name": self.path, "height": height, "width": width}, "annotations": self.to_coco()}
-        Path(filename).write_text(json.dumps(doc))
+        with atomic_output(filename) as tmp:
+            tmp.write_text(json.dumps(doc))
         return str(filename)
 
 

@@ -7,6 +7,8 @@ import colorsys
 import cv2
 import numpy as np
 
+from .files import atomic_output
+
 
 def mask_colors(count: int, seed: int = 0) -> np.ndarray:
     """`count` distinct, saturated RGB colours (uint8), the same for the same count and seed."""
@@ -56,7 +58,8 @@ def overlay_masks(
 
 
 def save_png(path, image: np.ndarray) -> None:
-    """Write an RGB (or single-channel) uint8 array as PNG."""
+    """Write an RGB (or single-channel) uint8 array as PNG, atomically."""
     from PIL import Image
 
-    Image.fromarray(image).save(path)
+    with atomic_output(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")

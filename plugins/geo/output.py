@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from samkit.files import atomic_output
+
 from .errors import GeoError
 
 #: extension -> (format name, how it is written)
@@ -62,10 +64,6 @@ def check_output(dst, *, overwrite: bool, what: str = "output", src=None) -> Pat
     except OSError as exc:
         raise GeoError(f"cannot write {what} {path}: directory {parent} is not writable ({exc.strerror})") from exc
     return path
-
-
-def _tmp_name(path: Path, suffix: str | None = None) -> Path:
-    return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix if suffix is None else suffix}")
 
 
 def _prepare(gdf, fmt: str):
@@ -123,18 +121,13 @@ def _write_shapefile(gdf, path: Path, geometry_type) -> None:
 
 
 def _write_single_file(gdf, path: Path, fmt: str, layer: str, geometry_type) -> None:
-    tmp = _tmp_name(path)
-    try:
+    with atomic_output(path) as tmp:
         if fmt == "GeoParquet":
             gdf.to_parquet(tmp, index=False)
         elif fmt == "GPKG":
             gdf.to_file(tmp, driver=fmt, engine="pyogrio", layer=layer, geometry_type=geometry_type)
         else:
             gdf.to_file(tmp, driver=fmt, engine="pyogrio", geometry_type=geometry_type)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_id_raster(objects_px, dst, *, width: int, height: int, crs, transform, block: int = 1024) -> Path:
@@ -154,9 +147,8 @@ def write_id_raster(objects_px, dst, *, width: int, height: int, crs, transform,
     profile = dict(driver="GTiff", width=width, height=height, count=1, dtype="uint32", nodata=0,
                    crs=None if crs is None else crs.to_wkt(), transform=transform, tiled=True,
                    blockxsize=512, blockysize=512, compress="deflate", predictor=2, BIGTIFF="IF_SAFER")
-    tmp = _tmp_name(path)
     try:
-        with rasterio.open(tmp, "w", **profile) as out:
+        with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as out:
             for r0 in range(0, height, block):
                 for c0 in range(0, width, block):
                     h, w = min(block, height - r0), min(block, width - c0)
@@ -167,10 +159,6 @@ def write_id_raster(objects_px, dst, *, width: int, height: int, crs, transform,
                             arr = rasterize(((geoms[k], int(ids[k])) for k in hits), out_shape=(h, w),
                                             transform=Affine.translation(c0, r0), fill=0, dtype="uint32")
                     out.write(arr, 1, window=rasterio.windows.Window(c0, r0, w, h))
-        os.replace(tmp, path)
     except OSError as exc:
         raise GeoError(f"could not write {path}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

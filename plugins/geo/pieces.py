@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from samkit.files import atomic_output
+
 from .errors import GeoError
 from .raster import RasterSpec, gdal_env, open_raster, read_tile, read_valid
 from .tiling import Tile
@@ -71,14 +73,10 @@ class TileResult:
     # -- checkpoint files ---------------------------------------------------------------------
     def save(self, path: str) -> None:
         """Write atomically: a crash leaves either the old file, no file, or the complete one."""
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_output(path, durable=True) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, version=FORMAT_VERSION, rowcol=np.array([self.row, self.col]),
                      status=np.array(self.status), boxes=self.boxes, scores=self.scores,
                      stability=self.stability, packed=self.packed, offsets=self.offsets)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str) -> "TileResult":

@@ -8,6 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
+from samkit.files import atomic_output
+
 from .errors import GeoError
 from .pieces import FORMAT_VERSION, TileResult, close_datasets, process_tile
 
@@ -39,9 +41,8 @@ class TileStore:
         if not self.resumed:
             for f in self.dir.glob("r*c*.npz"):
                 f.unlink()
-            tmp = manifest.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.fingerprint, sort_keys=True))
-            os.replace(tmp, manifest)
+            with atomic_output(manifest) as tmp:
+                tmp.write_text(json.dumps(self.fingerprint, sort_keys=True))
 
     def path(self, row: int, col: int) -> Path:
         return self.dir / f"r{row}c{col}.npz"

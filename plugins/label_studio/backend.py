@@ -281,9 +281,8 @@ class SamBackend:
                     point_labels=point_labels if len(coords) else None,
                     box=box_arr[-1] if len(box_arr) else None,
                     multimask_output=single_point,
+                    best_only=True,
                 )
-                best = int(np.argmax(scores))
-                masks, scores = masks[best:best + 1], scores[best:best + 1]
         self._count(predictor)
         t_dec = time.perf_counter()
         result = []
