@@ -23,7 +23,8 @@ official decoder and generator around samkit's TinyViT, and the encoder row has 
     python benchmarks/bench_core.py --quick         # a smaller run (1 repeat, 256 prompts, 16x16 grid)
     python benchmarks/bench_core.py --model vit_b --repeats 5 --markdown benchmarks/RESULTS.md
 
-Times are the median of the repeats after one warm-up call (long official stages run once).
+Times are the median of the repeats after one warm-up call (long official stages run once); where
+both sides are timed, their calls alternate so that a machine whose speed drifts slows both alike.
 """
 
 from __future__ import annotations
@@ -99,6 +100,47 @@ def timeit(fn, repeats, warmup=1, long=LONG):
     return Timing(statistics.median(walls), statistics.median(cpus)), result
 
 
+def timeit_pair(ours_fn, official_fn, repeats, warmup=1, long=LONG):
+    """Ours and the official timed in alternation (ours, official, ours, ...), so that a machine
+    whose speed drifts during the run slows both sides alike; otherwise as timeit (medians; a
+    stage longer than `long` in warm-up is measured by that call alone).
+    Returns ((ours Timing, official Timing), (ours result, official result))."""
+    fns = (ours_fn, official_fn)
+    results = [None, None]
+    samples: list[list[Timing]] = [[], []]
+    finished = [False, False]
+
+    def run(i):
+        t0, c0 = time.perf_counter(), time.process_time()
+        results[i] = fns[i]()
+        return Timing(time.perf_counter() - t0, time.process_time() - c0)
+
+    for _ in range(warmup):
+        for i in (0, 1):
+            first = run(i)
+            if first.wall > long:
+                samples[i].append(first)
+                finished[i] = True
+    for _ in range(repeats):
+        for i in (0, 1):
+            if not finished[i]:
+                samples[i].append(run(i))
+    timings = tuple(
+        Timing(statistics.median(t.wall for t in s), statistics.median(t.cpu for t in s)) for s in samples
+    )
+    return timings, tuple(results)
+
+
+def official_call(fn, bf16=False):
+    """fn run as the official code is run here: inference mode, bf16 autocast if asked."""
+
+    def call():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return fn()
+
+    return call
+
+
 def log(msg):
     print(msg, flush=True)
 
@@ -160,24 +202,27 @@ def bench_model(name, args, image, rows):
 
     # -- encoder ----------------------------------------------------------------------------
     log("   encoder fp32")
-    t_ours, emb_ours = timeit(lambda: ours.embed_image(x), args.repeats)
     t_off = None
     if official is not None:
-        with torch.inference_mode():
-            t_off, emb_off = timeit(lambda: official.image_encoder(x), args.repeats)
+        (t_ours, t_off), (emb_ours, emb_off) = timeit_pair(
+            lambda: ours.embed_image(x), official_call(lambda: official.image_encoder(x)), args.repeats
+        )
         diff = float((emb_ours - emb_off).abs().max())
         check = f"max abs diff {diff:.1e} (embedding max {float(emb_off.abs().max()):.2f})"
     else:
+        t_ours, emb_ours = timeit(lambda: ours.embed_image(x), args.repeats)
         emb_off = emb_ours
         check = "official has no TinyViT; parity vs the reference fixture is in the tests"
     rows.append(Row(label, "image encoder", "fp32", t_ours, t_off, check, ">= 1.3x" if official else ""))
 
     log("   encoder bf16")
-    t_ours_bf, emb_bf = timeit(lambda: ours_bf16.embed_image(x), args.repeats)
     t_off_bf = None
     if official is not None:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            t_off_bf, _ = timeit(lambda: official.image_encoder(x), args.repeats)
+        (t_ours_bf, t_off_bf), (emb_bf, _) = timeit_pair(
+            lambda: ours_bf16.embed_image(x), official_call(lambda: official.image_encoder(x), bf16=True), args.repeats
+        )
+    else:
+        t_ours_bf, emb_bf = timeit(lambda: ours_bf16.embed_image(x), args.repeats)
     rel = float((emb_bf.float() - emb_ours).abs().max() / emb_ours.abs().max())
     rows.append(
         Row(label, "image encoder", "bf16", t_ours_bf, t_off_bf,
@@ -211,8 +256,10 @@ def bench_model(name, args, image, rows):
         coords = torch.as_tensor(off_pred.transform.apply_coords(pts, (h, w)), dtype=torch.float)[:, None, :]
         labels = torch.ones((n, 1), dtype=torch.int)
         reps = args.repeats if n <= 64 else max(1, args.repeats // 2)
-        t_o, (low_o, iou_o) = timeit(lambda: pred.decode_low_res(coords, labels, multimask_output=True), reps)
-        t_f, (low_f, iou_f) = timeit(lambda: official_decode(coords, labels), reps)
+        (t_o, t_f), ((low_o, iou_o), (low_f, iou_f)) = timeit_pair(
+            lambda: pred.decode_low_res(coords, labels, multimask_output=True),
+            lambda: official_decode(coords, labels), reps,
+        )
         dl = float((low_o - low_f).abs().max())
         di = float((iou_o - iou_f).abs().max())
         same = float(((low_o > 0) == (low_f > 0)).float().mean())
@@ -228,9 +275,10 @@ def bench_model(name, args, image, rows):
     off_pred.original_size, off_pred.input_size, off_pred.is_image_set = (h, w), input_size, True
     point = np.array([[w * 0.55, h * 0.45]])
     one = np.array([1])
-    t_o, (m_o, _, _) = timeit(lambda: pred.predict(point_coords=point, point_labels=one), max(10, args.repeats))
-    with torch.inference_mode():
-        t_f, (m_f, _, _) = timeit(lambda: off_pred.predict(point_coords=point, point_labels=one), max(10, args.repeats))
+    (t_o, t_f), ((m_o, _, _), (m_f, _, _)) = timeit_pair(
+        lambda: pred.predict(point_coords=point, point_labels=one),
+        official_call(lambda: off_pred.predict(point_coords=point, point_labels=one)), max(10, args.repeats),
+    )
     rows.append(
         Row(label, f"one prompt, 3 masks at {w}x{h}", "fp32", t_o, t_f,
             f"mask IoU vs official {mask_ious(m_o, m_f).min():.5f}; masks upscaled and thresholded", "< 20 ms")

@@ -1,0 +1,36 @@
+"""The benchmark script runs end to end (a miniature run: MobileSAM, tiny prompt counts, a 4x4
+grid) and its checks report agreement with the official package. Timings are not asserted."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_core_miniature_run(tmp_path, mobile_sam_checkpoint, images_dir):
+    table = tmp_path / "results.md"
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "bench_core.py"), "--model", "mobile_sam",
+        "--checkpoint", str(mobile_sam_checkpoint), "--image", str(images_dir / "dog.jpg"),
+        "--repeats", "1", "--prompts", "1", "5", "--points-per-side", "4", "--thresholds-zero",
+        "--markdown", str(table),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = table.read_text()
+    for stage in ("image encoder", "decoder, 1 prompt", "decoder, 5 prompts", "one prompt, 3 masks",
+                  "masks bf16 vs fp32", "MaskGenerator, default params", "MaskGenerator, thresholds 0"):
+        assert stage in text, stage
+    rows = [line for line in text.splitlines() if line.startswith("| MobileSAM")]
+    decoder_rows = [r for r in rows if "| decoder," in r]
+    assert decoder_rows
+    for row in decoder_rows:  # a logit within float rounding of 0 may flip one pixel
+        equal = float(re.search(r"([0-9.]+)% low-res pixels equal", row).group(1))
+        assert equal >= 99.99, row
+    assert "mask IoU vs official 1.00000" in text
+    generator_rows = [r for r in rows if "MaskGenerator" in r and "| fp32 |" in r]
+    assert generator_rows and all("same masks" in r for r in generator_rows)
