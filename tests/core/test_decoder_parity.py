@@ -140,3 +140,28 @@ def test_postprocess_equals_the_official_steps(mobile_sam, original_size):
     official = official[..., : input_size[0], : input_size[1]]
     official = F.interpolate(official, original_size, mode="bilinear", align_corners=False)
     assert torch.equal(ours, official)
+
+
+def test_decoder_gradients_flow(decoders):
+    """The fast paths (in-place softmax, folded projections) must not break training."""
+    ours, official = decoders
+    image, pe, sparse, dense = _inputs(2, 2, False, seed=7)
+    ours.train()
+    try:
+        masks, iou = ours(image_embeddings=image, image_pe=pe, sparse_prompt_embeddings=sparse,
+                          dense_prompt_embeddings=dense, multimask_output=True)
+        (masks.mean() + iou.mean()).backward()
+        # With multimask output the first mask's hypernetwork is not run (its mask is dropped);
+        # the key bias of a token-to-image attention shifts all logits of a softmax row alike,
+        # so its gradient is zero in any implementation, and the folded one never uses it.
+        unused = ("output_hypernetworks_mlps.0.", "transformer.layers.1.cross_attn_token_to_image.k_proj.bias",
+                  "transformer.final_attn_token_to_image.k_proj.bias")
+        grads = {n: p.grad for n, p in ours.named_parameters() if not n.startswith(unused)}
+        missing = [n for n, g in grads.items() if g is None]
+        assert not missing
+        assert all(torch.isfinite(g).all() for g in grads.values())
+        transformer = [g for n, g in grads.items() if n.startswith("transformer.")]
+        assert sum(float(g.abs().sum()) for g in transformer) > 0
+    finally:
+        ours.zero_grad(set_to_none=True)
+        ours.eval()
