@@ -27,7 +27,7 @@ _LAZY_EXPORTS = {
     "Result": "ultralytics_api",
 }
 _SUBMODULES = {
-    "build", "cli", "common", "errors", "image_encoder", "image_io", "mask_decoder", "mask_generator",
+    "build", "cli", "common", "errors", "files", "image_encoder", "image_io", "mask_decoder", "mask_generator",
     "mask_utils", "predictor", "prompt_encoder", "sam", "tiny_vit", "transformer", "transforms",
     "ultralytics_api", "visualize",
 }

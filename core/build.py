@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .files import atomic_output
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -243,23 +244,18 @@ def fetch_checkpoint(arch: str, download: bool = True) -> Path:
     if not download:
         raise CheckpointError(f"{spec.filename} is not in {directory}; download it with `samkit download {arch}`")
     directory.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    try:
-        _download(spec.url, partial)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        partial.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", exc)
-        raise CheckpointError(
-            f"could not download {spec.filename} from {spec.url} ({reason}). If this machine is offline, "
-            f"download that URL elsewhere and either put the file at {path} or pass its path: "
-            f"samkit.load_model('/path/to/{spec.filename}') / --model /path/to/{spec.filename}"
-        ) from None
-    try:
+    # Downloaded and verified beside the final name: only a verified file ever gets that name.
+    with atomic_output(path, durable=True) as partial:
+        try:
+            _download(spec.url, partial)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CheckpointError(
+                f"could not download {spec.filename} from {spec.url} ({reason}). If this machine is offline, "
+                f"download that URL elsewhere and either put the file at {path} or pass its path: "
+                f"samkit.load_model('/path/to/{spec.filename}') / --model /path/to/{spec.filename}"
+            ) from None
         verify_checkpoint(partial, spec)
-    except CheckpointError:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
     return path
 
 
@@ -294,7 +290,7 @@ def _download(url: str, destination: Path) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "samkit"})
     with urllib.request.urlopen(request, timeout=30) as response, open(destination, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name.removesuffix(".part")) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]) as bar:
             while True:
                 chunk = response.read(1 << 20)
                 if not chunk:

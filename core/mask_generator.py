@@ -182,10 +182,10 @@ class MaskGenerator:
         if near_edge.any():
             inside = ~near_edge
             index, stability_t, masks_cm, boxes = index[inside], stability_t[inside], masks_cm[inside], boxes[inside]
-        masks_cm = uncrop_masks(masks_cm.transpose(1, 2), crop_box, orig_h, orig_w, column_major=True)
+        masks = uncrop_masks(masks_cm.transpose(1, 2), crop_box, orig_h, orig_w)
         index_np = index.cpu().numpy()
         return {
-            "rles": mask_utils.masks_to_rle(masks_cm.transpose(1, 2)),
+            "rles": mask_utils.masks_to_rle(masks),
             "iou_preds": iou_preds[index].cpu().numpy(),
             "points": mask_points[index_np].reshape(-1, 2),
             "stability_score": stability_t.cpu().numpy(),
@@ -270,17 +270,15 @@ def is_box_near_crop_edge(boxes: torch.Tensor, crop_box: list[int], orig_box: li
     return torch.any(near_crop & ~near_image, dim=1)
 
 
-def uncrop_masks(masks: torch.Tensor, crop_box: list[int], orig_h: int, orig_w: int, column_major: bool = False) -> torch.Tensor:
-    """Masks (N, h, w) of a crop -> masks (N, H, W) of the whole image (zero outside the crop).
-    column_major: return them as (N, W, H) contiguous instead (the order of COCO RLE)."""
+def uncrop_masks(masks: torch.Tensor, crop_box: list[int], orig_h: int, orig_w: int) -> torch.Tensor:
+    """Masks (N, h, w) of a crop -> masks (N, H, W) of the whole image (zero outside the crop),
+    in the memory order of `masks`: a column-major view (COCO RLE's order) stays one."""
     x0, y0, x1, y1 = crop_box
-    if column_major:
-        masks = masks.transpose(1, 2)
     if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
-        return masks.contiguous()
+        return masks
     pad_x, pad_y = orig_w - (x1 - x0), orig_h - (y1 - y0)
-    if column_major:
-        return F.pad(masks.contiguous(), (y0, pad_y - y0, x0, pad_x - x0), value=0)
+    if masks.dim() == 3 and not masks.is_contiguous() and masks.transpose(1, 2).is_contiguous():
+        return F.pad(masks.transpose(1, 2), (y0, pad_y - y0, x0, pad_x - x0), value=0).transpose(1, 2)
     return F.pad(masks, (x0, pad_x - x0, y0, pad_y - y0), value=0)
 
 
