@@ -130,7 +130,7 @@ class Predictor:
         if state is None:
             state = self.compute_image_state(array)
             self.cache.put(key, state)
-        self._state = state
+        self.set_image_state(state)
 
     def compute_image_state(self, image: np.ndarray) -> ImageState:
         """Run the image encoder on an HxWx3 uint8 image (no cache)."""
@@ -148,6 +148,8 @@ class Predictor:
     def set_image_state(self, state: ImageState | None) -> None:
         """Use an embedding computed elsewhere (for example by another predictor)."""
         self._state = state
+        if state is not None:
+            self.model.prepare_decoder(state.features)
 
     def reset_image(self) -> None:
         """Forget the current image (its embedding stays in the cache)."""
@@ -256,9 +258,10 @@ class Predictor:
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
+        best_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder only: low-res logits (B, C, 256, 256) and scores (B, C),
-        float32, for prompts in the 1024-px input frame."""
+        float32, for prompts in the 1024-px input frame. best_only: C = 1, the best-scoring."""
         state = self._require_state()
         model = self.model
         points = (point_coords, point_labels) if point_coords is not None else None
@@ -270,6 +273,7 @@ class Predictor:
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
+                best_only=best_only,
             )
         return low_res.float(), scores.float()
 
@@ -286,11 +290,7 @@ class Predictor:
             mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=device)[None]
             num_prompts = coords_t.shape[0] if coords_t is not None else (boxes_t.shape[0] if boxes_t is not None else 1)
             mask_t = mask_t.expand(num_prompts, -1, -1, -1)
-        low_res, scores = self.decode_low_res(coords_t, labels_t, boxes_t, mask_t, multimask_output)
-        if best_only:
-            best = scores.argmax(dim=1, keepdim=True)
-            scores = scores.gather(1, best)
-            low_res = low_res[torch.arange(low_res.shape[0])[:, None], best]
+        low_res, scores = self.decode_low_res(coords_t, labels_t, boxes_t, mask_t, multimask_output, best_only)
         # Upscale a few prompts at a time: full-size float logits of every prompt at once can take GBs.
         height, width = state.original_size
         masks = np.empty((*low_res.shape[:2], height, width), dtype=np.float32 if return_logits else bool)

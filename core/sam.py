@@ -68,6 +68,13 @@ class Sam(nn.Module):
         with torch.inference_mode(False):
             return features.clone()
 
+    def prepare_decoder(self, image_embeddings: torch.Tensor) -> None:
+        """Do the mask decoder's image-only work for prompts without a mask input now (it is
+        kept for that image), so that the first prompt on an image is as fast as the next."""
+        with torch.inference_mode(), self.autocast():
+            _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
+            self.mask_decoder.prepare_image(image_embeddings, self.prompt_encoder.get_dense_pe(), dense)
+
     def postprocess_masks(self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
         """Low-res logits (B, M, 256, 256) -> logits at the original image size (B, M, H, W).
 

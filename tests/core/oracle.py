@@ -319,8 +319,8 @@ class StandInPromptEncoder(nn.Module):
             corners = boxes.reshape(-1, 2, 2).float()
             lab = torch.tensor([2.0, 3.0], device=corners.device).expand(corners.shape[0], 2)
             parts.append(torch.cat([corners, lab[..., None]], dim=-1))
-        if not parts:
-            raise AssertionError("stand-in prompt encoder called without points or boxes")
+        if not parts:  # no prompt (the predictor preparing the decoder for an image)
+            parts.append(torch.zeros(1, 0, 3, device=self._pe.device))
         sparse = torch.cat(parts, dim=1)
         bs = sparse.shape[0]
         dense = self._pe.expand(bs, -1, -1, -1)
@@ -347,6 +347,10 @@ class StandInMaskDecoder(nn.Module):
         self.register_buffer("gx", g.view(1, 1, LOW), persistent=False)
         self.calls = 0
         self.prompts = 0
+
+    def prepare_image(self, image_embeddings, image_pe, dense):
+        """Nothing of the image is shared between prompts here (the predictor calls this when an
+        image is set)."""
 
     def _slot(self, x, y, slot: int):
         """Logits (B, 256, 256) and IoU prediction (B,) for points (B,) in the 1024 frame."""
@@ -389,6 +393,7 @@ class StandInMaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        best_only: bool = False,
     ):
         self.calls += 1
         sp = sparse_prompt_embeddings.float()
@@ -416,7 +421,11 @@ class StandInMaskDecoder(nn.Module):
         term = F.interpolate(emb, size=(LOW, LOW), mode="bilinear", align_corners=False)
         logits = logits + 0.5 * torch.tanh(term)
         out_dtype = image_embeddings.dtype
-        return logits.to(out_dtype), torch.stack(ious, dim=1).to(out_dtype)
+        iou = torch.stack(ious, dim=1)
+        if best_only:  # samkit's decoder option: per prompt only the mask with the highest IoU
+            best = iou.argmax(dim=1, keepdim=True)
+            logits, iou = logits[torch.arange(bs)[:, None], best], iou.gather(1, best)
+        return logits.to(out_dtype), iou.to(out_dtype)
 
 
 def install_stand_ins(model: nn.Module) -> nn.Module:

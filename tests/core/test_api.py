@@ -91,7 +91,8 @@ def test_best_only_returns_the_highest_scoring_mask(dog_predictor):
     i = int(np.argmax(scores))
     assert best.shape == (1, *masks.shape[1:]) and best_score.shape == (1,) and best_low.shape == (1, 256, 256)
     assert np.array_equal(best[0], masks[i]) and best_score[0] == scores[i]
-    assert np.array_equal(best_low[0], low_res[i])
+    # the decoder computes only that mask: the same values, summed in another order
+    assert np.allclose(best_low[0], low_res[i], atol=1e-5, rtol=0)
 
 
 def test_bfloat16_path_agrees_with_float32(mobile_sam_checkpoint, images_dir):

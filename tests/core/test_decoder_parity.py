@@ -106,6 +106,23 @@ def test_decoder_chunking_does_not_change_results(decoders, monkeypatch):
         assert torch.allclose(iou, reference[1], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("multimask", [True, False])
+def test_best_only_is_the_best_of_the_masks(decoders, multimask):
+    """best_only decodes, per prompt, only the mask with the highest IoU prediction: the same as
+    picking it from the full output, also when prompts of one batch pick different masks."""
+    ours, _ = decoders
+    inputs = _inputs(24, 2, False, seed=5)
+    masks, iou = _run(ours, *inputs, multimask)
+    with torch.inference_mode():
+        best_masks, best_iou = ours(*inputs, multimask_output=multimask, best_only=True)
+    best = iou.argmax(dim=1)
+    if multimask:
+        assert len(best.unique()) > 1  # the batch exercises more than one mask token
+    assert best_masks.shape == (24, 1, 256, 256) and best_iou.shape == (24, 1)
+    assert torch.equal(best_iou[:, 0], iou[torch.arange(24), best])
+    assert torch.allclose(best_masks[:, 0], masks[torch.arange(24), best], atol=1e-5, rtol=0)
+
+
 def test_image_side_cache_follows_the_image(decoders):
     """Decode on image A, on image B, then A again, with new tensors each time: every call must
     match the official decoder (a stale cache would reuse A's work for B)."""
@@ -121,6 +138,21 @@ def test_image_side_cache_follows_the_image(decoders):
     _run(ours, image, pe, sparse, dense, True)
     image.mul_(-1.0)
     _assert_same(_run(ours, image, pe, sparse, dense, True), _run(official, image, pe, sparse, dense, True))
+
+
+def test_image_side_cache_follows_the_weights(decoders):
+    """Weights changed in place (load_state_dict, an optimiser step) between two calls on the
+    same image tensors must not reuse work computed with the old weights."""
+    import copy
+
+    ours, official = (copy.deepcopy(d) for d in decoders)
+    inputs = _inputs(3, 2, False, seed=300)
+    _assert_same(_run(ours, *inputs, True), _run(official, *inputs, True))
+    with torch.no_grad():
+        for decoder in (ours, official):
+            decoder.transformer.layers[0].norm4.weight.mul_(1.5)
+            decoder.transformer.layers[1].cross_attn_token_to_image.k_proj.weight.add_(0.01)
+    _assert_same(_run(ours, *inputs, True), _run(official, *inputs, True))
 
 
 @pytest.mark.parametrize(
