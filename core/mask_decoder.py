@@ -196,10 +196,21 @@ class MaskDecoder(nn.Module):
             )
         return prepared
 
-    def _weights_version(self) -> tuple[int, ...]:
-        """The version counters of the parameters: they move when a weight changes in place
-        (load_state_dict, an optimiser step). Inference-tensor parameters keep none (-1)."""
-        return tuple(-1 if p.is_inference() else p._version for p in self.parameters())
+    def _weights_version(self) -> tuple[tuple[int, int], ...]:
+        """Identity and version counter of every weight the kept image work was computed from
+        (the first block's image projections, the norm4 of every block, the first upscaling
+        convolution): the counter moves when a weight changes in place (load_state_dict, an
+        optimiser step). Inference-tensor parameters keep no counter (-1)."""
+        first = self.transformer.layers[0]
+        modules = (
+            first.cross_attn_token_to_image,
+            first.cross_attn_image_to_token,
+            self.output_upscaling[0],
+            *(layer.norm4 for layer in self.transformer.layers),
+        )
+        return tuple(
+            (p.data_ptr(), -1 if p.is_inference() else p._version) for module in modules for p in module.parameters()
+        )
 
     def predict_masks(
         self,

@@ -14,6 +14,7 @@ import torch
 from .errors import PromptError, SamkitError
 from .files import atomic_output
 from .image_io import ImageLike, load_image
+from .memory import keep_freed_memory
 from .sam import Sam
 from .transforms import resize_longest_side, scale_boxes, scale_coords
 
@@ -108,6 +109,8 @@ class Predictor:
 
     def __init__(self, model: Sam, cache_size: int = 8, cache_dir: str | Path | None = None, cache: EmbeddingCache | None = None) -> None:
         self.model = model
+        if model.device.type == "cpu":
+            keep_freed_memory()  # else every prompt takes its temporaries back through page faults
         self.cache = cache if cache is not None else EmbeddingCache(cache_size, cache_dir)
         self.encoder_calls = 0
         self._fingerprint = model_fingerprint(model)
@@ -297,8 +300,13 @@ class Predictor:
         with torch.inference_mode():
             for start in range(0, low_res.shape[0], UPSCALE_CHUNK):
                 logits = self.model.postprocess_masks(low_res[start : start + UPSCALE_CHUNK], state.input_size, state.original_size)
-                chunk = logits if return_logits else logits > self.model.mask_threshold
-                masks[start : start + UPSCALE_CHUNK] = chunk.cpu().numpy()
+                target = masks[start : start + UPSCALE_CHUNK]
+                if return_logits:
+                    target[...] = logits.cpu().numpy()
+                elif logits.device.type == "cpu":  # threshold straight into the returned array
+                    torch.gt(logits, self.model.mask_threshold, out=torch.from_numpy(target))
+                else:
+                    target[...] = (logits > self.model.mask_threshold).cpu().numpy()
         return masks, scores.cpu().numpy(), low_res.cpu().numpy()
 
     # -- validation --------------------------------------------------------------------------

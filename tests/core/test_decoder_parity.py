@@ -151,6 +151,7 @@ def test_image_side_cache_follows_the_weights(decoders):
     with torch.no_grad():
         for decoder in (ours, official):
             decoder.transformer.layers[0].norm4.weight.mul_(1.5)
+            decoder.transformer.layers[0].cross_attn_token_to_image.v_proj.weight.add_(0.01)
             decoder.transformer.layers[1].cross_attn_token_to_image.k_proj.weight.add_(0.01)
     _assert_same(_run(ours, *inputs, True), _run(official, *inputs, True))
 
