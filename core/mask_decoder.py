@@ -174,7 +174,7 @@ class MaskDecoder(nn.Module):
         """
         autocast = torch.is_autocast_enabled(image_embeddings.device.type)
         cacheable = not torch.is_grad_enabled()
-        weights = self._weights_version()
+        weights = self._weights_version() if cacheable else None
         cached = self._prepared_cache
         if (
             cacheable
@@ -234,19 +234,12 @@ class MaskDecoder(nn.Module):
         hs, keys, updates = self.transformer(src, image_pe, tokens, None if prepared is None else prepared.transformer)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, selected]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        token_indices = torch.arange(self.num_mask_tokens)[selected]
-        if best_only:
+        hypernetworks = list(enumerate(self.output_hypernetworks_mlps))[selected]
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in hypernetworks], dim=1)
+        if best_only:  # only the best mask is upscaled
             best = iou_pred.argmax(dim=1, keepdim=True)
             iou_pred = iou_pred.gather(1, best)
-            hyper_in = mask_tokens_out.new_empty(num_prompts, 1, self.transformer_dim // 8)
-            best_tokens = token_indices.to(best.device)[best[:, 0]]
-            for token in best_tokens.unique().tolist():
-                rows = best_tokens == token
-                hyper_in[rows, 0] = self.output_hypernetworks_mlps[token](mask_tokens_out[rows, token, :]).to(hyper_in.dtype)
-        else:
-            hyper_in = torch.stack(
-                [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in token_indices.tolist()], dim=1
-            )
+            hyper_in = hyper_in[torch.arange(num_prompts, device=best.device)[:, None], best]
         height, width = image_embeddings.shape[2:]
         first = self.first_upscaling(keys, updates, None if prepared is None else prepared.upscaling)
         return self.upscale_masks(first, hyper_in, height, width), iou_pred
