@@ -1,16 +1,12 @@
 """SAM's mask decoder: image embedding + prompt embeddings in, low-res mask logits and IoU predictions out.
 
 The first transposed convolution of the upscaling is the decoder's largest product per prompt
-(N = 4096 image tokens times a C x 4*C1 = 256 x 256 matrix). When all prompts share one image,
-most of it is shared too. Each transformer block changes the image tokens by
-keys_out = norm4(keys_in + A^T P), a rank-M update (M = heads * tokens ~ 56) followed by a layer
-norm, and a layer norm is a per-token shift and scale followed by a per-channel gain and bias:
-norm(x) @ W = rstd * (x @ (g * W) - mean * colsum(g * W)) + bias @ W. Unrolled through both
-blocks, the final tokens times W are the shared input tokens times (g0 * g1 * W), computed once
-per image, scaled per token by the product of the two norms' rstd, plus a rank-(2M + 3) product.
-That costs ~2.3x fewer operations per prompt (measured ~2x faster on a CPU) and agrees with the
-direct product to float32 rounding (tests/core/test_decoder_parity.py). Under autocast the
-direct product is used: the unrolled form subtracts large terms, which bf16 would not resolve.
+(N = 4096 image tokens times a C x 4*C1 = 256 x 256 matrix). With a prepared image it is
+computed from the final image tokens in factored form (factored.py): the shared input tokens
+times the gain-scaled weight once per image, scaled per token, plus a rank-(2M + 3) product per
+prompt. That costs ~2.3x fewer operations per prompt (measured ~2x faster on a CPU) and agrees
+with the direct product to float32 rounding (tests/core/test_decoder_parity.py). Under autocast,
+and while autograd records, the direct product is used.
 """
 
 from __future__ import annotations
@@ -22,12 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
-from .transformer import KeysUpdate, PreparedImage, TwoWayTransformer
+from .factored import FactoredWeight, factor_weight
+from .transformer import PreparedImage, TwoWayTransformer
 
 # Prompts decoded together, by device type. On a CPU the per-prompt image tokens (4 MB each in
-# fp32) and the upscaling's intermediates should stay in the last-level cache: measured on a
-# 32 MB L3, 2 prompts per pass are ~1.6x faster than 32. A GPU wants large batches.
-DECODER_CHUNK = {"cpu": 2, "other": 64}
+# fp32) should stay in the last-level cache: measured on a 32 MB L3 (64 prompts, factored
+# attention), 8 prompts per pass are ~1.25x faster than 2 and ~1.4x faster than 16. A GPU
+# wants large batches.
+DECODER_CHUNK = {"cpu": 8, "other": 64}
+# Image tokens upscaled per step (see MaskDecoder.upscale_masks).
+UPSCALE_ROWS = 1024
 
 
 def decoder_chunk(device: torch.device) -> int:
@@ -75,27 +75,13 @@ class SameTensor:
         )
 
 
-class UpscalingShortcut(NamedTuple):
-    """The prompt-independent part of the first transposed convolution (module docstring).
-
-    image_part (1, N, 4*C1): the shared input image tokens times every norm4 gain and the
-    convolution's weight. constant (4*C1,): the biases that reach the output unscaled. levels,
-    one per transformer block from the last back to the first: that block's gain-scaled weight
-    (C, 4*C1), its column sums (4*C1,), and its norm's bias times the previous level's weight.
-    """
-
-    image_part: torch.Tensor
-    constant: torch.Tensor
-    levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
 class DecoderImage(NamedTuple):
     """What the decoder keeps of one image with its dense prompt embedding (both batch 1): the
-    transformer's image-side work and the upscaling shortcut (None under autocast, or while
-    gradients are recorded: training takes the direct product)."""
+    transformer's image-side work and the first upscaling convolution in factored form (None
+    under autocast, or while gradients are recorded: the direct products are taken)."""
 
     transformer: PreparedImage
-    upscaling: UpscalingShortcut | None
+    upscaling: FactoredWeight | None
 
 
 class MaskDecoder(nn.Module):
@@ -185,10 +171,12 @@ class MaskDecoder(nn.Module):
             and cached[3].matches(dense)
         ):
             return cached[4]
-        transformer = self.transformer.prepare_image(image_embeddings + dense, image_pe)
+        factored = cacheable and not autocast and image_embeddings.dtype in (torch.float32, torch.float64)
+        transformer = self.transformer.prepare_image(image_embeddings + dense, image_pe, factored)
         upscaling = None
-        if cacheable and not autocast and transformer.keys.dtype in (torch.float32, torch.float64):
-            upscaling = self.upscaling_shortcut(transformer.keys)
+        if factored:
+            weight, bias = self.first_conv_weights()
+            upscaling = factor_weight(transformer.keys[0], weight, bias, [layer.norm4 for layer in self.transformer.layers])
         prepared = DecoderImage(transformer, upscaling)
         if cacheable:
             self._prepared_cache = (
@@ -198,19 +186,11 @@ class MaskDecoder(nn.Module):
 
     def _weights_version(self) -> tuple[tuple[int, int], ...]:
         """Identity and version counter of every weight the kept image work was computed from
-        (the first block's image projections, the norm4 of every block, the first upscaling
-        convolution): the counter moves when a weight changes in place (load_state_dict, an
-        optimiser step). Inference-tensor parameters keep no counter (-1)."""
-        first = self.transformer.layers[0]
-        modules = (
-            first.cross_attn_token_to_image,
-            first.cross_attn_image_to_token,
-            self.output_upscaling[0],
-            *(layer.norm4 for layer in self.transformer.layers),
-        )
-        return tuple(
-            (p.data_ptr(), -1 if p.is_inference() else p._version) for module in modules for p in module.parameters()
-        )
+        (the transformer's and the first upscaling convolution's): the counter moves when a
+        weight changes in place (load_state_dict, an optimiser step). Inference-tensor
+        parameters keep no counter (-1)."""
+        params = [*self.transformer.parameters(), *self.output_upscaling[0].parameters()]
+        return tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params)
 
     def predict_masks(
         self,
@@ -231,17 +211,27 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings], dim=1)
 
         src = None if prepared is not None else image_embeddings + dense_prompt_embeddings
-        hs, keys, updates = self.transformer(src, image_pe, tokens, None if prepared is None else prepared.transformer)
+        hs, keys, factored_keys = self.transformer(src, image_pe, tokens, None if prepared is None else prepared.transformer)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, selected]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         hypernetworks = list(enumerate(self.output_hypernetworks_mlps))[selected]
-        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in hypernetworks], dim=1)
-        if best_only:  # only the best mask is upscaled
+        if best_only and num_prompts == 1:  # a click: only the best token's hypernetwork runs
+            best = iou_pred.argmax(dim=1, keepdim=True)
+            iou_pred = iou_pred.gather(1, best)
+            i, mlp = hypernetworks[int(best)]
+            hyper_in = mlp(mask_tokens_out[:, i, :])[:, None]
+        else:
+            hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in hypernetworks], dim=1)
+        if best_only and num_prompts > 1:  # only the best mask is upscaled
             best = iou_pred.argmax(dim=1, keepdim=True)
             iou_pred = iou_pred.gather(1, best)
             hyper_in = hyper_in[torch.arange(num_prompts, device=best.device)[:, None], best]
         height, width = image_embeddings.shape[2:]
-        first = self.first_upscaling(keys, updates, None if prepared is None else prepared.upscaling)
+        if factored_keys is not None:
+            first = factored_keys.times(prepared.upscaling).view(-1, prepared.upscaling.constant.shape[0])
+        else:
+            weight, bias = self.first_conv_weights()
+            first = torch.addmm(bias, keys.reshape(-1, keys.shape[-1]), weight)
         return self.upscale_masks(first, hyper_in, height, width), iou_pred
 
     def first_conv_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,69 +243,30 @@ class MaskDecoder(nn.Module):
         conv1 = self.output_upscaling[0]
         return conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1), conv1.bias.repeat(4)
 
-    def upscaling_shortcut(self, keys: torch.Tensor) -> UpscalingShortcut:
-        """The shortcut's image-only part for the transformer's input image tokens keys (1, N, C)."""
-        weight, constant = self.first_conv_weights()
-        levels = []
-        for i, layer in enumerate(reversed(self.transformer.layers)):
-            norm = layer.norm4
-            bias_term = norm.bias @ weight
-            if i == 0:  # the last norm's bias reaches the output unscaled
-                constant = constant + bias_term
-            weight = norm.weight[:, None] * weight
-            levels.append((weight, weight.sum(0), bias_term))
-        return UpscalingShortcut((keys[0] @ weight)[None], constant, levels)
-
-    def first_upscaling(
-        self, keys: torch.Tensor, updates: list[KeysUpdate], shortcut: UpscalingShortcut | None
-    ) -> torch.Tensor:
-        """The first transposed convolution of the final image tokens keys (B, N, C) ->
-        (B * N, 4 * C1), computed from the blocks' updates when a shortcut is given."""
-        if shortcut is None:
-            weight, bias = self.first_conv_weights()
-            return torch.addmm(bias, keys.reshape(-1, keys.shape[-1]), weight)
-        batch, num_image, _ = keys.shape
-        # The left factor is built transposed, (B, K, N): each of its rows is an image-length
-        # row of attention weights or per-token scales, written contiguously.
-        rows = sum(update.attn.shape[1] + 2 for update in updates) - 1
-        left = torch.empty(batch, rows, num_image, dtype=keys.dtype, device=keys.device)
-        right = []
-        row = 0
-        scale = None  # the product of the rstd of the norms unrolled so far, (B, 1, N)
-        for update, (weight, column_sums, bias_term) in zip(reversed(updates), shortcut.levels):
-            if scale is not None:
-                left[:, row] = scale[:, 0]
-                right.append(bias_term.expand(batch, 1, -1))
-                row += 1
-            rstd = update.rstd.view(batch, 1, num_image)
-            scale = rstd if scale is None else scale * rstd
-            num_columns = update.attn.shape[1]
-            torch.mul(update.attn, scale, out=left[:, row : row + num_columns])
-            torch.mul(update.mean.view(batch, 1, num_image), scale, out=left[:, row + num_columns : row + num_columns + 1])
-            right += [update.projected @ weight, -column_sums.expand(batch, 1, -1)]
-            row += num_columns + 1
-        out = torch.addcmul(shortcut.constant, shortcut.image_part, scale.view(batch, num_image, 1))
-        out = out.baddbmm_(left.transpose(1, 2), torch.cat(right, dim=1))
-        return out.view(-1, out.shape[-1])
-
     def upscale_masks(self, first: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The rest of output_upscaling and the hypernetwork product, on channels-last pixels.
 
-        first (B*H*W, 4*C1) from first_upscaling, hyper_in (B, M, C/8) -> mask logits
+        first (B*H*W, 4*C1) the first transposed convolution of the image tokens, hyper_in (B, M, C/8) -> mask logits
         (B, M, 4H, 4W). Computed pixel by pixel, the normalisation runs over a contiguous axis
         and no feature map is ever transposed; only the final logits are.
         """
         conv1, norm, _, conv2, _ = self.output_upscaling
-        batch = hyper_in.shape[0]
-        x = first.view(-1, conv1.out_channels)
-        x = F.gelu(F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
+        batch, num_masks = hyper_in.shape[:2]
         weight2 = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1)
         bias2 = conv2.bias.repeat(4)
-        x = F.gelu(torch.addmm(bias2, x, weight2))  # (B*H*W*4, 4 * C2), ordered (ei, ej, out)
-        # x is indexed [b, i, j, di, dj, ei, ej, c]; contract c with each mask's hypernetwork vector.
-        x = x.view(batch, -1, conv2.out_channels)
-        masks = torch.bmm(x, hyper_in.transpose(1, 2).to(x.dtype))  # (B, H*W*16, M)
-        num_masks = hyper_in.shape[1]
+        hyper_t = hyper_in.transpose(1, 2)
+        pixels = height * width
+        # A few image rows at a time, so that each step's intermediates (up to 8 MB per prompt
+        # at once) stay in a CPU's cache between the normalisation, convolution and activations.
+        rows = UPSCALE_ROWS if pixels % UPSCALE_ROWS == 0 else pixels
+        pieces = []
+        for start in range(0, batch * pixels, rows):
+            x = first[start : start + rows].view(-1, conv1.out_channels)
+            x = F.gelu(F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
+            x = F.gelu(torch.addmm(bias2, x, weight2))  # (rows * 4, 4 * C2), ordered (ei, ej, out)
+            # x is indexed [i, j, di, dj, ei, ej, c]; contract c with each mask's hypernetwork vector
+            pieces.append(x.view(-1, conv2.out_channels) @ hyper_t[start // pixels].to(x.dtype))
+        masks = torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # (B*H*W*16, M)
         masks = masks.view(batch, height, width, 2, 2, 2, 2, num_masks)
         # pixel row = 4i + 2di + ei, column = 4j + 2dj + ej. Two reorderings, first (i, di) and
         # (j, dj), then (2i + di, ei) and (2j + dj, ej), are ~3x faster on a CPU than one 8-d permute.

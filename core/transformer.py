@@ -8,6 +8,11 @@ rather than an (N, C) x (C, D) projection of them. Biases on the side that a sof
 over only shift every logit of a row by the same amount, and softmax is unchanged by that. The
 values are handled the same way: the attention-weighted mean of projected image tokens is the
 projection of their attention-weighted mean (the weights sum to one).
+
+After the first block the image tokens differ per prompt. With a prepared image (fp32, no
+autograd) the later attentions read them in factored form (factored.py): each head's queries
+meet per-image projections and a low-rank per-prompt part, and the tokens plus their
+positional encoding are never formed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from torch import nn
 
 from .common import MLPBlock
+from .factored import FactoredKeys, FactoredWeight, KeysUpdate, factor_keys, factor_weight, factored_logits, factored_mix
 
 
 class TwoWayTransformer(nn.Module):
@@ -37,13 +43,20 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def prepare_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> "PreparedImage":
+    def prepare_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor, factored: bool = False) -> "PreparedImage":
         """Everything the transformer computes from the image alone (batch 1): the image tokens,
-        their positional encoding and the first block's per-head projections of them. Valid for
-        any prompts on that image."""
+        their positional encoding and the first block's per-head projections of them; with
+        `factored`, also the later attentions' weights in factored form. Valid for any prompts
+        on that image."""
         keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        return PreparedImage(keys, key_pe, self.layers[0].project_image(keys[0], key_pe[0]))
+        factors = None
+        if factored:
+            norms = [layer.norm4 for layer in self.layers]
+            blocks = [None] + [layer.factor_image_side(keys[0], key_pe[0], norms[:i]) for i, layer in enumerate(self.layers) if i > 0]
+            final = self.final_attn_token_to_image.factor_keys_values(keys[0], key_pe[0], norms)
+            factors = TransformerFactors(blocks, final)
+        return PreparedImage(keys, key_pe, self.layers[0].project_image(keys[0], key_pe[0]), factors)
 
     def forward(
         self,
@@ -51,24 +64,37 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         prepared: "PreparedImage | None" = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, FactoredKeys | None]:
         """image_embedding (1 or B, C, H, W), image_pe (1, C, H, W), point_embedding (B, T, C)
-        -> processed tokens (B, T, C), image tokens (B, H*W, C) and each block's KeysUpdate.
-        `prepared` (from prepare_image on the same batch-1 inputs) skips the image-only work."""
+        -> processed tokens (B, T, C), image tokens (B, H*W, C), and with a factored prepared
+        image the final image tokens' factors. `prepared` (from prepare_image on the same
+        batch-1 inputs) skips the image-only work."""
         if prepared is None:
             keys = image_embedding.flatten(2).transpose(1, 2)
             key_pe = image_pe.flatten(2).transpose(1, 2)
-            projections = None
+            projections = factors = None
         else:
-            keys, key_pe, projections = prepared
+            keys, key_pe, projections, factors = prepared
         queries = point_embedding
         updates = []
         for i, layer in enumerate(self.layers):
-            queries, keys, update = layer(queries, keys, point_embedding, key_pe, projections if i == 0 else None)
+            block_factors = factors.blocks[i] if factors is not None else None
+            factored_keys = factor_keys(updates) if block_factors is not None else None
+            # after the first block, keys is the previous block's output, made here
+            queries, keys, update = layer(
+                queries, keys, point_embedding, key_pe, projections if i == 0 else None,
+                keys_are_scratch=i > 0, factored_keys=factored_keys, factors=block_factors,
+            )
             updates.append(update)
-        attn_out = self.final_attn_token_to_image.tokens_to_image(queries + point_embedding, keys + key_pe, keys)
+        final = self.final_attn_token_to_image
+        factored_keys = None
+        if factors is not None:
+            factored_keys = factor_keys(updates)
+            attn_out = final.tokens_to_factored_image(queries + point_embedding, factored_keys, factors.final)
+        else:
+            attn_out = final.tokens_to_image(queries + point_embedding, keys + key_pe, keys)
         queries = self.norm_final_attn(queries + attn_out)
-        return queries, keys, updates
+        return queries, keys, factored_keys
 
 
 class ImageProjections(NamedTuple):
@@ -80,25 +106,35 @@ class ImageProjections(NamedTuple):
     q_to_token: torch.Tensor
 
 
-class KeysUpdate(NamedTuple):
-    """How one block changed the image tokens: keys_out = norm4(keys_in + attn^T @ projected),
-    attn (B, M, N) the image-to-token attention over M = heads * tokens columns, projected
-    (B, M, C) the values through v_proj and out_proj, and the norm's per-token mean and 1/std
-    (B, N, 1). The update has rank M, which the mask decoder's upscaling exploits."""
+class ImageFactors(NamedTuple):
+    """One block's image-side weights in factored form (factored.py), for image tokens that
+    earlier blocks changed: the token-to-image keys (with the positional encoding's projection)
+    and values, and the image-to-token queries (with the positional encoding's projection plus
+    the constant, which the softmax over tokens does not cancel)."""
 
-    attn: torch.Tensor
-    projected: torch.Tensor
-    mean: torch.Tensor
-    rstd: torch.Tensor
+    k: FactoredWeight
+    k_pe: torch.Tensor
+    v: FactoredWeight
+    q: FactoredWeight | None = None
+    q_pe: torch.Tensor | None = None
+
+
+class TransformerFactors(NamedTuple):
+    """ImageFactors per block (None for the first, which reads the unchanged image tokens) and
+    for the final token-to-image attention."""
+
+    blocks: list[ImageFactors | None]
+    final: ImageFactors
 
 
 class PreparedImage(NamedTuple):
-    """Image tokens (1, N, C), their positional encoding (1, N, C), and the first block's
-    projections of them."""
+    """Image tokens (1, N, C), their positional encoding (1, N, C), the first block's
+    projections of them, and the later attentions' factored weights (or None)."""
 
     keys: torch.Tensor
     key_pe: torch.Tensor
     first_projections: ImageProjections
+    factors: TransformerFactors | None = None
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -126,6 +162,14 @@ class TwoWayAttentionBlock(nn.Module):
             to_token.split_heads(to_token.q_proj(with_pe)),
         )
 
+    def factor_image_side(self, keys: torch.Tensor, key_pe: torch.Tensor, norms: list[nn.LayerNorm]) -> ImageFactors:
+        """keys, key_pe (N, C) the input image tokens, norms the norm4 of the blocks before this
+        one -> this block's image-side weights in factored form."""
+        keys_values = self.cross_attn_token_to_image.factor_keys_values(keys, key_pe, norms)
+        to_token = self.cross_attn_image_to_token
+        q = factor_weight(keys, to_token.q_proj.weight.T, to_token.q_proj.bias, norms)
+        return keys_values._replace(q=q, q_pe=torch.addmm(q.constant, key_pe, to_token.q_proj.weight.T))
+
     def forward(
         self,
         queries: torch.Tensor,
@@ -133,10 +177,16 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
         image_projections: ImageProjections | None = None,
+        keys_are_scratch: bool = False,
+        factored_keys: FactoredKeys | None = None,
+        factors: ImageFactors | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, KeysUpdate]:
         """queries (B, T, C), keys (1 or B, N, C) -> updated queries, keys (B, N, C) and the
         update that made the keys. `image_projections` (batch-1 keys only) replaces the
-        image-side work of this block."""
+        image-side work of this block; `factors` with `factored_keys` (the same keys in
+        factored form) let the attentions read the keys without projecting them.
+        keys_are_scratch: keys is an intermediate nobody else holds, so the update may
+        overwrite it (only done without autograd)."""
         if self.skip_first_layer_pe:
             # The first block replaces the tokens by their self-attention (no residual, no PE).
             queries = self.self_attn(queries, queries, queries)
@@ -146,9 +196,11 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         to_image, to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-        keys_with_pe = None if image_projections is not None else keys + key_pe
+        keys_with_pe = None if image_projections is not None or factors is not None else keys + key_pe
         if image_projections is not None:
             attn_out = to_image.tokens_to_projected_image(queries + query_pe, image_projections)
+        elif factors is not None:
+            attn_out = to_image.tokens_to_factored_image(queries + query_pe, factored_keys, factors)
         else:
             attn_out = to_image.tokens_to_image(queries + query_pe, keys_with_pe, keys)
         queries = self.norm2(queries + attn_out)
@@ -157,10 +209,16 @@ class TwoWayAttentionBlock(nn.Module):
         tokens_with_pe = queries + query_pe
         if image_projections is not None:
             attn, projected = to_token.projected_image_to_tokens(image_projections.q_to_token, tokens_with_pe, queries)
+        elif factors is not None:
+            attn, projected = to_token.factored_image_to_tokens(factored_keys, factors, tokens_with_pe, queries)
         else:
             attn, projected = to_token.image_to_tokens(keys_with_pe, tokens_with_pe, queries)
         batch = queries.shape[0]
-        keys = torch.baddbmm(keys.expand(batch, -1, -1), attn.transpose(1, 2), projected)
+        same_dtype = keys.dtype == attn.dtype == projected.dtype  # not so under autocast
+        if keys_are_scratch and keys.shape[0] == batch and same_dtype and not torch.is_grad_enabled():
+            keys = keys.baddbmm_(attn.transpose(1, 2), projected)  # saves a copy of the N x C tokens
+        else:
+            keys = torch.baddbmm(keys.expand(batch, -1, -1), attn.transpose(1, 2), projected)
         norm = self.norm4
         keys, mean, rstd = torch.native_layer_norm(keys, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         return queries, keys, KeysUpdate(attn, projected, mean, rstd)
@@ -254,6 +312,33 @@ class Attention(nn.Module):
         attn = torch.softmax(q @ image.k_to_image.transpose(1, 2), dim=-1)
         values = (attn @ image.v_to_image).view(heads, batch, num_tokens, head_dim).transpose(0, 1)
         return self.merge_heads(values)
+
+    def factor_keys_values(
+        self, keys: torch.Tensor, key_pe: torch.Tensor, norms: list[nn.LayerNorm]
+    ) -> ImageFactors:
+        """This token-to-image attention's keys and values in factored form, for image tokens
+        that have passed the blocks whose norm4 are `norms` (keys, key_pe (N, C) their input)."""
+        k = factor_weight(keys, self.k_proj.weight.T, None, norms)  # k_proj's bias drops out in the softmax
+        v = factor_weight(keys, self.v_proj.weight.T, self.v_proj.bias, norms)
+        return ImageFactors(k, key_pe @ self.k_proj.weight.T, v)
+
+    def tokens_to_factored_image(self, tokens: torch.Tensor, image: FactoredKeys, factors: ImageFactors) -> torch.Tensor:
+        """tokens_to_image for prompt tokens (B, T, C) and image tokens in factored form."""
+        heads = self.num_heads
+        q = self.split_heads(self.q_proj(tokens)) * (1.0 / math.sqrt(self.internal_dim // heads))  # (B, h, T, d)
+        attn = torch.softmax(factored_logits(q, image, factors.k, factors.k_pe), dim=-1)  # (B, h*T, N)
+        return self.merge_heads(factored_mix(attn, image, factors.v, heads))
+
+    def factored_image_to_tokens(
+        self, image: FactoredKeys, factors: ImageFactors, tokens_with_pe: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_to_tokens for image tokens in factored form; the same factors of the output."""
+        batch, num_tokens, _ = tokens.shape
+        heads = self.num_heads
+        k = self.split_heads(self.k_proj(tokens_with_pe)) * (1.0 / math.sqrt(self.internal_dim // heads))
+        logits = factored_logits(k, image, factors.q, factors.q_pe)  # (B, h*T, N)
+        attn = torch.softmax(logits.view(batch, heads, num_tokens, -1), dim=-2)
+        return attn.view(batch, heads * num_tokens, -1), self._projected_values(tokens)
 
     def _projected_values(self, tokens: torch.Tensor) -> torch.Tensor:
         """Value tokens (B, T, C) through v_proj and, per head, out_proj -> (B, h*T, C).

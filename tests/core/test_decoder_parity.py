@@ -121,6 +121,14 @@ def test_best_only_is_the_best_of_the_masks(decoders, multimask):
     assert best_masks.shape == (24, 1, 256, 256) and best_iou.shape == (24, 1)
     assert torch.equal(best_iou[:, 0], iou[torch.arange(24), best])
     assert torch.allclose(best_masks[:, 0], masks[torch.arange(24), best], atol=1e-5, rtol=0)
+    # one prompt alone (a click) runs only its best token's hypernetwork: one prompt per token
+    image, pe, sparse, dense = inputs
+    for token in best.unique().tolist():
+        k = int((best == token).nonzero()[0])
+        with torch.inference_mode():
+            one_mask, one_iou = ours(image, pe, sparse[k : k + 1], dense[k : k + 1], multimask_output=multimask, best_only=True)
+        assert one_mask.shape == (1, 1, 256, 256) and torch.allclose(one_iou[0, 0], iou[k, token], atol=1e-6, rtol=0)
+        assert torch.allclose(one_mask[0, 0], masks[k, token], atol=1e-5, rtol=0)
 
 
 def test_image_side_cache_follows_the_image(decoders):
@@ -154,6 +162,17 @@ def test_image_side_cache_follows_the_weights(decoders):
             decoder.transformer.layers[0].cross_attn_token_to_image.v_proj.weight.add_(0.01)
             decoder.transformer.layers[1].cross_attn_token_to_image.k_proj.weight.add_(0.01)
     _assert_same(_run(ours, *inputs, True), _run(official, *inputs, True))
+    # each weight alone that the kept work was computed from (the later attentions' factored weights)
+    later = (
+        lambda d: d.transformer.layers[1].cross_attn_image_to_token.q_proj.bias,
+        lambda d: d.transformer.final_attn_token_to_image.v_proj.weight,
+        lambda d: d.transformer.layers[1].norm4.bias,
+    )
+    for weight in later:
+        with torch.no_grad():
+            for decoder in (ours, official):
+                weight(decoder).add_(0.05)
+        _assert_same(_run(ours, *inputs, True), _run(official, *inputs, True))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,153 @@
+"""The decoder's image tokens in factored form: what the later attentions and the upscaling use
+instead of multiplying every prompt's 4096 x 256 image tokens by a weight.
+
+Each two-way block changes the image tokens by a rank-M update (M = heads * tokens ~ 56)
+followed by a layer norm: keys_out = norm(keys_in + attn^T @ projected). A layer norm is a
+per-token shift and scale followed by a per-channel gain and bias, so for any weight W (C, D):
+
+    norm(x) @ W = rstd * (x @ (g * W) - mean * colsum(g * W)) + bias @ W
+
+Unrolled through the blocks, the image tokens after k blocks times W are
+
+    scale * (keys_0 @ (g_1 * ... * g_k * W)) + left^T @ right(W) + constant(W)
+
+with keys_0 the shared input image tokens, scale (per token) the product of the norms' rstd,
+left (K, N) the blocks' attention weights and per-token statistics (K = k * (M + 1) + k - 1
+rows), and right(W) (K, D) the blocks' projected values times the gain-scaled W. The first term's
+product is computed once per image (FactoredWeight.image_part); per prompt only rank-K products
+remain. Attention that reads these tokens applies it per head: a head's queries meet
+image_part's 16 columns of that head and right(W)'s, never an N x D projection per prompt.
+The result agrees with the direct product to float32 rounding (tests/core/test_decoder_parity.py).
+It subtracts large terms, which bf16 would not resolve: under autocast, and while autograd
+records, the decoder takes the direct products.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+
+class KeysUpdate(NamedTuple):
+    """How one block changed the image tokens: keys_out = norm4(keys_in + attn^T @ projected),
+    attn (B, M, N) the image-to-token attention over M = heads * tokens columns, projected
+    (B, M, C) the values through v_proj and out_proj, and the norm's per-token mean and 1/std
+    (B, N, 1)."""
+
+    attn: torch.Tensor
+    projected: torch.Tensor
+    mean: torch.Tensor
+    rstd: torch.Tensor
+
+
+class FactoredWeight(NamedTuple):
+    """A weight W (C, D) and bias applied to the image tokens after k blocks, prepared once per
+    image: image_part (N, D) = keys_0 @ (g_1 * ... * g_k * W); constant (D,): the bias and the
+    last norm's bias times W, which reach the output unscaled; levels, one per block from the
+    last back to the first: that block's gain-scaled weight (C, D), its column sums (D,), and its
+    norm's bias times the previous level's weight (D,)."""
+
+    image_part: torch.Tensor
+    constant: torch.Tensor
+    levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def factor_weight(
+    keys: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, norms: Sequence[nn.LayerNorm]
+) -> FactoredWeight:
+    """keys (N, C) the shared input image tokens, weight (C, D), bias (D,) or None, norms the
+    norm4 of the blocks the tokens have passed -> the per-image part of (tokens @ W + bias)."""
+    constant = bias if bias is not None else weight.new_zeros(weight.shape[1])
+    levels = []
+    for i, norm in enumerate(reversed(norms)):
+        bias_term = norm.bias @ weight
+        if i == 0:
+            constant = constant + bias_term
+        weight = norm.weight[:, None] * weight
+        levels.append((weight, weight.sum(0), bias_term))
+    return FactoredWeight(keys @ weight, constant, levels)
+
+
+class FactoredKeys(NamedTuple):
+    """The image tokens of B prompts after k blocks, as far as they differ per prompt: left
+    (B, K, N), written transposed so that each row (attention weights or per-token scales over
+    the N image tokens) is contiguous, scale (B, 1, N), and the blocks' updates, first first."""
+
+    left: torch.Tensor
+    scale: torch.Tensor
+    updates: list[KeysUpdate]
+
+    def right(self, weight: FactoredWeight) -> torch.Tensor:
+        """The (B, K, D) factor that `left` multiplies for this weight."""
+        batch = self.left.shape[0]
+        rows = []
+        for i, (update, (level_weight, column_sums, bias_term)) in enumerate(zip(reversed(self.updates), weight.levels)):
+            if i > 0:
+                rows.append(bias_term.expand(batch, 1, -1))
+            rows += [update.projected @ level_weight, -column_sums.expand(batch, 1, -1)]
+        return torch.cat(rows, dim=1)
+
+    def times(self, weight: FactoredWeight) -> torch.Tensor:
+        """tokens @ W + bias, (B, N, D)."""
+        batch, _, num_image = self.scale.shape
+        out = torch.addcmul(weight.constant, weight.image_part, self.scale.view(batch, num_image, 1))
+        return out.baddbmm_(self.left.transpose(1, 2), self.right(weight))
+
+
+def factor_keys(updates: list[KeysUpdate]) -> FactoredKeys:
+    """The per-prompt factors of the image tokens after the blocks that made `updates`."""
+    first = updates[0]
+    batch, _, num_image = first.attn.shape
+    rows = sum(update.attn.shape[1] + 2 for update in updates) - 1
+    left = torch.empty(batch, rows, num_image, dtype=first.attn.dtype, device=first.attn.device)
+    row = 0
+    scale = None  # the product of the rstd of the norms unrolled so far, (B, 1, N)
+    for update in reversed(updates):
+        if scale is not None:  # the previous norm's bias, scaled by the later norms
+            left[:, row] = scale[:, 0]
+            row += 1
+        rstd = update.rstd.view(batch, 1, num_image)
+        scale = rstd if scale is None else scale * rstd
+        num_columns = update.attn.shape[1]
+        torch.mul(update.attn, scale, out=left[:, row : row + num_columns])
+        torch.mul(update.mean.view(batch, 1, num_image), scale, out=left[:, row + num_columns : row + num_columns + 1])
+        row += num_columns + 1
+    return FactoredKeys(left, scale, updates)
+
+
+def per_head_columns(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., N, heads * d) -> (..., heads, d, N), a view."""
+    *lead, num, width = x.shape
+    return x.view(*lead, num, heads, width // heads).movedim(-3, -1)
+
+
+def factored_logits(
+    queries: torch.Tensor, keys: FactoredKeys, weight: FactoredWeight, image_extra: torch.Tensor
+) -> torch.Tensor:
+    """Per-head queries (B, h, T, d) against the image tokens' projection tokens @ W +
+    image_extra (N, D) (a per-image term such as the positional encoding's projection; W's
+    constant is not added) -> logits (B, h*T, N)."""
+    batch, heads, num_tokens, _ = queries.shape
+    num_image = keys.scale.shape[-1]
+    image = torch.addcmul(image_extra, weight.image_part, keys.scale.transpose(1, 2))  # (B, N, D)
+    logits = torch.matmul(queries, per_head_columns(image, heads))  # (B, h, T, N)
+    low_rank = torch.matmul(queries, per_head_columns(keys.right(weight), heads))  # (B, h, T, K)
+    logits = logits.reshape(batch, heads * num_tokens, num_image)
+    return logits.baddbmm_(low_rank.reshape(batch, heads * num_tokens, -1), keys.left)
+
+
+def factored_mix(attn: torch.Tensor, keys: FactoredKeys, weight: FactoredWeight, heads: int) -> torch.Tensor:
+    """Attention weights (B, h*T, N), each row summing to one, times the image tokens'
+    projection tokens @ W + bias, per head -> (B, h, T, d)."""
+    batch, rows, num_image = attn.shape
+    num_tokens = rows // heads
+    head_dim = weight.image_part.shape[-1] // heads
+    image = weight.image_part.view(num_image, heads, head_dim).transpose(0, 1)  # (h, N, d)
+    scaled = (attn * keys.scale).view(batch, heads, num_tokens, num_image)
+    values = torch.matmul(scaled, image)  # (B, h, T, d)
+    mixed_left = torch.bmm(attn, keys.left.transpose(1, 2)).view(batch, heads, num_tokens, -1)  # (B, h, T, K)
+    right = keys.right(weight).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, K, d)
+    values = values.add_(mixed_left @ right)
+    return values.add_(weight.constant.view(heads, 1, head_dim))
