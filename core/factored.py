@@ -129,12 +129,17 @@ def factored_logits(
     """Per-head queries (B, h, T, d) against the image tokens' projection tokens @ W +
     image_extra (N, D) (a per-image term such as the positional encoding's projection; W's
     constant is not added) -> logits (B, h*T, N)."""
-    batch, heads, num_tokens, _ = queries.shape
+    batch, heads, num_tokens, head_dim = queries.shape
     num_image = keys.scale.shape[-1]
-    image = torch.addcmul(image_extra, weight.image_part, keys.scale.transpose(1, 2))  # (B, N, D)
-    logits = torch.matmul(queries, per_head_columns(image, heads))  # (B, h, T, N)
+    # written head-major, (B, h, N, d), so that the B*h products read it without a copy
+    image = queries.new_empty(batch, heads, num_image, head_dim)
+    torch.addcmul(
+        image_extra.view(num_image, heads, head_dim), weight.image_part.view(num_image, heads, head_dim),
+        keys.scale.view(batch, num_image, 1, 1), out=image.permute(0, 2, 1, 3),
+    )
+    logits = torch.matmul(queries, image.transpose(-1, -2))  # (B, h, T, N)
     low_rank = torch.matmul(queries, per_head_columns(keys.right(weight), heads))  # (B, h, T, K)
-    logits = logits.reshape(batch, heads * num_tokens, num_image)
+    logits = logits.view(batch, heads * num_tokens, num_image)
     return logits.baddbmm_(low_rank.reshape(batch, heads * num_tokens, -1), keys.left)
 
 
@@ -145,8 +150,11 @@ def factored_mix(attn: torch.Tensor, keys: FactoredKeys, weight: FactoredWeight,
     num_tokens = rows // heads
     head_dim = weight.image_part.shape[-1] // heads
     image = weight.image_part.view(num_image, heads, head_dim).transpose(0, 1)  # (h, N, d)
-    scaled = (attn * keys.scale).view(batch, heads, num_tokens, num_image)
-    values = torch.matmul(scaled, image)  # (B, h, T, d)
+    # all prompts of a head in one product, (h, B*T, N) @ (h, N, d), so that the image part is
+    # not copied per prompt
+    scaled = (attn * keys.scale).view(batch, heads, num_tokens, num_image).transpose(0, 1)
+    values = torch.bmm(scaled.reshape(heads, batch * num_tokens, num_image), image)
+    values = values.view(heads, batch, num_tokens, head_dim).transpose(0, 1)  # (B, h, T, d)
     mixed_left = torch.bmm(attn, keys.left.transpose(1, 2)).view(batch, heads, num_tokens, -1)  # (B, h, T, K)
     right = keys.right(weight).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, K, d)
     values = values.add_(mixed_left @ right)
