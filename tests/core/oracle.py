@@ -23,7 +23,6 @@ from __future__ import annotations
 import atexit
 import functools
 import importlib
-import math
 import shutil
 import sys
 import tempfile

@@ -58,7 +58,7 @@ def dog(images_dir) -> np.ndarray:
 
 
 def _official_stand_in_model():
-    sam = oracle.official()
+    oracle.official()  # imports segment_anything (with the torchvision stand-in if needed)
     from segment_anything.modeling import Sam
 
     return oracle.install_stand_ins(
