@@ -215,17 +215,16 @@ class MaskDecoder(nn.Module):
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, selected]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         hypernetworks = list(enumerate(self.output_hypernetworks_mlps))[selected]
-        if best_only and num_prompts == 1:  # a click: only the best token's hypernetwork runs
+        if best_only:  # only the best mask is upscaled
             best = iou_pred.argmax(dim=1, keepdim=True)
             iou_pred = iou_pred.gather(1, best)
+        if best_only and num_prompts == 1:  # a click: only the best token's hypernetwork runs
             i, mlp = hypernetworks[int(best)]
             hyper_in = mlp(mask_tokens_out[:, i, :])[:, None]
         else:
             hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in hypernetworks], dim=1)
-        if best_only and num_prompts > 1:  # only the best mask is upscaled
-            best = iou_pred.argmax(dim=1, keepdim=True)
-            iou_pred = iou_pred.gather(1, best)
-            hyper_in = hyper_in[torch.arange(num_prompts, device=best.device)[:, None], best]
+            if best_only:
+                hyper_in = hyper_in[torch.arange(num_prompts, device=best.device)[:, None], best]
         height, width = image_embeddings.shape[2:]
         if factored_keys is not None:
             first = factored_keys.times(prepared.upscaling).view(-1, prepared.upscaling.constant.shape[0])

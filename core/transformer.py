@@ -274,6 +274,11 @@ class Attention(nn.Module):
         batch, heads, tokens, head_dim = x.shape
         return self.out_proj(x.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
 
+    def scaled_heads(self, proj: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+        """Prompt tokens (B, T, C) through proj, split by head and divided by sqrt(head dim):
+        the prompt side of an attention's logits, (B, h, T, d)."""
+        return self.split_heads(proj(tokens)) * (1.0 / math.sqrt(self.internal_dim // self.num_heads))
+
     def head_weights(self, proj: nn.Linear) -> torch.Tensor:
         """A projection's weight split by output head: (heads, d, C)."""
         return proj.weight.view(self.num_heads, -1, proj.in_features)
@@ -294,7 +299,7 @@ class Attention(nn.Module):
         """
         batch, num_tokens, _ = tokens.shape
         heads = self.num_heads
-        q = self.split_heads(self.q_proj(tokens)) * (1.0 / math.sqrt(self.internal_dim // heads))  # (B, h, T, d)
+        q = self.scaled_heads(self.q_proj, tokens)  # (B, h, T, d)
         folded = (q @ self.head_weights(self.k_proj)).reshape(batch, heads * num_tokens, -1)  # (B, h*T, C)
         attn = torch.softmax(folded_times_image(folded, image_with_pe), dim=-1)  # (B, h*T, N)
         mixed = rows_times(attn, image).view(batch, heads, num_tokens, -1)  # (B, h, T, C)
@@ -306,7 +311,7 @@ class Attention(nn.Module):
         """Prompt tokens (B, T, C) attend to one image's per-head keys and values (h, N, d)."""
         batch, num_tokens, _ = tokens.shape
         heads, _, head_dim = image.k_to_image.shape
-        q = self.split_heads(self.q_proj(tokens)) * (1.0 / math.sqrt(head_dim))  # (B, h, T, d)
+        q = self.scaled_heads(self.q_proj, tokens)  # (B, h, T, d)
         # all prompts of a head against that head's keys in one product: (h, B*T, d) @ (h, d, N)
         q = q.transpose(0, 1).reshape(heads, batch * num_tokens, head_dim)
         attn = torch.softmax(q @ image.k_to_image.transpose(1, 2), dim=-1)
@@ -325,7 +330,7 @@ class Attention(nn.Module):
     def tokens_to_factored_image(self, tokens: torch.Tensor, image: FactoredKeys, factors: ImageFactors) -> torch.Tensor:
         """tokens_to_image for prompt tokens (B, T, C) and image tokens in factored form."""
         heads = self.num_heads
-        q = self.split_heads(self.q_proj(tokens)) * (1.0 / math.sqrt(self.internal_dim // heads))  # (B, h, T, d)
+        q = self.scaled_heads(self.q_proj, tokens)  # (B, h, T, d)
         attn = torch.softmax(factored_logits(q, image, factors.k, factors.k_pe), dim=-1)  # (B, h*T, N)
         return self.merge_heads(factored_mix(attn, image, factors.v, heads))
 
@@ -335,7 +340,7 @@ class Attention(nn.Module):
         """image_to_tokens for image tokens in factored form; the same factors of the output."""
         batch, num_tokens, _ = tokens.shape
         heads = self.num_heads
-        k = self.split_heads(self.k_proj(tokens_with_pe)) * (1.0 / math.sqrt(self.internal_dim // heads))
+        k = self.scaled_heads(self.k_proj, tokens_with_pe)  # (B, h, T, d)
         logits = factored_logits(k, image, factors.q, factors.q_pe)  # (B, h*T, N)
         attn = torch.softmax(logits.view(batch, heads, num_tokens, -1), dim=-2)
         return attn.view(batch, heads * num_tokens, -1), self._projected_values(tokens)
@@ -368,7 +373,7 @@ class Attention(nn.Module):
         projected values (B, h*T, C): the output is attn^T @ projected, (B, N, C)."""
         batch, num_tokens, _ = tokens.shape
         heads = self.num_heads
-        k = self.split_heads(self.k_proj(tokens_with_pe)) * (1.0 / math.sqrt(self.internal_dim // heads))
+        k = self.scaled_heads(self.k_proj, tokens_with_pe)  # (B, h, T, d)
         folded = (k @ self.head_weights(self.q_proj)).reshape(batch, heads * num_tokens, -1)  # (B, h*T, C)
         # q_proj's bias does not drop out here (the softmax runs over the tokens): it adds a
         # per-token constant to every image token's logits.
@@ -384,7 +389,7 @@ class Attention(nn.Module):
         the factors of the output like image_to_tokens."""
         batch, num_tokens, _ = tokens.shape
         heads, num_image, head_dim = image_q.shape
-        k = self.split_heads(self.k_proj(tokens_with_pe)) * (1.0 / math.sqrt(head_dim))  # (B, h, T, d)
+        k = self.scaled_heads(self.k_proj, tokens_with_pe)  # (B, h, T, d)
         k = k.transpose(0, 1).reshape(heads, batch * num_tokens, head_dim)
         logits = k @ image_q.transpose(1, 2)  # (h, B*T, N)
         attn = torch.softmax(logits.view(heads, batch, num_tokens, num_image), dim=-2)
