@@ -100,6 +100,17 @@ def model_fingerprint(model: Sam) -> str:
     return f"{model.arch}|{checkpoint}|{stat}|{model.compute_dtype}"
 
 
+def _is_frozen(array: np.ndarray) -> bool:
+    """Whether no one can change the array's values: it and every array it views are read-only
+    and the memory at the bottom is an immutable bytes object."""
+    obj = array
+    while isinstance(obj, np.ndarray):
+        if obj.flags.writeable:
+            return False
+        obj = obj.base
+    return isinstance(obj, bytes)
+
+
 class Predictor:
     """SAM's promptable predictor with the official semantics, plus batching and an embedding cache.
 
@@ -115,20 +126,32 @@ class Predictor:
         self.encoder_calls = 0
         self._fingerprint = model_fingerprint(model)
         self._state: ImageState | None = None
+        self._frozen_image: tuple[np.ndarray, str] | None = None  # (array, its key), see set_image
 
     # -- image -------------------------------------------------------------------------------
     def image_key(self, image: np.ndarray) -> str:
         """Cache key of an HxWx3 uint8 image for this model."""
-        digest = hashlib.blake2b(digest_size=20)
+        # SHA-256 rather than BLAKE2: with the SHA extensions most x86 and ARM CPUs now have it
+        # hashes ~2x faster (3.6 vs 7.4 ms for an 1800x1200 image on this project's VM), and the
+        # key is computed on every set_image.
+        digest = hashlib.sha256()
         digest.update(self._fingerprint.encode())
         digest.update(str(image.shape).encode())
         digest.update(np.ascontiguousarray(image).data)
-        return digest.hexdigest()
+        return digest.hexdigest()[:40]
 
     def set_image(self, image: ImageLike) -> None:
-        """Make `image` (path, HxWx3 uint8 RGB array or PIL image) the one prompts refer to."""
+        """Make `image` (path, HxWx3 uint8 RGB array or PIL image) the one prompts refer to.
+
+        The pixels are hashed to find a cached embedding, except when the very array of the
+        previous call comes again and cannot have changed: read-only down to an immutable bytes
+        buffer, as np.asarray of a decoded PIL image is (what an adapter re-sends per click)."""
         array = load_image(image)
-        key = self.image_key(array)
+        if self._frozen_image is not None and self._frozen_image[0] is array:
+            key = self._frozen_image[1]
+        else:
+            key = self.image_key(array)
+            self._frozen_image = (array, key) if _is_frozen(array) else None
         state = self.cache.get(key, self.model.device)
         if state is None:
             state = self.compute_image_state(array)

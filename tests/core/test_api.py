@@ -55,6 +55,35 @@ def test_embedding_cache_skips_the_encoder(mobile_sam, images_dir):
     assert len(predictor.cache) == 2
 
 
+def test_same_frozen_array_is_not_hashed_again(mobile_sam, images_dir, monkeypatch):
+    predictor = samkit.Predictor(mobile_sam, cache_size=2)
+    hashed = []
+    image_key = predictor.image_key
+    monkeypatch.setattr(predictor, "image_key", lambda image: hashed.append(1) or image_key(image))
+    frozen = samkit.load_image(Image.open(images_dir / "dog.jpg"))  # np.asarray of PIL: read-only bytes
+    assert not frozen.flags.writeable
+    for _ in range(3):
+        predictor.set_image(frozen)
+    assert len(hashed) == 1 and predictor.encoder_calls == 1
+    # a writable array may have changed between calls: hashed every time, and a change is seen
+    writable = frozen.copy()
+    predictor.set_image(writable)
+    predictor.set_image(writable)
+    assert len(hashed) == 3 and predictor.encoder_calls == 1  # same pixels: the cached embedding
+    writable[:40] = 0
+    predictor.set_image(writable)
+    assert len(hashed) == 4 and predictor.encoder_calls == 2
+    # read-only but over writable memory (a view someone else can write through): hashed
+    view = writable.view()
+    view.flags.writeable = False
+    predictor.set_image(view)
+    predictor.set_image(view)
+    assert len(hashed) == 6
+    # after another image, the frozen one is looked up by its pixels again (and found cached)
+    predictor.set_image(frozen)
+    assert len(hashed) == 7 and predictor.encoder_calls == 2
+
+
 def test_disk_cache_survives_a_new_predictor(mobile_sam, images_dir, tmp_path):
     first = samkit.Predictor(mobile_sam, cache_dir=tmp_path)
     first.set_image(images_dir / "dog.jpg")
