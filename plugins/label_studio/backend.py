@@ -80,6 +80,7 @@ class SamBackend:
         if model is not None:
             self._ready.set()
         self._interactive_lock = threading.Lock()
+        self._interactive_predictor = None
         self._batch_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.encoder_calls = 0
@@ -90,9 +91,7 @@ class SamBackend:
     # -- model --------------------------------------------------------------------------------
     @staticmethod
     def warm_up() -> None:
-        """Import what the first request would otherwise wait for (label_studio_sdk takes seconds)."""
-        import label_studio_sdk.converter.brush  # noqa: F401
-
+        """Import what the first request would otherwise wait for."""
         from samkit import mask_utils  # noqa: F401
 
     def load(self, background: bool = True) -> None:
@@ -234,7 +233,7 @@ class SamBackend:
     # -- interactive --------------------------------------------------------------------------
     def interactive(self, task: Task, context: Context, config: LabelConfig, source: Source) -> dict:
         t0 = time.perf_counter()
-        points, labels, boxes, label, to_name = [], [], [], None, None
+        points, boxes, label, to_name = [], [], None, None
         for region in context.result:
             control = config.control(region.from_name)
             kind = control.tag if control else {"keypointlabels": "KeyPointLabels",
@@ -266,9 +265,13 @@ class SamBackend:
             # Only negative clicks: nothing to segment yet.
             return {"result": [], "score": 0.0, "model_version": self.model_version}
 
-        predictor = self._predictor()
         with self._interactive_lock:
             t_lock = time.perf_counter()
+            # one predictor for all clicks: it knows the last image it was given, so a click on
+            # the same (cached, read-only) image does not hash its pixels again
+            if self._interactive_predictor is None:
+                self._interactive_predictor = self._predictor()
+            predictor = self._interactive_predictor
             predictor.set_image(image)
             t_embed = time.perf_counter()
             if len(box_arr) > 1 and not len(coords):

@@ -17,12 +17,68 @@ def region_id() -> str:
     return "".join(secrets.choice(_ID_CHARS) for _ in range(10))
 
 
-def brush_rle(mask: np.ndarray) -> list[int]:
-    """Label Studio's brush RLE of an HxW boolean mask (label_studio_sdk's codec: the mask scaled
-    to 255 and repeated into RGBA, row-major)."""
-    from label_studio_sdk.converter.brush import mask2rle
+# Label Studio's brush RLE (the bit format of label_studio_sdk.converter.brush.encode_rle): a
+# 53-bit header (value count in 32 bits, word size - 1 in 5, the four run-length field widths - 1
+# in 4 each), then per run of equal bytes a token: flag 1, the width's index in 2 bits, run
+# length - 1 in that width, the byte in 8 bits (a run of 1: flag 0, index 0, a 3-bit 0, the
+# byte); runs longer than 256 always take the 16-bit field, in pieces of at most 65536. Then
+# 8 - (bits % 8) zero bits (a whole byte when already aligned), read as bytes.
+BRUSH_WIDTHS = (3, 4, 8, 16)
+BRUSH_HEADER_BITS = 32 + 5 + 4 * len(BRUSH_WIDTHS)
+BRUSH_LONGEST = 1 << BRUSH_WIDTHS[-1]
 
-    return mask2rle(np.ascontiguousarray(mask, dtype=np.uint8) * np.uint8(255))
+
+def brush_rle(mask: np.ndarray) -> list[int]:
+    """Label Studio's brush RLE of an HxW boolean mask: the mask as 0/255, repeated into RGBA,
+    row-major. Byte for byte what label_studio_sdk's mask2rle returns (tests/label_studio), but
+    computed on whole arrays: the SDK's encoder builds a string bit by bit per run and took 8 ms
+    for one smooth 1800x1200 mask and 140 ms for a ragged one."""
+    pixels = np.ascontiguousarray(mask, dtype=bool).reshape(-1)
+    starts = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
+    starts = np.concatenate(([0], starts))
+    lengths = np.diff(np.append(starts, pixels.size)) * 4  # RGBA: every pixel is 4 equal bytes
+    values = np.where(pixels[starts], 255, 0).astype(np.int64)
+    return _brush_tokens_to_bytes(4 * pixels.size, lengths, values)
+
+
+def _brush_tokens_to_bytes(count: int, lengths: np.ndarray, values: np.ndarray) -> list[int]:
+    """The brush RLE bytes of `count` values given as runs (lengths, byte values)."""
+    pieces = np.maximum((lengths - 1) // BRUSH_LONGEST, 0) + 1  # a run over 65536 splits
+    lengths_each = np.repeat(lengths, pieces)
+    values_each = np.repeat(values, pieces)
+    last_piece = np.cumsum(pieces) - 1
+    lengths_each[:] = BRUSH_LONGEST  # every piece but a run's last is a full 65536
+    lengths_each[last_piece] = lengths - (pieces - 1) * BRUSH_LONGEST
+    long_run = np.repeat(lengths > 256, pieces)
+    index = np.select([long_run, lengths_each <= 8, lengths_each <= 16], [3, 0, 1], default=2)
+    width = np.asarray(BRUSH_WIDTHS)[index]
+    single = lengths_each == 1
+    flag = np.where(single, 0, 1)
+    field = np.where(single, 0, lengths_each - 1)
+    nbits = 1 + 2 + width + 8
+    codes = (flag << (nbits - 1)) | (index << (width + 8)) | (field << 8) | values_each
+    header = (count << 21) | ((8 - 1) << 16)
+    for i, w in enumerate(BRUSH_WIDTHS):
+        header |= (w - 1) << (12 - 4 * i)
+    # The header, in two codes of at most 32 bits, then the tokens, one after another from the
+    # most significant bit of 32-bit words; a code that crosses a word boundary is split.
+    codes = np.concatenate(([header >> 32, header & 0xFFFFFFFF], codes))
+    nbits = np.concatenate(([BRUSH_HEADER_BITS - 32, 32], nbits))
+    ends = np.cumsum(nbits)
+    starts = ends - nbits
+    total_bits = int(ends[-1]) + 8 - int(ends[-1]) % 8  # the zero padding
+    word = starts // 32
+    free = 32 - starts % 32  # bits left in the first word
+    overflow = np.maximum(nbits - free, 0)  # bits that go into the next word
+    first = (codes >> overflow) << np.maximum(free - nbits, 0)
+    second = (codes & ((1 << overflow) - 1)) << (32 - overflow)
+    # the codes' bits never overlap, so summing them into the words is or-ing them (float64 sums
+    # of integers below 2**32 are exact)
+    num_words = -(-total_bits // 32)
+    words = np.bincount(word, weights=first.astype(np.float64), minlength=num_words)
+    spill = overflow > 0
+    words += np.bincount(word[spill] + 1, weights=second[spill].astype(np.float64), minlength=num_words)[:num_words]
+    return list(words.astype(">u4").tobytes()[: total_bits // 8])
 
 
 def brush_region(mask: np.ndarray, control: Control, label: str | None, score: float | None) -> dict:

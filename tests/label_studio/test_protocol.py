@@ -121,7 +121,10 @@ def test_output_follows_the_config_and_setting(make_client, payloads, image_serv
     assert types == {"brushlabels"}
 
 
-def test_second_click_runs_only_the_decoder(make_client, payloads, image_server):
+def test_second_click_runs_only_the_decoder(make_client, payloads, image_server, monkeypatch):
+    hashed = []
+    image_key = samkit.Predictor.image_key
+    monkeypatch.setattr(samkit.Predictor, "image_key", lambda self, image: hashed.append(1) or image_key(self, image))
     client, backend = make_client(fresh_cache=True)
     name, w, h = DOG
     url = f"{image_server.url}/public/{name}"
@@ -134,6 +137,7 @@ def test_second_click_runs_only_the_decoder(make_client, payloads, image_server)
         assert r.status_code == 200 and r.json()["results"][0]["result"]
     assert backend.encoder_calls == 1, "later clicks on the same image must not run the image encoder"
     assert backend.cache.hits >= 2
+    assert len(hashed) == 1, "the same fetched image must not be hashed again on every click"
     assert backend.last_timings["embed_s"] < t_first / 5
     assert image_server.hits.get(f"/public/{name}", 0) >= 1
     stats = client.get("/stats").json()
