@@ -59,3 +59,24 @@ def test_brush_rle_of_a_non_contiguous_and_non_bool_mask():
     assert brush_rle(view) == mask2rle(view.astype(np.uint8) * np.uint8(255))
     as_uint8 = base.astype(np.uint8) * 7  # any non-zero value is inside
     assert brush_rle(as_uint8) == brush_rle(base)
+
+
+def test_label_studio_click_benchmark_runs(tmp_path, mobile_sam_checkpoint, images_dir):
+    """benchmarks/bench_label_studio.py end to end (a miniature run); timings are not asserted,
+    its checks are: both sides' RLE bytes agree, and the backend's answer is the same mask."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    table = tmp_path / "click.md"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_label_studio.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--checkpoint", str(mobile_sam_checkpoint), "--image", str(images_dir / "dog.jpg"),
+         "--repeats", "1", "--markdown", str(table)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| MobileSAM")]
+    assert len(rows) == 4, rows
+    assert all("RLE bytes equal: True" in r for r in rows[:3]), rows
+    assert "its brush RLE equals the click's above: True" in rows[3], rows[3]
