@@ -132,8 +132,8 @@ class Predictor:
     def image_key(self, image: np.ndarray) -> str:
         """Cache key of an HxWx3 uint8 image for this model."""
         # SHA-256 rather than BLAKE2: with the SHA extensions most x86 and ARM CPUs now have it
-        # hashes ~2x faster (3.6 vs 7.4 ms for an 1800x1200 image on this project's VM), and the
-        # key is computed on every set_image.
+        # hashes ~2x faster (3.6 vs 7.4 ms for an 1800x1200 image on this project's VM), and an
+        # interactive tool may set the same image before every click.
         digest = hashlib.sha256()
         digest.update(self._fingerprint.encode())
         digest.update(str(image.shape).encode())
