@@ -20,9 +20,10 @@ def region_id() -> str:
 # Label Studio's brush RLE (the bit format of label_studio_sdk.converter.brush.encode_rle): a
 # 53-bit header (value count in 32 bits, word size - 1 in 5, the four run-length field widths - 1
 # in 4 each), then per run of equal bytes a token: flag 1, the width's index in 2 bits, run
-# length - 1 in that width, the byte in 8 bits (a run of 1: flag 0, index 0, a 3-bit 0, the
-# byte); runs longer than 256 always take the 16-bit field, in pieces of at most 65536. Then
-# 8 - (bits % 8) zero bits (a whole byte when already aligned), read as bytes.
+# length - 1 in that width, the byte in 8 bits; runs longer than 256 always take the 16-bit field,
+# in pieces of at most 65536. (The format's flag-0 token for a run of one byte never occurs here:
+# every pixel is 4 equal RGBA bytes.) Then 8 - (bits % 8) zero bits (a whole byte when already
+# aligned), read as bytes.
 BRUSH_WIDTHS = (3, 4, 8, 16)
 BRUSH_HEADER_BITS = 32 + 5 + 4 * len(BRUSH_WIDTHS)
 BRUSH_LONGEST = 1 << BRUSH_WIDTHS[-1]
@@ -42,21 +43,16 @@ def brush_rle(mask: np.ndarray) -> list[int]:
 
 
 def _brush_tokens_to_bytes(count: int, lengths: np.ndarray, values: np.ndarray) -> list[int]:
-    """The brush RLE bytes of `count` values given as runs (lengths, byte values)."""
-    pieces = np.maximum((lengths - 1) // BRUSH_LONGEST, 0) + 1  # a run over 65536 splits
-    lengths_each = np.repeat(lengths, pieces)
+    """The brush RLE bytes of `count` values given as runs (lengths >= 2, byte values)."""
+    pieces = (lengths - 1) // BRUSH_LONGEST + 1  # a run over 65536 splits
     values_each = np.repeat(values, pieces)
-    last_piece = np.cumsum(pieces) - 1
-    lengths_each[:] = BRUSH_LONGEST  # every piece but a run's last is a full 65536
-    lengths_each[last_piece] = lengths - (pieces - 1) * BRUSH_LONGEST
+    lengths_each = np.full(values_each.size, BRUSH_LONGEST)  # every piece but a run's last is full
+    lengths_each[np.cumsum(pieces) - 1] = lengths - (pieces - 1) * BRUSH_LONGEST
     long_run = np.repeat(lengths > 256, pieces)
     index = np.select([long_run, lengths_each <= 8, lengths_each <= 16], [3, 0, 1], default=2)
     width = np.asarray(BRUSH_WIDTHS)[index]
-    single = lengths_each == 1
-    flag = np.where(single, 0, 1)
-    field = np.where(single, 0, lengths_each - 1)
     nbits = 1 + 2 + width + 8
-    codes = (flag << (nbits - 1)) | (index << (width + 8)) | (field << 8) | values_each
+    codes = (1 << (nbits - 1)) | (index << (width + 8)) | ((lengths_each - 1) << 8) | values_each
     header = (count << 21) | ((8 - 1) << 16)
     for i, w in enumerate(BRUSH_WIDTHS):
         header |= (w - 1) << (12 - 4 * i)

@@ -3,6 +3,10 @@ Label Studio's decoder reads it back to the mask."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
@@ -64,10 +68,6 @@ def test_brush_rle_of_a_non_contiguous_and_non_bool_mask():
 def test_label_studio_click_benchmark_runs(tmp_path, mobile_sam_checkpoint, images_dir):
     """benchmarks/bench_label_studio.py end to end (a miniature run); timings are not asserted,
     its checks are: both sides' RLE bytes agree, and the backend's answer is the same mask."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     table = tmp_path / "click.md"
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_label_studio.py"
     done = subprocess.run(
