@@ -79,9 +79,15 @@ def test_same_frozen_array_is_not_hashed_again(mobile_sam, images_dir, monkeypat
     predictor.set_image(view)
     predictor.set_image(view)
     assert len(hashed) == 6
+    # read-only but owning its memory: its owner may make it writable again, so it is hashed
+    owned = frozen.copy()
+    owned.flags.writeable = False
+    predictor.set_image(owned)
+    predictor.set_image(owned)
+    assert len(hashed) == 8
     # after another image, the frozen one is looked up by its pixels again (and found cached)
     predictor.set_image(frozen)
-    assert len(hashed) == 7 and predictor.encoder_calls == 2
+    assert len(hashed) == 9 and predictor.encoder_calls == 2
 
 
 def test_disk_cache_survives_a_new_predictor(mobile_sam, images_dir, tmp_path):
