@@ -89,11 +89,19 @@ class FactoredKeys(NamedTuple):
             rows += [update.projected @ level_weight, -column_sums.expand(batch, 1, -1)]
         return torch.cat(rows, dim=1)
 
-    def times(self, weight: FactoredWeight) -> torch.Tensor:
-        """tokens @ W + bias, (B, N, D)."""
-        batch, _, num_image = self.scale.shape
-        out = torch.addcmul(weight.constant, weight.image_part, self.scale.view(batch, num_image, 1))
-        return out.baddbmm_(self.left.transpose(1, 2), self.right(weight))
+    def times(self, weight: FactoredWeight, grid: tuple[int, int] | None = None, region: tuple[int, int] | None = None) -> torch.Tensor:
+        """tokens @ W + bias, (B, N, D); with region (rows, cols), only for the tokens in those
+        top-left rows and columns of the (height, width) token grid, (B, rows * cols, D)."""
+        batch, num_rows, num_image = self.scale.shape[0], self.left.shape[1], self.scale.shape[2]
+        scale, image_part, left = self.scale.view(batch, num_image, 1), weight.image_part, self.left
+        if region is not None:
+            (height, width), (rows, cols) = grid, region
+            scale = scale.view(batch, height, width, 1)[:, :rows, :cols]
+            image_part = image_part.view(height, width, -1)[:rows, :cols]
+            # whole rows are a view; a column range is copied (K x rows * cols, ~1 MB)
+            left = left.view(batch, num_rows, height, width)[..., :rows, :cols].reshape(batch, num_rows, rows * cols)
+        out = torch.addcmul(weight.constant, image_part, scale).view(batch, left.shape[2], -1)
+        return out.baddbmm_(left.transpose(1, 2), self.right(weight))
 
 
 def factor_keys(updates: list[KeysUpdate]) -> FactoredKeys:

@@ -121,11 +121,15 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         best_only: bool = False,
+        region: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings (1, C, 64, 64), image_pe (1, C, 64, 64), sparse (B, N, C), dense (B, C, 64, 64)
         -> low-res mask logits (B, M, 256, 256) and IoU predictions (B, M); M is 3 with
         multimask_output, else 1. best_only returns, per prompt, only the mask of those M with
-        the highest predicted IoU (M = 1); the others are never upscaled."""
+        the highest predicted IoU (M = 1); the others are never upscaled. region (rows, cols):
+        only the masks of that many image token rows and columns from the top left are upscaled,
+        (B, M, 4 * rows, 4 * cols); each token's 4x4 mask pixels depend on that token alone, so
+        they are the same values."""
         num_prompts = sparse_prompt_embeddings.shape[0]
         if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
             # One dense embedding broadcast to every prompt (no mask input): keep batch 1 so the
@@ -141,7 +145,7 @@ class MaskDecoder(nn.Module):
             stop = min(start + chunk, num_prompts)
             dense = dense_prompt_embeddings if dense_prompt_embeddings.shape[0] == 1 else dense_prompt_embeddings[start:stop]
             chunk_masks, chunk_iou = self.predict_masks(
-                image_embeddings, image_pe, sparse_prompt_embeddings[start:stop], dense, prepared, selected, best_only
+                image_embeddings, image_pe, sparse_prompt_embeddings[start:stop], dense, prepared, selected, best_only, region
             )
             masks.append(chunk_masks)
             iou_pred.append(chunk_iou)
@@ -201,10 +205,12 @@ class MaskDecoder(nn.Module):
         prepared: DecoderImage | None = None,
         selected: slice = slice(None),
         best_only: bool = False,
+        region: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks (B, M, 256, 256) and IoU predictions (B, M) for B prompts, M the `selected` mask
         tokens (all four by default), or with best_only the one of them with the highest IoU
-        prediction (M = 1). `prepared` is prepare_image of the batch-1 image + dense."""
+        prediction (M = 1). `prepared` is prepare_image of the batch-1 image + dense. region
+        (rows, cols): masks of the top-left image tokens only, (B, M, 4 * rows, 4 * cols)."""
         num_prompts = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
@@ -225,11 +231,13 @@ class MaskDecoder(nn.Module):
             hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in hypernetworks], dim=1)
             if best_only:
                 hyper_in = hyper_in[torch.arange(num_prompts, device=best.device)[:, None], best]
-        height, width = image_embeddings.shape[2:]
+        grid = tuple(image_embeddings.shape[2:])
+        height, width = grid if region is None else region
         if factored_keys is not None:
-            first = factored_keys.times(prepared.upscaling).view(-1, prepared.upscaling.constant.shape[0])
+            first = factored_keys.times(prepared.upscaling, grid, region).view(-1, prepared.upscaling.constant.shape[0])
         else:
             weight, bias = self.first_conv_weights()
+            keys = keys.reshape(keys.shape[0], *grid, keys.shape[-1])[:, :height, :width]
             first = torch.addmm(bias, keys.reshape(-1, keys.shape[-1]), weight)
         return self.upscale_masks(first, hyper_in, height, width), iou_pred
 
@@ -255,16 +263,16 @@ class MaskDecoder(nn.Module):
         bias2 = conv2.bias.repeat(4)
         hyper_t = hyper_in.transpose(1, 2)
         pixels = height * width
-        # A few image rows at a time, so that each step's intermediates (up to 8 MB per prompt
-        # at once) stay in a CPU's cache between the normalisation, convolution and activations.
-        rows = UPSCALE_ROWS if pixels % UPSCALE_ROWS == 0 else pixels
         pieces = []
-        for start in range(0, batch * pixels, rows):
-            x = first[start : start + rows].view(-1, conv1.out_channels)
-            x = F.gelu(F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
-            x = F.gelu(torch.addmm(bias2, x, weight2))  # (rows * 4, 4 * C2), ordered (ei, ej, out)
-            # x is indexed [i, j, di, dj, ei, ej, c]; contract c with each mask's hypernetwork vector
-            pieces.append(x.view(-1, conv2.out_channels) @ hyper_t[start // pixels].to(x.dtype))
+        # A few image tokens of one prompt at a time, so that each step's intermediates (up to
+        # 8 MB per prompt at once) stay in a CPU's cache between the normalisation, convolution
+        # and activations.
+        for start in range(0, batch * pixels, pixels):
+            for piece in first[start : start + pixels].split(UPSCALE_ROWS):
+                x = F.gelu(F.layer_norm(piece.reshape(-1, conv1.out_channels), (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
+                x = F.gelu(torch.addmm(bias2, x, weight2))  # (tokens * 4, 4 * C2), ordered (ei, ej, out)
+                # x is indexed [i, j, di, dj, ei, ej, c]; contract c with each mask's hypernetwork vector
+                pieces.append(x.view(-1, conv2.out_channels) @ hyper_t[start // pixels].to(x.dtype))
         masks = torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # (B*H*W*16, M)
         masks = masks.view(batch, height, width, 2, 2, 2, 2, num_masks)
         # pixel row = 4i + 2di + ei, column = 4j + 2dj + ej. Two reorderings, first (i, di) and

@@ -139,7 +139,10 @@ class MaskGenerator:
         device = self.model.device
         coords = torch.as_tensor(scale_coords(points, im_size, self.model.image_size), dtype=torch.float, device=device)
         labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=device)
-        low_res, iou_preds = self.predictor.decode_low_res(coords[:, None, :], labels, multimask_output=True)
+        # Low-res logits of the tokens that cover the crop only: no record keeps them.
+        low_res, iou_preds = self.predictor.decode_low_res(
+            coords[:, None, :], labels, multimask_output=True, region=self.predictor.mask_region()
+        )
         num_masks = low_res.shape[1]
         low_res = low_res.flatten(0, 1)
         iou_preds = iou_preds.flatten(0, 1)

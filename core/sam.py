@@ -76,19 +76,20 @@ class Sam(nn.Module):
             self.mask_decoder.prepare_image(image_embeddings, self.prompt_encoder.get_dense_pe(), dense)
 
     def postprocess_masks(self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
-        """Low-res logits (B, M, 256, 256) -> logits at the original image size (B, M, H, W).
+        """Low-res logits (B, M, 256, 256), or their top-left part covering the resized image
+        (see MaskDecoder's region), -> logits at the original image size (B, M, H, W).
 
         The official steps: upscale to 1024 x 1024, crop the resized image's input_size, resize
         to original_size. Only the crop survives, so only the low-res rows and columns it reads
         are upscaled, at the same integer scale: bilinear interpolation computes each output
         pixel from its own position and the scale, so the kept pixels come out identical.
         """
-        low_h, low_w = masks.shape[-2:]
-        scale = self.image_size // low_w
-        if low_h * scale == self.image_size and low_w * scale == self.image_size:
+        low_side = self.prompt_encoder.mask_input_size[1]
+        if self.image_size % low_side == 0:
+            scale = self.image_size // low_side
             # output row r reads input rows floor((r + 0.5) / scale - 0.5) and the one after it
-            rows = min(low_h, input_size[0] // scale + 2)
-            cols = min(low_w, input_size[1] // scale + 2)
+            rows = min(masks.shape[-2], input_size[0] // scale + 2)
+            cols = min(masks.shape[-1], input_size[1] // scale + 2)
             masks = F.interpolate(masks[..., :rows, :cols], (rows * scale, cols * scale), mode="bilinear", align_corners=False)
         else:
             masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)

@@ -1,7 +1,9 @@
-"""Resizing images and prompts to the model's 1024-px input frame, as SAM's reference does."""
+"""Resizing images and prompts to the model's 1024-px input frame, as SAM's reference does, and
+mask logits back to the image."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -36,3 +38,28 @@ def scale_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: in
     """XYXY boxes (..., 4) in the original image -> the resized input frame."""
     shape = np.shape(boxes)
     return scale_coords(np.reshape(boxes, (-1, 2, 2)), original_size, long_side).reshape(shape)
+
+
+def upscale_logits(
+    low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], scale: int = 4, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Low-res mask logits (h, w) float32 -> logits at original_size (H, W), written to `out` if given.
+
+    SAM's postprocessing: bilinear (half-pixel centres) to `scale` times the low-res size (4 x 256
+    = 1024), crop the resized image's input_size, bilinear to original_size. low_res is SAM's
+    256 x 256 grid or its top-left part, as long as that covers the rows and columns the crop
+    reads. Only those are upscaled: at an integer scale each output pixel is computed from its own
+    position, so the kept pixels are the same. OpenCV's separable resize is ~3.5x faster on a CPU
+    than torch.nn.functional.interpolate (0.6 vs 2.2 ms for one 1800x1200 mask on 2 cores); the
+    two differ by float32 rounding of the source positions (~2e-5 of the logits' range), so at most
+    a few pixels whose logit is that close to zero change sides.
+    """
+    input_h, input_w = input_size
+    # output row r reads low-res rows floor((r + 0.5) / scale - 0.5) and the one after it
+    rows = min(low_res.shape[0], input_h // scale + 2)
+    cols = min(low_res.shape[1], input_w // scale + 2)
+    if rows * scale < input_h or cols * scale < input_w:
+        raise ValueError(f"low-res logits {low_res.shape} do not cover the {input_h}x{input_w} input at scale {scale}")
+    upscaled = cv2.resize(low_res[:rows, :cols], (cols * scale, rows * scale), interpolation=cv2.INTER_LINEAR)
+    height, width = original_size
+    return cv2.resize(upscaled[:input_h, :input_w], (width, height), dst=out, interpolation=cv2.INTER_LINEAR)

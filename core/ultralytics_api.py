@@ -139,7 +139,9 @@ class SAM:
     def _prompted(self, image, path, bboxes, points, labels, multimask_output) -> Result:
         point_sets, label_sets, box_array = nest_prompts(bboxes, points, labels)
         self.predictor.set_image(image)
-        masks, scores, _ = self.predictor.predict_batch(point_sets, label_sets, box_array, multimask_output=multimask_output)
+        masks, scores, _ = self.predictor.predict_batch(
+            point_sets, label_sets, box_array, multimask_output=multimask_output, return_low_res=False
+        )
         # Keep the best-scoring mask per object, as Ultralytics does.
         best = scores.argmax(axis=1)
         index = np.arange(len(best))

@@ -240,7 +240,7 @@ class Segmenter:
             for start in range(0, len(todo), self.box_batch_size):
                 chunk = todo[start : start + self.box_batch_size]
                 boxes = np.stack([prompt for _, prompt in chunk])
-                masks, scores, _ = self.predictor.predict_batch(boxes=boxes, multimask_output=False)
+                masks, scores, _ = self.predictor.predict_batch(boxes=boxes, multimask_output=False, return_low_res=False)
                 for offset, (det, _) in enumerate(chunk):
                     results[id(det)] = (np.asarray(masks[offset, 0], dtype=bool), float(scores[offset, 0]))
 
@@ -279,7 +279,7 @@ class Segmenter:
         for kp, (coords, labels) in prompts:
             multimask = len(coords) == 1
             masks, scores, _ = self.predictor.predict(
-                point_coords=coords, point_labels=labels, multimask_output=multimask
+                point_coords=coords, point_labels=labels, multimask_output=multimask, return_low_res=False
             )
             best = int(np.argmax(scores))
             new = self._new_detection(kp, np.asarray(masks[best], dtype=bool), float(scores[best]))

@@ -275,7 +275,7 @@ class SamBackend:
             predictor.set_image(image)
             t_embed = time.perf_counter()
             if len(box_arr) > 1 and not len(coords):
-                masks, scores, _ = predictor.predict_batch(boxes=box_arr, multimask_output=False)
+                masks, scores, _ = predictor.predict_batch(boxes=box_arr, multimask_output=False, return_low_res=False)
                 masks, scores = masks[:, 0], scores[:, 0]
             else:
                 single_point = len(coords) == 1 and not len(box_arr)
@@ -285,6 +285,7 @@ class SamBackend:
                     box=box_arr[-1] if len(box_arr) else None,
                     multimask_output=single_point,
                     best_only=True,
+                    return_low_res=False,
                 )
         self._count(predictor)
         t_dec = time.perf_counter()
@@ -333,7 +334,7 @@ class SamBackend:
             boxes = np.array([_rect_xyxy(r.value, w, h) for r in rects], dtype=np.float64)
             with self._batch_lock:
                 predictor.set_image(image)
-                m, s, _ = predictor.predict_batch(boxes=boxes, multimask_output=False)
+                m, s, _ = predictor.predict_batch(boxes=boxes, multimask_output=False, return_low_res=False)
             masks = [(m[i, 0], float(s[i, 0]), rects[i].label) for i in range(len(rects))]
         else:
             import samkit

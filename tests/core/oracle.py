@@ -393,6 +393,7 @@ class StandInMaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         best_only: bool = False,
+        region: tuple[int, int] | None = None,
     ):
         self.calls += 1
         sp = sparse_prompt_embeddings.float()
@@ -424,6 +425,9 @@ class StandInMaskDecoder(nn.Module):
         if best_only:  # samkit's decoder option: per prompt only the mask with the highest IoU
             best = iou.argmax(dim=1, keepdim=True)
             logits, iou = logits[torch.arange(bs)[:, None], best], iou.gather(1, best)
+        if region is not None:  # samkit's decoder option: the masks of the top-left tokens only
+            per_token = LOW // EMB
+            logits = logits[..., : region[0] * per_token, : region[1] * per_token]
         return logits.to(out_dtype), iou.to(out_dtype)
 
 

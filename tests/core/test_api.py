@@ -10,6 +10,7 @@ from PIL import Image
 
 import samkit
 from samkit import mask_utils
+from samkit.transforms import preprocess_shape, upscale_logits
 from samkit.ultralytics_api import nest_prompts
 
 
@@ -119,6 +120,27 @@ def test_return_logits(dog_predictor):
     assert np.array_equal(logits > 0, masks)
 
 
+@pytest.mark.parametrize("original_size", [(1200, 1800), (1800, 1200), (534, 800), (1024, 1024), (300, 200), (7, 2000)])
+def test_upscale_logits_matches_sam_postprocessing(mobile_sam, original_size):
+    """OpenCV's upscaling of the crop's low-res rows/columns against SAM's torch postprocessing
+    (the official steps) of the whole low-res grid: landscape, portrait, square, downscaled and
+    extreme shapes."""
+    rng = np.random.default_rng(sum(original_size))
+    low_res = (rng.standard_normal((256, 256)) * 5).astype(np.float32)
+    input_size = preprocess_shape(*original_size, 1024)
+    with torch.inference_mode():
+        official = mobile_sam.postprocess_masks(torch.from_numpy(low_res)[None, None], input_size, original_size)[0, 0].numpy()
+    ours = upscale_logits(low_res, input_size, original_size, 4)
+    assert ours.shape == original_size and ours.dtype == np.float32
+    # float32 rounding of source positions only: ~2e-5 of the range (a shifted row or column
+    # would differ by the logits' own size, ~5)
+    assert np.abs(ours - official).max() <= 1e-4 * np.abs(official).max()
+    assert ((ours > 0) != (official > 0)).mean() < 1e-4
+    out = np.empty(original_size, dtype=np.float32)
+    assert upscale_logits(low_res, input_size, original_size, 4, out=out) is out
+    assert np.array_equal(out, ours)
+
+
 def test_best_only_returns_the_highest_scoring_mask(dog_predictor):
     point, label = np.array([[400, 260]]), np.array([1])
     masks, scores, low_res = dog_predictor.predict(point_coords=point, point_labels=label)
@@ -128,6 +150,53 @@ def test_best_only_returns_the_highest_scoring_mask(dog_predictor):
     assert np.array_equal(best[0], masks[i]) and best_score[0] == scores[i]
     # the decoder computes only that mask: the same values, summed in another order
     assert np.allclose(best_low[0], low_res[i], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("portrait", [False, True])
+def test_without_low_res_only_the_image_area_is_decoded(mobile_sam, images_dir, portrait):
+    """return_low_res=False upscales only the image tokens whose masks reach the image (rows of a
+    landscape image, columns of a portrait one): the same masks, and no low-res logits."""
+    image = samkit.load_image(images_dir / "dog.jpg")  # 800x534
+    if portrait:
+        image = np.ascontiguousarray(image.transpose(1, 0, 2))
+    predictor = samkit.Predictor(mobile_sam)
+    predictor.set_image(image)
+    region = predictor.mask_region()
+    # 534 / 800 * 1024 -> 684 input rows; upscaling reads low-res rows 0..172 (684 // 4 + 1), 4 per token
+    assert region == ((64, 44) if portrait else (44, 64))
+
+    coords = torch.tensor([[[300.0, 200.0]], [[100.0, 600.0]]]).flip(-1) if portrait else torch.tensor([[[300.0, 200.0]], [[600.0, 100.0]]])
+    labels = torch.ones(2, 1, dtype=torch.int)
+    full, full_scores = predictor.decode_low_res(coords, labels)
+    part, part_scores = predictor.decode_low_res(coords, labels, region=region)
+    assert part.shape == (2, 3, 4 * region[0], 4 * region[1])
+    assert torch.allclose(part, full[..., : part.shape[2], : part.shape[3]], atol=1e-5, rtol=0)
+    assert torch.equal(part_scores, full_scores)
+
+    height, width = image.shape[:2]
+    point, label = np.array([[width * 0.4, height * 0.6]]), np.array([1])
+    for kwargs in ({}, {"best_only": True}, {"return_logits": True}, {"multimask_output": False}):
+        masks, scores, low_res = predictor.predict(point, label, **kwargs)
+        masks_only, scores_only, none = predictor.predict(point, label, return_low_res=False, **kwargs)
+        assert none is None and low_res is not None
+        assert np.array_equal(masks_only, masks) and np.array_equal(scores_only, scores), kwargs
+    boxes = np.array([[10, 10, 300, 200], [100, 50, width - 5, height - 5]], dtype=float)
+    masks, _, _ = predictor.predict_batch(boxes=boxes)
+    masks_only, _, none = predictor.predict_batch(boxes=boxes, return_low_res=False)
+    assert none is None and np.array_equal(masks_only, masks)
+
+
+def test_image_area_decoding_under_bfloat16(mobile_sam_checkpoint, images_dir):
+    """The direct (unfactored) upscaling path, taken under autocast, restricted the same way."""
+    predictor = samkit.Predictor(samkit.load_model(mobile_sam_checkpoint, device="cpu", dtype=torch.bfloat16))
+    predictor.set_image(images_dir / "dog.jpg")
+    region = predictor.mask_region()
+    coords, labels = torch.tensor([[[300.0, 200.0]], [[600.0, 100.0]]]), torch.ones(2, 1, dtype=torch.int)
+    full, _ = predictor.decode_low_res(coords, labels)
+    part, _ = predictor.decode_low_res(coords, labels, region=region)
+    assert part.shape == (2, 3, 4 * region[0], 4 * region[1])
+    top_left = full[..., : part.shape[2], : part.shape[3]]
+    assert torch.allclose(part, top_left, atol=0.02 * float(top_left.abs().max()), rtol=0)
 
 
 def test_bfloat16_path_agrees_with_float32(mobile_sam_checkpoint, images_dir):
