@@ -31,6 +31,10 @@ def test_bench_core_miniature_run(tmp_path, mobile_sam_checkpoint, images_dir):
     for row in decoder_rows:  # a logit within float rounding of 0 may flip one pixel
         equal = float(re.search(r"([0-9.]+)% low-res pixels equal", row).group(1))
         assert equal >= 99.99, row
-    assert "mask IoU vs official 1.00000" in text
+    mask_rows = [r for r in rows if "mask IoU vs official" in r]
+    assert len(mask_rows) == 2, rows  # one prompt's 3 masks, and a click's best mask
+    for row in mask_rows:  # OpenCV's upscaling: float32 rounding may flip a pixel near logit 0
+        differ, size = (int(v) for v in re.search(r"\((\d+) of (\d+) pixels differ\)", row).groups())
+        assert differ <= size * 1e-4, row
     generator_rows = [r for r in rows if "MaskGenerator" in r and "| fp32 |" in r]
     assert generator_rows and all("same masks" in r for r in generator_rows)

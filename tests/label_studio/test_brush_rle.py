@@ -3,6 +3,7 @@ Label Studio's decoder reads it back to the mask."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,8 @@ def test_brush_rle_of_a_non_contiguous_and_non_bool_mask():
 
 def test_label_studio_click_benchmark_runs(tmp_path, mobile_sam_checkpoint, images_dir):
     """benchmarks/bench_label_studio.py end to end (a miniature run); timings are not asserted,
-    its checks are: both sides' RLE bytes agree, and the backend's answer is the same mask."""
+    its checks are: the click's mask agrees with the official's (float32 rounding of the
+    upscaling apart), both RLE encoders' bytes agree, and the backend's answer is the same mask."""
     table = tmp_path / "click.md"
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_label_studio.py"
     done = subprocess.run(
@@ -78,5 +80,7 @@ def test_label_studio_click_benchmark_runs(tmp_path, mobile_sam_checkpoint, imag
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in table.read_text().splitlines() if line.startswith("| MobileSAM")]
     assert len(rows) == 4, rows
-    assert all("RLE bytes equal: True" in r for r in rows[:3]), rows
+    differing, size = (int(v) for v in re.search(r"differing from the official's: (\d+) of (\d+)", rows[0]).groups())
+    assert differing <= size * 1e-4, rows[0]
+    assert all("RLE bytes equal: True" in r for r in rows[1:3]), rows
     assert "its brush RLE equals the click's above: True" in rows[3], rows[3]
