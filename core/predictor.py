@@ -16,7 +16,7 @@ from .files import atomic_output
 from .image_io import ImageLike, load_image
 from .memory import keep_freed_memory
 from .sam import Sam
-from .transforms import resize_longest_side, scale_boxes, scale_coords, upscale_logits
+from .transforms import low_res_extent, resize_longest_side, scale_boxes, scale_coords, upscale_logits
 
 UPSCALE_CHUNK = 16  # prompts whose full-size logits are computed at once
 
@@ -320,10 +320,7 @@ class Predictor:
         state = self._require_state()
         grid_h, grid_w = self.model.prompt_encoder.image_embedding_size
         low_h, low_w = self.model.prompt_encoder.mask_input_size
-        scale = self.model.image_size // low_w
-        # postprocessing reads low-res rows up to input_h // scale + 1 (see upscale_logits)
-        rows = min(low_h, state.input_size[0] // scale + 2)
-        cols = min(low_w, state.input_size[1] // scale + 2)
+        rows, cols = low_res_extent(state.input_size, self.model.mask_scale, (low_h, low_w))
         return -(-rows * grid_h // low_h), -(-cols * grid_w // low_w)
 
     def _decode(self, coords, labels, boxes, mask_input, multimask_output, return_logits, state, best_only=False, return_low_res=True):
@@ -345,7 +342,7 @@ class Predictor:
         masks = np.empty((*low_res.shape[:2], height, width), dtype=np.float32 if return_logits else bool)
         if device.type == "cpu":
             low_res_np = low_res.numpy()
-            scale = size // self.model.prompt_encoder.mask_input_size[1]
+            scale = self.model.mask_scale
             logits = None if return_logits else np.empty((height, width), dtype=np.float32)
             for index in np.ndindex(*low_res_np.shape[:2]):
                 if return_logits:

@@ -10,6 +10,7 @@ from torch import nn
 
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
+from .transforms import low_res_extent
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -46,6 +47,11 @@ class Sam(nn.Module):
     @property
     def image_size(self) -> int:
         return self.image_encoder.img_size
+
+    @property
+    def mask_scale(self) -> int:
+        """Input-frame pixels per low-res mask pixel (1024 / 256 = 4)."""
+        return self.image_size // self.prompt_encoder.mask_input_size[1]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Context in which the networks run at `compute_dtype`; a no-op for float32."""
@@ -84,12 +90,9 @@ class Sam(nn.Module):
         are upscaled, at the same integer scale: bilinear interpolation computes each output
         pixel from its own position and the scale, so the kept pixels come out identical.
         """
-        low_side = self.prompt_encoder.mask_input_size[1]
-        if self.image_size % low_side == 0:
-            scale = self.image_size // low_side
-            # output row r reads input rows floor((r + 0.5) / scale - 0.5) and the one after it
-            rows = min(masks.shape[-2], input_size[0] // scale + 2)
-            cols = min(masks.shape[-1], input_size[1] // scale + 2)
+        scale = self.mask_scale
+        if scale * self.prompt_encoder.mask_input_size[1] == self.image_size:
+            rows, cols = low_res_extent(input_size, scale, masks.shape[-2:])
             masks = F.interpolate(masks[..., :rows, :cols], (rows * scale, cols * scale), mode="bilinear", align_corners=False)
         else:
             masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)

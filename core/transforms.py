@@ -40,6 +40,13 @@ def scale_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: in
     return scale_coords(np.reshape(boxes, (-1, 2, 2)), original_size, long_side).reshape(shape)
 
 
+def low_res_extent(input_size: tuple[int, int], scale: int, limit: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of low-res mask logits that SAM's postprocessing reads to produce the
+    input_size crop at an integer `scale`, at most `limit`: output row r reads low-res rows
+    floor((r + 0.5) / scale - 0.5) and the one after it."""
+    return min(limit[0], input_size[0] // scale + 2), min(limit[1], input_size[1] // scale + 2)
+
+
 def upscale_logits(
     low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], scale: int = 4, out: np.ndarray | None = None
 ) -> np.ndarray:
@@ -55,9 +62,7 @@ def upscale_logits(
     a few pixels whose logit is that close to zero change sides.
     """
     input_h, input_w = input_size
-    # output row r reads low-res rows floor((r + 0.5) / scale - 0.5) and the one after it
-    rows = min(low_res.shape[0], input_h // scale + 2)
-    cols = min(low_res.shape[1], input_w // scale + 2)
+    rows, cols = low_res_extent(input_size, scale, low_res.shape)
     if rows * scale < input_h or cols * scale < input_w:
         raise ValueError(f"low-res logits {low_res.shape} do not cover the {input_h}x{input_w} input at scale {scale}")
     upscaled = cv2.resize(low_res[:rows, :cols], (cols * scale, rows * scale), interpolation=cv2.INTER_LINEAR)
