@@ -299,8 +299,11 @@ class Predictor:
         state = self._require_state()
         model = self.model
         points = (point_coords, point_labels) if point_coords is not None else None
-        if region is not None and tuple(region) == tuple(model.prompt_encoder.image_embedding_size):
-            region = None
+        if region is not None:
+            grid = tuple(model.prompt_encoder.image_embedding_size)
+            if len(region) != 2 or not all(1 <= int(n) <= size for n, size in zip(region, grid)):
+                raise PromptError(f"region must be (rows, cols) of image tokens within the {grid[0]}x{grid[1]} grid, got {tuple(region)}")
+            region = None if tuple(region) == grid else (int(region[0]), int(region[1]))
         with model.autocast():
             sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             low_res, scores = model.mask_decoder(

@@ -190,3 +190,10 @@ def test_wrong_mask_input_shape(dog_predictor):
 def test_nan_point(dog_predictor):
     with pytest.raises(samkit.PromptError, match="NaN"):
         dog_predictor.predict(point_coords=np.array([[np.nan, 10]]), point_labels=np.array([1]))
+
+
+@pytest.mark.parametrize("region", [(0, 64), (65, 10), (3,)])
+def test_region_outside_the_token_grid(dog_predictor, region):
+    coords, labels = torch.tensor([[[300.0, 200.0]]]), torch.ones(1, 1, dtype=torch.int)
+    with pytest.raises(samkit.PromptError, match="within the 64x64 grid"):
+        dog_predictor.decode_low_res(coords, labels, region=region)
