@@ -2,8 +2,9 @@
 
 Same parameters, filters and record format as segment-anything's SamAutomaticMaskGenerator, with
 the work reordered so that nothing is computed for masks that are thrown away: predicted-IoU
-filtering happens on the 256x256 logits before any upscaling, upscaling runs in small chunks,
-and masks are run-length encoded by pycocotools in one call per batch.
+filtering happens on the 256x256 logits before any upscaling, upscaling runs in small chunks
+(on a CPU with OpenCV, see Predictor.logits_at_image_size), and masks are run-length encoded by
+pycocotools in one call per batch.
 """
 
 from __future__ import annotations
@@ -154,12 +155,11 @@ class MaskGenerator:
             keep = iou_preds > self.pred_iou_thresh
         index = torch.nonzero(keep).flatten()
 
-        state = self.predictor.image_state
         threshold = self.model.mask_threshold
         kept_index, stability, masks = [], [], []
         for start in range(0, len(index), UPSCALE_CHUNK):
             chunk = index[start : start + UPSCALE_CHUNK]
-            logits = self.model.postprocess_masks(low_res[chunk][:, None], state.input_size, state.original_size)[:, 0]
+            logits = self.predictor.logits_at_image_size(low_res[chunk])
             score = calculate_stability_score(logits, threshold, self.stability_score_offset)
             if self.stability_score_thresh > 0.0:
                 passed = score >= self.stability_score_thresh

@@ -317,6 +317,21 @@ class Predictor:
             )
         return low_res.float(), scores.float()
 
+    def logits_at_image_size(self, low_res: torch.Tensor) -> torch.Tensor:
+        """Low-res logits (B, h, w) for the current image, SAM's 256 x 256 grid or its top-left
+        part covering the image (mask_region), -> float32 logits at the image size (B, H, W), on
+        low_res's device. On a CPU with OpenCV (transforms.upscale_logits, ~3x faster than torch's
+        interpolate; a pixel whose logit is within ~2e-5 of a threshold may land on the other
+        side), elsewhere with torch as Sam.postprocess_masks."""
+        state = self._require_state()
+        if low_res.device.type != "cpu":
+            return self.model.postprocess_masks(low_res[:, None], state.input_size, state.original_size)[:, 0]
+        source = low_res.float().numpy()
+        out = np.empty((source.shape[0], *state.original_size), dtype=np.float32)
+        for i in range(source.shape[0]):
+            upscale_logits(source[i], state.input_size, state.original_size, self.model.mask_scale, out=out[i])
+        return torch.from_numpy(out)
+
     def mask_region(self) -> tuple[int, int]:
         """(rows, cols) of image tokens from the top left whose masks reach the current image:
         what postprocessing reads of the low-res logits (the rest covers the padding)."""

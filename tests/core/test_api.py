@@ -141,6 +141,25 @@ def test_upscale_logits_matches_sam_postprocessing(mobile_sam, original_size):
     assert np.array_equal(out, ours)
 
 
+def test_logits_at_image_size_of_a_batch(dog_predictor):
+    """Predictor.logits_at_image_size (what MaskGenerator upscales with) on a batch of the
+    decoder's region-limited logits, against SAM's torch postprocessing of the full grid."""
+    coords = torch.tensor([[[300.0, 300.0]], [[700.0, 150.0]], [[100.0, 500.0]]])
+    labels = torch.ones(3, 1, dtype=torch.int)
+    full, _ = dog_predictor.decode_low_res(coords, labels, multimask_output=False)
+    part, _ = dog_predictor.decode_low_res(coords, labels, multimask_output=False, region=dog_predictor.mask_region())
+    state = dog_predictor.image_state
+    with torch.inference_mode():
+        official = dog_predictor.model.postprocess_masks(full, state.input_size, state.original_size)[:, 0].numpy()
+    ours = dog_predictor.logits_at_image_size(part[:, 0])
+    assert isinstance(ours, torch.Tensor) and ours.dtype == torch.float32
+    assert tuple(ours.shape) == (3, *state.original_size)
+    ours = ours.numpy()
+    for i in range(3):  # each mask from its own logits (a mix-up of prompts differs by whole masks)
+        assert np.abs(ours[i] - official[i]).max() <= 1e-4 * np.abs(official[i]).max()
+    assert ((ours > 0) != (official > 0)).mean() < 1e-4
+
+
 def test_best_only_returns_the_highest_scoring_mask(dog_predictor):
     point, label = np.array([[400, 260]]), np.array([1])
     masks, scores, low_res = dog_predictor.predict(point_coords=point, point_labels=label)
