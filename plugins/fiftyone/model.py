@@ -79,7 +79,7 @@ class SamModel(fom.Model, fom.SamplesMixin):
     With ``prompt_field=`` (a ``Detections`` or ``Keypoints`` field) each prompt gives one
     detection carrying the prompt's label and attributes and ``prompt_id``; without it, every
     object found is one detection. Detections have box-relative masks, ``confidence`` =
-    predicted IoU, and ``predicted_iou``, ``area`` (and ``stability_score`` when segmenting
+    predicted IoU (clamped to [0, 1]), and ``predicted_iou``, ``area`` (and ``stability_score`` when segmenting
     everything) attributes. A sample whose prompt field is empty gets an empty Detections.
     """
 
@@ -93,7 +93,17 @@ class SamModel(fom.Model, fom.SamplesMixin):
             config = SamModelConfig(config)
         self.config = config
         self._preprocess = False
-        self._segmenter: Optional[Segmenter] = None
+        # Loaded now, as FiftyOne's zoo models are: a wrong checkpoint or an offline download
+        # fails here with one error, not once per sample inside apply_model (which skips
+        # failing samples by default).
+        self._segmenter = Segmenter(
+            config.model,
+            config.device,
+            everything_options=config.everything_options,
+            max_masks=config.max_masks,
+            box_batch_size=config.box_batch_size,
+            point_labels_attr=config.point_labels_attr,
+        )
 
     # -- fiftyone.core.models.Model interface --------------------------------------------------
 
@@ -121,16 +131,6 @@ class SamModel(fom.Model, fom.SamplesMixin):
 
     @property
     def segmenter(self) -> Segmenter:
-        if self._segmenter is None:
-            cfg = self.config
-            self._segmenter = Segmenter(
-                cfg.model,
-                cfg.device,
-                everything_options=cfg.everything_options,
-                max_masks=cfg.max_masks,
-                box_batch_size=cfg.box_batch_size,
-                point_labels_attr=cfg.point_labels_attr,
-            )
         return self._segmenter
 
     @property

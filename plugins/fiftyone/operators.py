@@ -52,6 +52,7 @@ PROMPTS_PARAM_DEFAULTS: dict[str, Any] = {
     "point_labels_attr": DEFAULT_POINT_LABELS_ATTR,
 }
 PROGRESS_INTERVAL_S = 1.0
+STOP_CHECK_INTERVAL_S = 10.0  # how often a delegated run asks whether it was marked failed
 
 
 def _param(ctx, defaults: dict[str, Any], name: str) -> Any:
@@ -70,6 +71,44 @@ def _secret(ctx, key: str) -> Optional[str]:
 def _from_app(ctx) -> bool:
     # The App posts the operator URI in its request body; Python's execute_operator does not.
     return "operator_uri" in ctx.request_params
+
+
+def _target_view(ctx):
+    """The samples to run on: the operator's target view; of a grouped dataset, the slice the
+    App (or the caller's ``group_slice``) has active."""
+    view = ctx.target_view()
+    if view.media_type == "group" and ctx.group_slice:
+        view = view.select_group_slices(ctx.group_slice)
+    return view
+
+
+def _stop_requested(ctx) -> Optional[Callable[[], bool]]:
+    """For a delegated run, a check that turns True once the operation has been marked failed
+    elsewhere (``fiftyone delegated fail ID``, or the App's "mark as failed"): the worker then
+    stops after the sample it is on, instead of running to the end. Asks the database at most
+    every STOP_CHECK_INTERVAL_S. None for an immediate run."""
+    operation_id = getattr(ctx, "_delegated_operation_id", None)  # no public accessor in FiftyOne 1.13
+    if not ctx.delegated or operation_id is None:
+        return None
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionRunState
+
+    service = DelegatedOperationService()
+    last_check = time.monotonic()
+
+    def stop_requested() -> bool:
+        nonlocal last_check
+        now = time.monotonic()
+        if now - last_check < STOP_CHECK_INTERVAL_S:
+            return False
+        last_check = now
+        try:
+            operation = service.get(operation_id)
+        except Exception:  # a database hiccup must not end the run
+            return False
+        return operation is not None and operation.run_state == ExecutionRunState.FAILED
+
+    return stop_requested
 
 
 def _label_fields(dataset, doc_types) -> list[str]:
@@ -123,7 +162,8 @@ def _add_common_inputs(inputs: "types.Object", ctx, defaults: dict[str, Any]) ->
 
 def _add_output_field(inputs: "types.Object", ctx, default: str, label: str) -> None:
     name = ctx.params.get("output_field") or default
-    prop = inputs.str("output_field", default=default, required=True, label=label,
+    # not required: a call without it (Python's execute_operator) takes the default
+    prop = inputs.str("output_field", default=default, required=False, label=label,
                       description="A new field, or an existing Detections field to add to / overwrite")
     if ctx.dataset is not None:
         try:
@@ -174,6 +214,7 @@ class _SamOperator(foo.Operator):
             skip_existing=bool(p("skip_existing")),
             mask_storage=p("mask_storage"),
             mask_dir=p("mask_dir") or _secret(ctx, "SAMKIT_MASK_DIR"),
+            stop_requested=_stop_requested(ctx),
         )
 
     def execute(self, ctx):
@@ -263,7 +304,7 @@ class SegmentEverything(_SamOperator):
         d = self.defaults
         p = lambda name: _param(ctx, d, name)  # noqa: E731
         return iter_segment_everything(
-            ctx.target_view(),
+            _target_view(ctx),
             label_field=p("output_field"),
             **{name: p(name) for name in EVERYTHING_DEFAULTS},
             max_masks=p("max_masks") or None,
@@ -327,7 +368,7 @@ class SegmentPrompts(_SamOperator):
         in_place = bool(p("in_place"))
         output_field = None if in_place else (p("output_field") or f"{prompt_field}_sam")
         return iter_segment_prompts(
-            ctx.target_view(),
+            _target_view(ctx),
             prompt_field,
             label_field=output_field,
             batch_size=p("batch_size"),

@@ -69,6 +69,7 @@ class RunSummary:
     processed: int = 0  # written by this run
     skipped: int = 0  # already done (skip_existing) or without prompts
     failed: int = 0
+    stopped: bool = False  # ended early on request (a delegated run marked failed)
     masks: int = 0
     png_samples: int = 0  # samples whose masks went to PNG files
     mask_dir: Optional[str] = None
@@ -169,6 +170,18 @@ def check_output_field(samples, label_field: str, what: str = "output field") ->
         )
 
 
+def check_view_keeps(samples, field_names: Iterable[str]) -> None:
+    """A field the dataset has but the view leaves out (select_fields / exclude_fields) can be
+    neither read nor written through the view: say so instead of failing mid-run."""
+    dataset = samples._root_dataset
+    for name in field_names:
+        if name and dataset.has_field(name) and not samples.has_field(name):
+            raise samkit.SamkitError(
+                f"the view leaves out the field {name!r} (select_fields/exclude_fields), which the "
+                f"dataset has: add {name!r} to the view's fields, or write to a new field"
+            )
+
+
 def _field_kind(field_obj) -> str:
     doc_type = getattr(field_obj, "document_type", None)
     return doc_type.__name__ if doc_type is not None else type(field_obj).__name__
@@ -212,24 +225,33 @@ def _process(
     compute: Callable[[Any, Any], tuple["fol.Detections", int]],  # (labels, masks made)
     write: Callable[[Any, "fol.Detections"], None],
     error_field: str,
+    stop_requested: Optional[Callable[[], bool]] = None,
 ) -> Generator[Progress, None, None]:
     dataset = samples._root_dataset
     had_error_field = dataset.has_field(error_field)
-    select = [f for f in dict.fromkeys(select + ([error_field] if had_error_field else [])) if dataset.has_field(f)]
+    # A view may leave out the error field (select_fields): then it is cleared through the dataset.
+    error_in_view = had_error_field and samples.has_field(error_field)
+    select = [f for f in dict.fromkeys(select + ([error_field] if error_in_view else [])) if samples.has_field(f)]
     done = summary.skipped
     total = summary.total
     for start in range(0, len(todo_ids), _CHUNK):
         chunk = todo_ids[start : start + _CHUNK]
+        cleared = []
         # from the target view itself, so its label filters apply (prompts the user filtered out
         # are not used, and saving merges the visible labels back)
         for sample in samples.select(chunk, ordered=True).select_fields(select):
+            if stop_requested is not None and stop_requested():
+                summary.stopped = True
+                break
             try:
                 image = samkit.load_image(sample.filepath)
                 labels, masks = compute(image, sample)
                 write(sample, labels)
-                if had_error_field and sample[error_field] is not None:
+                if error_in_view and sample[error_field] is not None:
                     sample[error_field] = None
                 sample.save()
+                if had_error_field and not error_in_view:
+                    cleared.append(sample.id)
                 summary.processed += 1
                 summary.masks += masks
             except Exception as exc:  # one sample's failure is recorded; the run goes on
@@ -245,6 +267,10 @@ def _process(
             done += 1
             yield Progress(done, total, f"{summary.operation}: {done}/{total} samples"
                            + (f", {summary.failed} failed" if summary.failed else ""))
+        if cleared:
+            dataset.select(cleared).set_values(error_field, [None] * len(cleared))
+        if summary.stopped:
+            return
 
 
 def _plan(summary: RunSummary, todo, nothing_to_do: str) -> list[str]:
@@ -259,9 +285,9 @@ def _plan(summary: RunSummary, todo, nothing_to_do: str) -> list[str]:
 
 
 def _run(summary: RunSummary, samples, todo_ids, select, compute, write, error_field: str,
-         started: float) -> Generator[Progress, None, RunSummary]:
+         started: float, stop_requested: Optional[Callable[[], bool]] = None) -> Generator[Progress, None, RunSummary]:
     yield Progress(summary.skipped, summary.total, f"{summary.operation}: {len(todo_ids)} samples to do")
-    yield from _process(summary, samples, todo_ids, select, compute, write, error_field)
+    yield from _process(summary, samples, todo_ids, select, compute, write, error_field, stop_requested)
     return _finish(summary, samples, summary.label_field, started)
 
 
@@ -280,7 +306,8 @@ def _finish(summary: RunSummary, samples, label_field: str, started: float) -> R
             logger.debug("could not declare dynamic attributes of %s", label_field, exc_info=True)
     if not summary.message:
         summary.message = (
-            f"{summary.processed} samples written to '{label_field}' ({summary.masks} masks), "
+            ("stopped on request: " if summary.stopped else "")
+            + f"{summary.processed} samples written to '{label_field}' ({summary.masks} masks), "
             f"{summary.skipped} skipped, {summary.failed} failed"
             + (f" (see the '{summary.error_field}' field)" if summary.failed else "")
             + f", in {summary.elapsed_s:.1f} s"
@@ -306,13 +333,16 @@ def iter_segment_everything(
     mask_storage: str = "auto",
     mask_dir: Optional[str] = None,
     error_field: Optional[str] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
 ) -> Generator[Progress, None, RunSummary]:
     """:func:`segment_everything` as a job: checks the inputs, lists the samples to do and loads
     the model now (errors raise here), then returns a generator that yields a :class:`Progress`
-    per sample and returns the :class:`RunSummary`."""
+    per sample and returns the :class:`RunSummary`. ``stop_requested``: checked before each
+    sample; True ends the run early (``RunSummary.stopped``)."""
     started = time.monotonic()
     _check_collection(samples)
     check_output_field(samples, label_field)
+    check_view_keeps(samples, [label_field])
     error_field = error_field or f"{label_field}_error"
     writer = MaskWriter(mask_storage, mask_dir, samples._root_dataset.name, label_field)
     summary = RunSummary("segment_everything", label_field, total=len(samples), error_field=error_field)
@@ -342,14 +372,14 @@ def iter_segment_everything(
         labels = segmenter.everything(image)
         return labels, segmenter.last_masks
 
-    return _run(summary, samples, todo_ids, [label_field], compute, write, error_field, started)
+    return _run(summary, samples, todo_ids, [label_field], compute, write, error_field, started, stop_requested)
 
 
 def segment_everything(samples, label_field: str = "sam", model: Any = None, *,
                        progress: Optional[ProgressCallback] = None, **options) -> RunSummary:
     """Segment everything in each image of ``samples`` into ``label_field`` (``fo.Detections``).
 
-    Each detection has a box-relative ``mask``, ``confidence`` = SAM's predicted IoU, and the
+    Each detection has a box-relative ``mask``, ``confidence`` = SAM's predicted IoU clamped to [0, 1], and the
     attributes ``predicted_iou``, ``stability_score`` and ``area`` (pixels). Options:
     ``points_per_side``, ``points_per_batch`` (prompts decoded at once), ``pred_iou_thresh``,
     ``stability_score_thresh``, ``box_nms_thresh``, ``crop_n_layers``, ``min_mask_region_area``,
@@ -373,6 +403,7 @@ def iter_segment_prompts(
     mask_storage: str = "auto",
     mask_dir: Optional[str] = None,
     error_field: Optional[str] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
 ) -> Generator[Progress, None, RunSummary]:
     """:func:`segment_prompts` as a job (see :func:`iter_segment_everything`)."""
     started = time.monotonic()
@@ -387,6 +418,7 @@ def iter_segment_prompts(
     target = prompt_field if in_place else label_field
     if not in_place:
         check_output_field(samples, target)
+        check_view_keeps(samples, [target])
     error_field = error_field or f"{target}_error"
     writer = MaskWriter(mask_storage, mask_dir, samples._root_dataset.name, target)
     summary = RunSummary("segment_prompts", target, total=len(samples), error_field=error_field)
@@ -418,7 +450,8 @@ def iter_segment_prompts(
             summary.mask_dir = writer.mask_dir
         sample[target] = labels
 
-    return _run(summary, samples, todo_ids, [prompt_field, target], compute, write, error_field, started)
+    return _run(summary, samples, todo_ids, [prompt_field, target], compute, write, error_field, started,
+                stop_requested)
 
 
 def segment_prompts(samples, prompt_field: str, label_field: Optional[str] = None, model: Any = None, *,
@@ -426,7 +459,7 @@ def segment_prompts(samples, prompt_field: str, label_field: Optional[str] = Non
     """Masks from the boxes of a ``Detections`` field or the points of a ``Keypoints`` field.
 
     ``label_field`` given: new ``fo.Detections`` there, one per prompt, with the prompt's label,
-    tags and attributes, a tight box around the mask, ``confidence`` = predicted IoU,
+    tags and attributes, a tight box around the mask, ``confidence`` = predicted IoU (clamped to [0, 1]),
     ``predicted_iou``, ``area`` and ``prompt_id`` (the prompt label's id). ``label_field`` None
     (or equal to ``prompt_field``): masks are written onto the prompt detections themselves,
     cropped to their boxes; boxes, labels, confidences and attributes stay, ``predicted_iou``

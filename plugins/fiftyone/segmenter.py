@@ -71,6 +71,13 @@ def get_model(model: Any = None, device: Optional[str] = None) -> "samkit.Sam":
         return loaded
 
 
+def confidence_of(predicted_iou: float) -> float:
+    """A detection's confidence from SAM's predicted IoU, which can leave [0, 1] slightly: clamped
+    into it, as FiftyOne's confidences are (and its SAM zoo models do); the raw value stays in
+    the ``predicted_iou`` attribute."""
+    return min(1.0, max(0.0, float(predicted_iou)))
+
+
 def tight_crop(mask: np.ndarray) -> Optional[tuple[list[float], np.ndarray]]:
     """Full-image HxW mask -> (relative [x, y, w, h] of its tight box, the mask cropped to it).
 
@@ -193,7 +200,7 @@ class Segmenter:
                 fol.Detection(
                     bounding_box=box,
                     mask=mask,
-                    confidence=iou,
+                    confidence=confidence_of(iou),
                     predicted_iou=iou,
                     stability_score=float(record["stability_score"]),
                     area=int(record["area"]),
@@ -299,7 +306,7 @@ class Segmenter:
         attributes.update(
             bounding_box=box,
             mask=cropped,
-            confidence=score,
+            confidence=confidence_of(score),
             predicted_iou=score,
             area=int(cropped.sum()),
             prompt_id=prompt.id,

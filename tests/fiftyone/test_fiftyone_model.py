@@ -12,6 +12,7 @@ import fiftyone.core.models as fom
 
 import samkit
 from samkit.fiftyone import SamModel, SamModelConfig
+from samkit.fiftyone.segmenter import confidence_of
 
 from fo_checks import check_tight, image_size, iou
 
@@ -43,7 +44,7 @@ def test_apply_model_segment_everything(make_dataset, photos, checkpoint):
         assert len(dets) == 3
         for det in dets:
             full = check_tight(det, width, height)
-            assert det.confidence == det["predicted_iou"] and det["area"] == int(full.sum())
+            assert det.confidence == confidence_of(det["predicted_iou"]) and det["area"] == int(full.sum())
             assert 0.0 <= det["stability_score"] <= 1.0
 
 
@@ -71,7 +72,9 @@ def test_apply_model_with_box_and_point_prompts(make_dataset, photos, checkpoint
             masks, scores, _ = predictor.predict(box=np.array([x * width, y * height, (x + w) * width,
                                                                (y + h) * height]), multimask_output=False)
             assert iou(full, masks[0]) > 0.999
-            assert det.confidence == pytest.approx(float(scores[0]), abs=1e-4)
+            # the raw predicted IoU (random weights score some masks below 0), confidence clamped
+            assert det["predicted_iou"] == pytest.approx(float(scores[0]), abs=1e-4)
+            assert det.confidence == confidence_of(det["predicted_iou"])
 
     sample = dataset.select_by("filepath", [photos["groceries.jpg"]]).first()
     sample["kp"] = fol.Keypoints(keypoints=[fol.Keypoint(label="bag", points=[[0.5, 0.5], [0.05, 0.05]],
@@ -94,3 +97,15 @@ def test_apply_model_wrong_prompt_type(make_dataset, photos, checkpoint):
     dataset.set_values("cls", [fol.Classification(label="dog")])
     with pytest.raises(samkit.PromptError, match="holds Classification"):
         dataset.apply_model(SamModel(model=checkpoint), "x", prompt_field="cls", skip_failures=False)
+
+
+def test_wrong_checkpoint_fails_at_construction(tmp_path):
+    """Loaded when built (as FiftyOne's zoo models are): apply_model, which skips failing samples
+    by default, never starts with a model that cannot load."""
+    with pytest.raises(samkit.SamkitError, match="no checkpoint file"):
+        SamModel(model=str(tmp_path / "nope.pt"))
+
+
+def test_confidence_is_the_predicted_iou_clamped():
+    assert confidence_of(0.73) == pytest.approx(0.73)
+    assert confidence_of(1.04) == 1.0 and confidence_of(-0.02) == 0.0

@@ -19,6 +19,8 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
 
 import samkit
+from samkit.fiftyone import segment_everything
+from samkit.fiftyone.segmenter import confidence_of
 
 from fo_checks import BOXES, check_box_relative_mask, check_tight, image_size, iou
 
@@ -65,11 +67,11 @@ def test_segment_everything_immediate(make_dataset, photos, checkpoint):
         width, height = image_size(sample.filepath)
         dets = sample["sam"].detections
         assert len(dets) == 5
-        ious = [d.confidence for d in dets]
+        ious = [d["predicted_iou"] for d in dets]
         assert ious == sorted(ious, reverse=True)
         for det in dets:
             full = check_tight(det, width, height)
-            assert det.confidence == det["predicted_iou"]
+            assert det.confidence == confidence_of(det["predicted_iou"])
             assert 0.0 <= det["stability_score"] <= 1.0
             assert det["area"] == int(full.sum())
         if sample.filepath == files[0]:
@@ -130,7 +132,8 @@ def _check_prompt_masks(sample, model_predictor, field="gt_sam"):
         x, y, w, h = prompt.bounding_box
         box = np.array([x * width, y * height, (x + w) * width, (y + h) * height])
         masks, scores, _ = model_predictor.predict(box=box, multimask_output=False)
-        assert det.confidence == pytest.approx(float(scores[0]), abs=1e-4) and det["predicted_iou"] == det.confidence
+        assert det["predicted_iou"] == pytest.approx(float(scores[0]), abs=1e-4)
+        assert det.confidence == confidence_of(det["predicted_iou"])  # clamped: random weights score some < 0
         assert iou(full, masks[0]) > 0.999
         assert det["area"] == int(full.sum())
 
@@ -256,7 +259,8 @@ def test_segment_prompts_keypoints_positive_negative(make_dataset, photos, check
                                                  multimask_output=len(points) == 1)
             best = int(np.argmax(scores))
             assert iou(full, masks[best]) > 0.999
-            assert det.confidence == pytest.approx(float(scores[best]), abs=1e-4)
+            assert det["predicted_iou"] == pytest.approx(float(scores[best]), abs=1e-4)
+            assert det.confidence == confidence_of(det["predicted_iou"])
     assert dataset.select_by("filepath", [photos["truck.jpg"]]).first().kp_sam.detections[0]["note"] == "one point"
 
     # Keypoints cannot hold masks: in-place is refused with a clear message, nothing written
@@ -391,3 +395,100 @@ def test_selected_samples_target(make_dataset, photos, checkpoint):
     summary = foo.execute_operator(EVERYTHING, ctx={"dataset": dataset, "selected": [chosen], "params": params}).result
     assert summary["total"] == 1 and summary["processed"] == 1
     assert dataset.exists("sel").values("id") == [chosen]
+
+
+def test_output_field_defaults_when_not_given(make_dataset, photos, checkpoint):
+    """From Python, a call without output_field takes the documented default instead of failing
+    FiftyOne's validation of a required property."""
+    dataset = make_dataset([photos["dog.jpg"]], boxes=True)
+    everything = foo.execute_operator(EVERYTHING, ctx={"dataset": dataset,
+                                                       "params": dict(SMALL_EVERYTHING, model=checkpoint)}).result
+    assert everything["label_field"] == "sam_everything" and everything["processed"] == 1
+    assert len(dataset.first()["sam_everything"].detections) == 5
+    prompts = foo.execute_operator(PROMPTS, ctx={"dataset": dataset,
+                                                 "params": {"prompt_field": "gt", "model": checkpoint}}).result
+    assert prompts["label_field"] == "gt_sam" and prompts["processed"] == 1
+    assert dataset.first()["gt_sam"] is not None
+
+
+def test_grouped_dataset_runs_on_the_active_slice(photos, checkpoint):
+    """A grouped dataset: the slice the App (or the caller) has active is segmented; without one,
+    a clear error."""
+    dataset = fo.Dataset()
+    try:
+        dataset.add_group_field("group", default="left")
+        groups = [fo.Group(), fo.Group()]
+        dataset.add_samples(
+            [fo.Sample(filepath=photos["dog.jpg"], group=g.element("left")) for g in groups]
+            + [fo.Sample(filepath=photos["bus.jpg"], group=groups[0].element("right"))]
+        )
+        params = dict(SMALL_EVERYTHING, model=checkpoint, output_field="sam")
+        summary = foo.execute_operator(EVERYTHING, ctx={"dataset": dataset, "group_slice": "right",
+                                                        "params": params}).result
+        assert summary["total"] == 1 and summary["processed"] == 1
+        right = dataset.select_group_slices("right")
+        left = dataset.select_group_slices("left")
+        assert right.count("sam") == 1 and left.count("sam") == 0
+        assert Path(right.first().filepath).name == "bus.jpg"
+        with pytest.raises(Exception, match="media type is 'group'"):
+            segment_everything(dataset, "sam2", model=checkpoint)
+    finally:
+        dataset.delete()
+
+
+def test_view_that_leaves_out_fields(make_dataset, photos, checkpoint, tmp_path):
+    """A view made with select_fields: an output field it leaves out (but the dataset has) is a
+    clear error before anything runs; an error field it leaves out is still cleared."""
+    late = tmp_path / "late.jpg"
+    dataset = make_dataset([photos["dog.jpg"], str(late)], boxes=True)
+    for sample in dataset.select_by("filepath", [str(late)]):
+        sample["gt"] = fol.Detections(detections=[fol.Detection(label="x", bounding_box=[0.1, 0.1, 0.5, 0.5])])
+        sample.save()
+    params = {"prompt_field": "gt", "output_field": "o", "model": checkpoint}
+    first = foo.execute_operator(PROMPTS, ctx={"view": dataset.select_fields("gt"), "params": params}).result
+    assert first["processed"] == 1 and first["failed"] == 1 and dataset.count("o_error") == 1
+
+    with pytest.raises(Exception, match="leaves out the field 'o'"):
+        foo.execute_operator(PROMPTS, ctx={"view": dataset.select_fields("gt"), "params": params})
+
+    late.write_bytes(Path(photos["dog.jpg"]).read_bytes())
+    again = foo.execute_operator(PROMPTS, ctx={"view": dataset.select_fields(["gt", "o"]), "params": params}).result
+    assert again["processed"] == 1 and again["skipped"] == 1 and again["failed"] == 0
+    assert dataset.count("o") == 2 and dataset.count("o_error") == 0
+
+
+def test_run_stops_when_asked(make_dataset, photos, checkpoint):
+    """stop_requested is asked before each sample: True ends the run, what was done stays."""
+    dataset = make_dataset([photos["dog.jpg"], photos["bus.jpg"], photos["truck.jpg"]])
+    asked = []
+
+    def stop_requested():
+        asked.append(True)
+        return len(asked) > 1  # let the first sample through
+
+    options = {k: v for k, v in SMALL_EVERYTHING.items()}
+    summary = segment_everything(dataset, "sam", model=checkpoint, stop_requested=stop_requested,
+                                                 **options)
+    assert summary.stopped and summary.processed == 1 and dataset.count("sam") == 1
+    assert summary.message.startswith("stopped on request: 1 samples written")
+
+
+def test_delegated_run_marked_failed_is_asked_to_stop(make_dataset, photos, monkeypatch):
+    """The operators' stop check reads the delegated operation's state from the database: it
+    turns True once the operation is marked failed (`fiftyone delegated fail`)."""
+    from fiftyone.operators.executor import ExecutionContext
+
+    from samkit.fiftyone import operators
+
+    dataset = make_dataset([photos["dog.jpg"]])
+    queued = foo.execute_operator(EVERYTHING, ctx={"dataset": dataset, "params": dict(SMALL_EVERYTHING),
+                                                   "request_delegation": True})
+    op_id = queued.result["id"]
+    monkeypatch.setattr(operators, "STOP_CHECK_INTERVAL_S", 0.0)
+    ctx = ExecutionContext(request_params={"delegated": True, "dataset_name": dataset.name}, delegated_operation_id=op_id)
+    stop_requested = operators._stop_requested(ctx)
+    assert stop_requested is not None and stop_requested() is False
+    DelegatedOperationService().set_failed(op_id)
+    assert stop_requested() is True
+    immediate = ExecutionContext(request_params={"dataset_name": dataset.name})
+    assert operators._stop_requested(immediate) is None
