@@ -36,6 +36,13 @@ def load_image(image: ImageLike) -> np.ndarray:
     raise ImageError(f"unsupported image type {type(image).__name__}: pass a file path, a PIL image or an HxWx3 uint8 array")
 
 
+def too_large_message(exc: Exception) -> str:
+    """What to tell a user whose image Pillow refused as a possible decompression bomb."""
+    return (f"{exc} Pillow refuses images this large as a safety guard; if you trust the file, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS (None: no limit) in the process that loads it, or downscale the image "
+            "(SAM sees it at 1024 px on the long side anyway)")
+
+
 def _open(path: Path) -> Image.Image:
     if not path.exists():
         raise ImageError(f"image file not found: {path}")
@@ -47,6 +54,8 @@ def _open(path: Path) -> Image.Image:
             return ImageOps.exif_transpose(opened)
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image Pillow can read (is it a JPEG/PNG/TIFF/WebP file?)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: {too_large_message(exc)}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path} is corrupt or truncated: {exc}") from None
 

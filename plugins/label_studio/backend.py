@@ -25,7 +25,7 @@ from .errors import BackendError, ImageFetchError, LabelConfigError, TaskError
 from .images import ImageFetcher, Source
 from .label_config import LabelConfig, parse_label_config
 from .models import Context, PrecomputeRequest, PredictRequest, Region, SetupRequest, Task, project_id
-from .regions import mask_regions
+from .regions import mask_regions, mean_score
 from .settings import Settings
 
 log = logging.getLogger("samkit.label_studio")
@@ -277,7 +277,12 @@ class SamBackend:
             if len(box_arr) > 1 and not len(coords):
                 masks, scores, _ = predictor.predict_batch(boxes=box_arr, multimask_output=False, return_low_res=False)
                 masks, scores = masks[:, 0], scores[:, 0]
+                labels = [box.label or label for box in boxes]  # each rectangle keeps its own label
             else:
+                if len(box_arr) > 1:
+                    log.warning("%d rectangles with keypoints in one request: SAM takes one box per "
+                                   "object, the last rectangle is used", len(box_arr))
+                labels = [label]
                 single_point = len(coords) == 1 and not len(box_arr)
                 masks, scores, _ = predictor.predict(
                     point_coords=coords if len(coords) else None,
@@ -290,13 +295,13 @@ class SamBackend:
         self._count(predictor)
         t_dec = time.perf_counter()
         result = []
-        for mask, score in zip(masks, scores):
-            result += mask_regions(mask, outputs, label, float(score), self.settings.polygon_tolerance,
+        for mask, score, mask_label in zip(masks, scores, labels):
+            result += mask_regions(mask, outputs, mask_label, float(score), self.settings.polygon_tolerance,
                                    self.settings.min_area)
         t_end = time.perf_counter()
         self.last_timings = {"image_s": t_img - t0, "wait_s": t_lock - t_img, "embed_s": t_embed - t_lock,
                              "decode_s": t_dec - t_embed, "encode_regions_s": t_end - t_dec, "total_s": t_end - t0}
-        return {"result": result, "score": round(float(np.mean(scores)), 4) if len(scores) else 0.0,
+        return {"result": result, "score": mean_score(scores),
                 "model_version": self.model_version}
 
     # -- batch --------------------------------------------------------------------------------
@@ -354,7 +359,7 @@ class SamBackend:
         for mask, score, label in masks:
             result += mask_regions(mask, outputs, label, score, self.settings.polygon_tolerance, self.settings.min_area)
         scores = [s for _, s, _ in masks]
-        return {"result": result, "score": round(float(np.mean(scores)), 4) if scores else 0.0,
+        return {"result": result, "score": mean_score(scores),
                 "model_version": self.model_version}
 
     def _task_rectangles(self, task: Task, config: LabelConfig, image_name: str) -> list[Region]:

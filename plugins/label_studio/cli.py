@@ -30,7 +30,8 @@ def add_commands(subparsers) -> None:
         epilog=_env_help())
     serve.add_argument("--host", default=os.environ.get("SAMKIT_LS_HOST", "0.0.0.0"),
                        help="interface to listen on (env SAMKIT_LS_HOST, default 0.0.0.0)")
-    serve.add_argument("--port", type=int, default=int(os.environ.get("SAMKIT_LS_PORT", "9090")),
+    # the environment is read when serving, so a bad value cannot break unrelated commands
+    serve.add_argument("--port", type=int, default=None,
                        help="port (env SAMKIT_LS_PORT, default 9090)")
     serve.add_argument("--model", help="model name or checkpoint path (env SAMKIT_MODEL, default mobile_sam)")
     serve.add_argument("--checkpoint", help="checkpoint file, wins over --model (env SAMKIT_CHECKPOINT)")
@@ -77,7 +78,7 @@ def _serve(args) -> int:
         import uvicorn
 
         from .app import create_app
-        from .settings import Settings
+        from .settings import Settings, env_number
     except ImportError as e:
         print(f"samkit: error: {_INSTALL_HINT} ({e})", file=sys.stderr)
         return 2
@@ -87,9 +88,10 @@ def _serve(args) -> int:
         "model", "checkpoint", "device", "dtype", "threads", "label_studio_url", "label_studio_api_key", "basic_auth_user",
         "basic_auth_pass", "cache_size", "cache_dir", "output", "model_version", "log_level")}
     settings = Settings.from_env(**overrides)
+    port = args.port if args.port is not None else env_number("SAMKIT_LS_PORT", int, 9090)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
+    uvicorn.run(app, host=args.host, port=port, log_level=settings.log_level.lower(),
                 timeout_keep_alive=30, timeout_graceful_shutdown=5)
     return 0
 

@@ -181,7 +181,8 @@ class ImageFetcher:
         if not source.base:
             raise ImageFetchError(
                 f"the image {ref!r} is relative to Label Studio, but the backend does not know Label "
-                "Studio's URL: set LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY) for the backend")
+                "Studio's URL: set LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY) for the backend, or, after a "
+                "backend restart, connect the model again in Label Studio (Settings > Model > Validate and Save)")
         return self._http(urljoin(source.base + "/", ref.lstrip("/")), source, with_auth=True)
 
     def _is_label_studio(self, url: str, source: Source) -> bool:
@@ -281,6 +282,7 @@ class ImageFetcher:
         from PIL import Image, ImageOps, UnidentifiedImageError
 
         import samkit
+        from samkit.image_io import too_large_message
 
         try:
             with Image.open(io.BytesIO(data)) as img:
@@ -288,8 +290,10 @@ class ImageFetcher:
                 img = ImageOps.exif_transpose(img)
                 return samkit.load_image(img)
         except UnidentifiedImageError:
-            head = data[:60].decode("utf-8", "replace").replace("\n", " ")
-            raise ImageFetchError(f"{shown} is not an image ({len(data)} bytes starting with {head!r})") from None
+            # bytes' repr keeps an HTML error page readable and escapes binary garbage
+            raise ImageFetchError(f"{shown} is not an image ({len(data)} bytes starting with {data[:60]!r})") from None
+        except Image.DecompressionBombError as e:
+            raise ImageFetchError(f"{shown}: {too_large_message(e)}") from None
         except (OSError, ValueError, SyntaxError) as e:
             raise ImageFetchError(f"{shown} could not be decoded as an image: {e}") from None
         except samkit.SamkitError as e:

@@ -125,8 +125,19 @@ def _region(control: Control, width: int, height: int, value: dict, score: float
         "readonly": False,
     }
     if score is not None:
-        region["score"] = round(float(score), 4)
+        region["score"] = unit_score(score)
     return region
+
+
+def unit_score(score: float) -> float:
+    """A Label Studio score from SAM's predicted IoU, which can leave [0, 1] slightly (Label
+    Studio's scores live in it), rounded to 4 places."""
+    return round(min(1.0, max(0.0, float(score))), 4)
+
+
+def mean_score(scores) -> float:
+    """A prediction's overall score: the mean of its regions' scores (0 without regions)."""
+    return round(float(np.mean([unit_score(s) for s in scores])), 4) if len(scores) else 0.0
 
 
 def mask_regions(mask: np.ndarray, outputs: list[Control], wanted_label: str | None, score: float | None,

@@ -44,6 +44,21 @@ def _env(name: str, default=None, *alts: str):
     return default
 
 
+def env_number(name: str, kind: type, default=None, *alts: str):
+    """A numeric environment variable as `kind` (int or float), or `default` when unset; a value
+    that is not a number is one clear error naming the variable."""
+    value = _env(name, None, *alts)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        from samkit import SamkitError
+
+        what = "an integer" if kind is int else "a number"
+        raise SamkitError(f"{name} must be {what}, got {value!r}") from None
+
+
 @dataclass
 class Settings:
     model: str = "mobile_sam"
@@ -81,28 +96,28 @@ class Settings:
             checkpoint=_env("SAMKIT_CHECKPOINT"),
             device=_env("SAMKIT_DEVICE"),
             dtype=_env("SAMKIT_DTYPE"),
-            threads=int(_env("SAMKIT_LS_THREADS")) if _env("SAMKIT_LS_THREADS") else None,
+            threads=env_number("SAMKIT_LS_THREADS", int),
             label_studio_url=_env("LABEL_STUDIO_URL", None, "LABEL_STUDIO_HOST"),
             label_studio_api_key=_env("LABEL_STUDIO_API_KEY", None, "LABEL_STUDIO_ACCESS_TOKEN"),
             basic_auth_user=_env("SAMKIT_LS_BASIC_AUTH_USER", None, "BASIC_AUTH_USER"),
             basic_auth_pass=_env("SAMKIT_LS_BASIC_AUTH_PASS", None, "BASIC_AUTH_PASS"),
-            cache_size=int(_env("SAMKIT_LS_CACHE_SIZE", 32)),
+            cache_size=env_number("SAMKIT_LS_CACHE_SIZE", int, 32),
             cache_dir=_env("SAMKIT_LS_CACHE_DIR"),
             output=_env("SAMKIT_LS_OUTPUT", "auto"),
             model_version=_env("SAMKIT_LS_MODEL_VERSION"),
-            max_request_mb=float(_env("SAMKIT_LS_MAX_REQUEST_MB", 200)),
-            max_image_mb=float(_env("SAMKIT_LS_MAX_IMAGE_MB", 100)),
-            download_timeout=float(_env("SAMKIT_LS_DOWNLOAD_TIMEOUT", 30)),
+            max_request_mb=env_number("SAMKIT_LS_MAX_REQUEST_MB", float, 200),
+            max_image_mb=env_number("SAMKIT_LS_MAX_IMAGE_MB", float, 100),
+            download_timeout=env_number("SAMKIT_LS_DOWNLOAD_TIMEOUT", float, 30),
             local_files_root=_env("LOCAL_FILES_DOCUMENT_ROOT"),
             batch=_env("SAMKIT_LS_BATCH", "auto"),
-            points_per_side=int(_env("SAMKIT_LS_POINTS_PER_SIDE")) if _env("SAMKIT_LS_POINTS_PER_SIDE") else None,
-            pred_iou_thresh=float(_env("SAMKIT_LS_PRED_IOU_THRESH", 0.88)),
-            stability_thresh=float(_env("SAMKIT_LS_STABILITY_THRESH", 0.95)),
-            max_regions=int(_env("SAMKIT_LS_MAX_REGIONS", 100)),
-            min_area=int(_env("SAMKIT_LS_MIN_AREA", 25)),
-            polygon_tolerance=float(_env("SAMKIT_LS_POLYGON_TOLERANCE", 1.0)),
-            interactive_threads=int(_env("SAMKIT_LS_INTERACTIVE_THREADS", 4)),
-            batch_threads=int(_env("SAMKIT_LS_BATCH_THREADS", 1)),
+            points_per_side=env_number("SAMKIT_LS_POINTS_PER_SIDE", int),
+            pred_iou_thresh=env_number("SAMKIT_LS_PRED_IOU_THRESH", float, 0.88),
+            stability_thresh=env_number("SAMKIT_LS_STABILITY_THRESH", float, 0.95),
+            max_regions=env_number("SAMKIT_LS_MAX_REGIONS", int, 100),
+            min_area=env_number("SAMKIT_LS_MIN_AREA", int, 25),
+            polygon_tolerance=env_number("SAMKIT_LS_POLYGON_TOLERANCE", float, 1.0),
+            interactive_threads=env_number("SAMKIT_LS_INTERACTIVE_THREADS", int, 4),
+            batch_threads=env_number("SAMKIT_LS_BATCH_THREADS", int, 1),
             log_level=_env("SAMKIT_LS_LOG_LEVEL", "INFO"),
         )
         names = {f.name for f in fields(cls)}
@@ -127,6 +142,21 @@ class Settings:
             raise SamkitError("SAMKIT_LS_CACHE_SIZE must be at least 1")
         if self.points_per_side is not None and self.points_per_side < 1:
             raise SamkitError("SAMKIT_LS_POINTS_PER_SIDE must be at least 1")
+        url = self.label_studio_url
+        if url and not url.lower().startswith(("http://", "https://")):
+            raise SamkitError(f"LABEL_STUDIO_URL must start with http:// or https://, got {url!r} "
+                              f"(for example http://{url})")
+        if self.cache_dir:
+            # checked now: a folder that cannot be made or written would fail the first click
+            probe = os.path.join(self.cache_dir, f".samkit-write-test-{os.getpid()}")
+            try:
+                os.makedirs(self.cache_dir, exist_ok=True)
+                with open(probe, "wb"):
+                    pass
+                os.remove(probe)
+            except OSError as exc:
+                raise SamkitError(f"SAMKIT_LS_CACHE_DIR {self.cache_dir!r} cannot be used ({exc.strerror or exc}); "
+                                  "give a writable folder, or leave it unset to keep embeddings in memory only") from None
 
     def batch_signature(self) -> tuple:
         """The settings a batch answer depends on."""

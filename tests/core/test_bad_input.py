@@ -197,3 +197,11 @@ def test_region_outside_the_token_grid(dog_predictor, region):
     coords, labels = torch.tensor([[[300.0, 200.0]]]), torch.ones(1, 1, dtype=torch.int)
     with pytest.raises(samkit.PromptError, match="within the 64x64 grid"):
         dog_predictor.decode_low_res(coords, labels, region=region)
+
+
+def test_image_over_pillows_pixel_limit(images_dir, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # the 800x534 photo is over twice this
+    with pytest.raises(samkit.ImageError, match="MAX_IMAGE_PIXELS"):
+        samkit.load_image(images_dir / "dog.jpg")

@@ -32,3 +32,25 @@ def test_bad_settings_are_one_line_errors():
 def test_precompute_says_when_the_backend_is_not_there():
     out = run("precompute", "--project", "1", "--backend", "http://127.0.0.1:9")
     assert out.returncode != 0 and "cannot reach the backend at http://127.0.0.1:9" in out.stderr
+
+
+def test_bad_numbers_in_the_environment():
+    """A numeric variable that is not a number: one line naming it, only where it is read."""
+    out = subprocess.run([*samkit_command(), "--help"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "SAMKIT_LS_PORT": "abc"})
+    assert out.returncode == 0 and "label-studio" in out.stdout  # other commands are unaffected
+    for var in ("SAMKIT_LS_PORT", "SAMKIT_LS_CACHE_SIZE", "SAMKIT_LS_MAX_REQUEST_MB"):
+        out = run("serve", env={var: "abc"})
+        assert out.returncode == 2, out.stderr
+        kind = "an integer" if var != "SAMKIT_LS_MAX_REQUEST_MB" else "a number"
+        assert out.stderr.strip() == f"samkit: error: {var} must be {kind}, got 'abc'"
+
+
+def test_label_studio_url_and_cache_dir_are_checked_at_start(tmp_path):
+    out = run("serve", "--port", "1", env={"LABEL_STUDIO_URL": "localhost:8080"})
+    assert out.returncode == 2 and "LABEL_STUDIO_URL must start with http:// or https://" in out.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = run("serve", "--port", "1", "--cache-dir", str(blocker / "cache"))
+    assert out.returncode == 2 and "SAMKIT_LS_CACHE_DIR" in out.stderr and "cannot be used" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
