@@ -22,7 +22,8 @@ def _common_raster(p: argparse.ArgumentParser) -> None:
                         " percentiles, or values 'v:LO,HI' applied to every band; computed once for the"
                         " whole raster from its overviews or a sample, excluding nodata")
     g.add_argument("--nodata", type=float, help="nodata value overriding the raster's own")
-    g.add_argument("--crs", help="assign this CRS to a raster that has none (EPSG:xxxx, WKT or PROJ)")
+    g.add_argument("--crs", help="assign this CRS to a raster that has none (EPSG:xxxx, WKT or PROJ); a raster "
+                                 "with another CRS is refused (use --to-crs)")
     g.add_argument("--pixel-space", action="store_true",
                    help="write polygons in pixel coordinates (x = column, y = row) without a CRS")
 
@@ -31,7 +32,8 @@ def _common_output(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("-o", "--output", required=True,
                    help="output file; format by extension: .gpkg, .geojson, .shp, .fgb, .parquet")
-    g.add_argument("--layer", help="layer name (GeoPackage; default the file name)")
+    g.add_argument("--layer", help="layer name (default the file name); in an existing GeoPackage (with "
+                                   "--overwrite) only this layer is replaced, the others stay")
     g.add_argument("--min-area", type=float, default=0.0, help="drop objects smaller than this, in m^2"
                    " (pixels with --pixel-space)")
     g.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance in map units")

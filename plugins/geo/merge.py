@@ -39,6 +39,10 @@ from shapely.geometry import shape as to_shape
 from .pieces import TileResult
 from .tiling import TileGrid
 
+# Pixels by which two tiles' masks of one object may disagree along its outline and still be
+# recognised as one object continued across their border.
+EDGE_TOLERANCE = 2
+
 
 class _UnionFind:
     def __init__(self, n: int):
@@ -81,6 +85,15 @@ def _inter(a: _Cand, b: _Cand) -> int:
     return int(np.count_nonzero(sa & sb))
 
 
+def _dilated(c: _Cand, pixels: int) -> _Cand:
+    """The candidate grown by `pixels` in every direction (a square structuring element)."""
+    import cv2
+
+    pad = np.pad(c.sub, pixels).view(np.uint8)
+    grown = cv2.dilate(pad, np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)).astype(bool)
+    return _Cand(c.gidx, c.r0 - pixels, c.c0 - pixels, grown, int(np.count_nonzero(grown)), c.truncated)
+
+
 def match_candidates(cands_a, cands_b, iou_thresh: float = 0.5, contain_thresh: float = 0.9):
     """Edges (gidx_a, gidx_b) between two tiles' candidates in a common frame (see module doc)."""
     if not cands_a or not cands_b:
@@ -121,6 +134,9 @@ def match_candidates(cands_a, cands_b, iou_thresh: float = 0.5, contain_thresh: 
                 n = inter.get(key(i, j), 0)
                 if n and n / cx.count > best_frac:
                     best, best_frac = j, n / cx.count
+            if best is not None and best_frac < contain_thresh:
+                # the two tiles' masks may disagree by a pixel or two along the outline
+                best_frac = _inter(cx, _dilated(cands_y[best], EDGE_TOLERANCE)) / cx.count
             if best is None or best_frac < contain_thresh:
                 continue
             others = linked_x_of_y.get(best, [])

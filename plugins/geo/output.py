@@ -84,7 +84,9 @@ def _prepare(gdf, fmt: str):
 def write_vector(gdf, dst, *, layer: str | None = None) -> Path:
     """Write ``gdf`` to ``dst`` in the format its extension names; atomically (a temporary file
     in the same directory, renamed over ``dst`` once complete: an interrupted run leaves no file
-    that looks finished). A shapefile's sidecars are moved first and the .shp last."""
+    that looks finished). A shapefile's sidecars are moved first and the .shp last. ``layer``
+    names the layer (default: the file's stem); given for an existing GeoPackage, only that layer
+    is replaced and the file's other layers are kept."""
     import warnings
 
     path = Path(os.fspath(dst))
@@ -97,7 +99,8 @@ def write_vector(gdf, dst, *, layer: str | None = None) -> Path:
             if fmt == "ESRI Shapefile":
                 _write_shapefile(gdf, path, geometry_type)
             else:
-                _write_single_file(gdf, path, fmt, layer or path.stem, geometry_type)
+                keep_layers = fmt == "GPKG" and layer is not None and path.exists()
+                _write_single_file(gdf, path, fmt, layer or path.stem, geometry_type, keep_layers)
     except OSError as exc:
         raise GeoError(f"could not write {path}: {exc}") from exc
     return path
@@ -120,14 +123,14 @@ def _write_shapefile(gdf, path: Path, geometry_type) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _write_single_file(gdf, path: Path, fmt: str, layer: str, geometry_type) -> None:
+def _write_single_file(gdf, path: Path, fmt: str, layer: str, geometry_type, keep_layers: bool = False) -> None:
     with atomic_output(path) as tmp:
+        if keep_layers:  # a copy of the GeoPackage gets the layer (pyogrio replaces just that one)
+            shutil.copy2(path, tmp)
         if fmt == "GeoParquet":
             gdf.to_parquet(tmp, index=False)
-        elif fmt == "GPKG":
+        else:  # the layer name is GeoJSON's "name" and FlatGeobuf's layer: never the temporary file's
             gdf.to_file(tmp, driver=fmt, engine="pyogrio", layer=layer, geometry_type=geometry_type)
-        else:
-            gdf.to_file(tmp, driver=fmt, engine="pyogrio", geometry_type=geometry_type)
 
 
 def write_id_raster(objects_px, dst, *, width: int, height: int, crs, transform, block: int = 1024) -> Path:

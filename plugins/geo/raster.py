@@ -5,6 +5,7 @@ Everything here reads windows (or a small decimated sample); nothing reads a who
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -128,7 +129,15 @@ def resolve_georef(ds, crs=None, pixel_space: bool = False):
                 f"{ds.name} has no geotransform, so assigning crs={crs!r} does not place it on the map;"
                 " georeference it first (gdalwarp or gdal_translate -a_ullr) or use pixel_space=True (--pixel-space)"
             )
-        return to_pyproj(crs), ds.transform
+        assigned = to_pyproj(crs)
+        if ds.crs is not None and to_pyproj(ds.crs) != assigned:
+            # the coordinates stay those of the raster's own CRS: relabelling them would put every
+            # polygon in the wrong place without a warning
+            raise GeoError(
+                f"{ds.name} already has a CRS ({describe_crs(ds.crs)}); crs={crs!r} (--crs) only assigns one to a "
+                "raster without; to get polygons in another CRS use to_crs (--to-crs)"
+            )
+        return assigned, ds.transform
     if ds.crs is None or not has_geotransform:
         if gcps:
             raise GeoError(
@@ -199,6 +208,23 @@ class RasterSpec:
     open_options: dict = field(default_factory=dict, compare=False, hash=False)
 
 
+def damaged_pixels_are_errors(read):
+    """A reader of ``ds`` whose GDAL read failure (a truncated or damaged file whose header is
+    fine) becomes one GeoError naming the file, instead of a rasterio traceback mid-run."""
+
+    @functools.wraps(read)
+    def checked(ds, *args, **kwargs):
+        try:
+            return read(ds, *args, **kwargs)
+        except rasterio.errors.RasterioIOError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GeoError(f"{ds.name}: could not read its pixels ({reason}); the file is damaged or truncated "
+                           "(gdalinfo -checksum shows which blocks)") from None
+
+    return checked
+
+
+@damaged_pixels_are_errors
 def read_valid(ds, spec: RasterSpec, window: Window, out_shape=None) -> np.ndarray:
     """Boolean HxW: True where at least one selected band has data (GDAL's dataset-mask rule)."""
     bands = list(dict.fromkeys(spec.bands))
@@ -215,6 +241,22 @@ def read_valid(ds, spec: RasterSpec, window: Window, out_shape=None) -> np.ndarr
     return valid
 
 
+def check_nodata(ds, nodata: float | None) -> None:
+    """A nodata value given for ``ds`` must be one its pixels can hold: cast to an integer type,
+    -1 would become 255 on uint8 and mask real data."""
+    if nodata is None or math.isnan(nodata):
+        if nodata is not None and not np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
+            raise GeoError(f"nodata NaN cannot occur in {ds.name}'s {ds.dtypes[0]} pixels; give an integer value")
+        return
+    for dtype in sorted(set(ds.dtypes)):
+        kind = np.dtype(dtype)
+        if np.issubdtype(kind, np.integer):
+            info = np.iinfo(kind)
+            if nodata != int(nodata) or not info.min <= nodata <= info.max:
+                raise GeoError(f"nodata {nodata:g} cannot occur in {ds.name}'s {dtype} pixels "
+                               f"(whole numbers {info.min}..{info.max})")
+
+
 def _value_valid(data: np.ndarray, nodata) -> np.ndarray:
     valid = np.ones(data.shape, bool)
     if data.dtype.kind == "f":
@@ -224,6 +266,7 @@ def _value_valid(data: np.ndarray, nodata) -> np.ndarray:
     return valid
 
 
+@damaged_pixels_are_errors
 def read_tile(ds, spec: RasterSpec, window: Window, out_shape=None, valid=None):
     """(HxWx3 uint8 RGB with the global stretch applied and nodata black, HxW bool valid mask)."""
     if valid is None:
@@ -259,6 +302,7 @@ def apply_stretch(plane: np.ndarray, lohi) -> np.ndarray:
     return np.clip(out, 0, 255).round().astype(np.uint8)
 
 
+@damaged_pixels_are_errors
 def sample_values(ds, spec: RasterSpec, max_pixels: int | None = None) -> np.ndarray:
     """A (bands, N) sample of valid pixel values of the selected bands, from the whole raster.
 
@@ -361,6 +405,7 @@ def prepare(src, *, bands=None, nodata=None, stretch="auto", crs=None, pixel_spa
         sel = check_bands(ds, bands)
         spec = RasterSpec(path=ds.name, bands=sel, nodata=None if nodata is None else float(nodata),
                           width=ds.width, height=ds.height)
+        check_nodata(ds, spec.nodata)
         values = compute_stretch(ds, spec, stretch)
         spec = RasterSpec(path=ds.name, bands=sel, nodata=spec.nodata, stretch=values,
                           width=ds.width, height=ds.height)

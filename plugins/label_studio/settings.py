@@ -9,11 +9,11 @@
 | SAMKIT_LS_THREADS | | CPU threads for PyTorch (default: all cores); 1 keeps clicks steady on a busy CPU |
 | LABEL_STUDIO_URL | | where the backend fetches /data/... images and project tasks |
 | LABEL_STUDIO_API_KEY | | legacy token or personal access token |
-| SAMKIT_LS_BASIC_AUTH_USER / _PASS | | require HTTP basic auth on every endpoint but /health |
+| SAMKIT_LS_BASIC_AUTH_USER / _PASS | | require HTTP basic auth on every endpoint (/health too: send it there as well) |
 | SAMKIT_LS_CACHE_SIZE | 32 | image embeddings kept in memory (about 4 MiB each) |
 | SAMKIT_LS_CACHE_DIR | | also keep embeddings on disk here (survive restarts) |
 | SAMKIT_LS_OUTPUT | auto | auto (every brush/polygon tool of the config), brush, polygon |
-| SAMKIT_LS_MODEL_VERSION | samkit-<model> | model_version reported to Label Studio |
+| SAMKIT_LS_MODEL_VERSION | samkit-<version>-<model> | model_version reported to Label Studio |
 | SAMKIT_LS_MAX_REQUEST_MB | 200 | largest request body accepted (413 above) |
 | SAMKIT_LS_MAX_IMAGE_MB | 100 | largest image download accepted |
 | SAMKIT_LS_DOWNLOAD_TIMEOUT | 30 | seconds per image download |

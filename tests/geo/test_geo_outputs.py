@@ -126,3 +126,33 @@ def test_instance_id_geotiff(kampala_result, tmp_path):
     assert np.array_equal(arr, expect)
     assert set(np.unique(arr)) == {0, *gdf["id"]}
     assert all((arr == i).sum() == a for i, a in zip(gdf["id"], gdf["area_px"]))
+
+
+def test_a_layer_of_an_existing_geopackage_leaves_its_other_layers(kampala_result, tmp_path):
+    """--overwrite --layer replaces that layer only; the file's other layers stay."""
+    import pyogrio
+    from shapely.geometry import Point
+
+    src, ref = kampala_result
+    out = tmp_path / "project.gpkg"
+    roads = gpd.GeoDataFrame({"name": ["a", "b"]}, geometry=[Point(0, 0), Point(1, 1)], crs=ref.crs)
+    roads.to_file(out, layer="roads", engine="pyogrio")
+    for _ in range(2):  # adding the layer, then replacing it
+        sg.vectorize(src, out, generator=LabelSegmenter(), tile_size=256, overlap=32, layer="buildings",
+                     overwrite=True, progress=False)
+        assert sorted(n for n, _ in pyogrio.list_layers(out)) == ["buildings", "roads"]
+        assert len(gpd.read_file(out, layer="buildings")) == len(ref)
+        assert list(gpd.read_file(out, layer="roads")["name"]) == ["a", "b"]
+    # without a layer name the file is replaced, as before
+    sg.vectorize(src, out, generator=LabelSegmenter(), tile_size=256, overlap=32, overwrite=True, progress=False)
+    assert [n for n, _ in pyogrio.list_layers(out)] == ["project"]
+
+
+@pytest.mark.parametrize("ext", ["geojson", "fgb"])
+def test_layer_name_is_the_file_name_not_the_temporary_one(kampala_result, tmp_path, ext):
+    import pyogrio
+
+    src, _ = kampala_result
+    out = tmp_path / f"buildings.{ext}"
+    sg.vectorize(src, out, generator=LabelSegmenter(), tile_size=256, overlap=32, progress=False)
+    assert [n for n, _ in pyogrio.list_layers(out)] == ["buildings"]

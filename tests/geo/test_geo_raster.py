@@ -321,3 +321,42 @@ def test_vrt_input(kampala_truth, tmp_path):
     b = sg.vectorize(path, None, generator=LabelSegmenter(), tile_size=256, overlap=32, progress=False)
     assert sg.info(vrt)["driver"] == "VRT"
     assert len(a) == len(b) > 90 and all(x.equals(y) for x, y in zip(a.geometry, b.geometry))
+
+
+def test_crs_only_assigns_one_to_a_raster_without(tmp_path):
+    codes = np.zeros((64, 64), np.uint32)
+    codes[10:40, 10:40] = 0x0A0A0A
+    path, _ = synthetic_raster(tmp_path / "utm.tif", codes, crs="EPSG:32633")
+    with pytest.raises(GeoError, match="already has a CRS.*to_crs"):
+        sg.vectorize(path, None, generator=LabelSegmenter(), crs="EPSG:4326", progress=False)
+    same = sg.vectorize(path, None, generator=LabelSegmenter(), crs="EPSG:32633", progress=False)
+    assert same.crs.to_epsg() == 32633 and len(same) == 1
+
+
+@pytest.mark.parametrize("nodata", [-1, 256, 0.5])
+def test_nodata_the_pixels_cannot_hold_is_refused(tmp_path, nodata):
+    codes = np.zeros((64, 64), np.uint32)
+    codes[10:40, 10:40] = 0x0A0A0A
+    path, _ = synthetic_raster(tmp_path / "u8.tif", codes)
+    with pytest.raises(GeoError, match=f"nodata {nodata:g} cannot occur in .*uint8"):
+        sg.vectorize(path, None, generator=LabelSegmenter(), nodata=nodata, progress=False)
+
+
+def test_damaged_pixel_data_is_one_clear_error(tmp_path):
+    """A file whose header reads but whose pixel blocks are cut off: a GeoError, not a rasterio
+    traceback from inside a tile."""
+    from affine import Affine
+
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole.tif"
+    profile = dict(driver="GTiff", width=512, height=512, count=3, dtype="uint8", crs="EPSG:32633",
+                   transform=Affine(0.5, 0, 500000, 0, -0.5, 5000000), tiled=True, blockxsize=128,
+                   blockysize=128, compress="deflate")
+    with rasterio.open(whole, "w", **profile) as dst:
+        dst.write(rng.integers(0, 255, (3, 512, 512), dtype=np.uint8))
+    cut = tmp_path / "cut.tif"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GeoError, match="damaged or truncated"):
+        sg.vectorize(cut, None, generator=LabelSegmenter(), tile_size=256, overlap=32, stretch=(0, 255),
+                     progress=False)
