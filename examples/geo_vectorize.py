@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import samkit.geo as sg
+from samkit.geo.tiling import default_overlap
 from samkit.geo import raster as georaster
 from samkit.geo.polygons import polygons_of, to_map
 
@@ -84,11 +85,13 @@ def main(argv=None) -> int:
     p.add_argument("--stability-thresh", type=float, default=0.95)
     p.add_argument("--footprints", help="vector file of known footprints: vectorise them (no model needed)")
     p.add_argument("--tile-size", type=int, default=1024)
-    p.add_argument("--overlap", type=int, default=128)
+    p.add_argument("--overlap", type=int, default=None, help="default 128, a quarter of tiles under 512")
     p.add_argument("--bands", default=None)
     p.add_argument("--simplify", type=float, default=0.0)
     p.add_argument("--regularize", action="store_true")
     args = p.parse_args(argv)
+    if args.overlap is None:
+        args.overlap = default_overlap(args.tile_size)
 
     src = Path(args.raster)
     out = Path(args.output) if args.output else Path(f"{src.stem}.gpkg")

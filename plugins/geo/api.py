@@ -29,7 +29,7 @@ def vectorize(
     generator_options: dict | None = None,
     bands=None,
     tile_size: int = 1024,
-    overlap: int = 128,
+    overlap: int | None = None,
     min_area: float = 0.0,
     simplify: float = 0.0,
     fill_holes: bool = False,
@@ -124,7 +124,8 @@ def vectorize(
         if store is not None and not keep_checkpoints:
             store.remove()
     finally:
-        ds.close()
+        if ds is not src:  # a dataset the caller opened stays open
+            ds.close()
     log.info("%d objects from %s in %.1f s", len(gdf), spec.path, time.time() - t_start)
     return gdf
 
@@ -134,9 +135,10 @@ def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, genera
     from .generators import GeneratorSpec, fingerprint
     from .merge import merge_tiles
     from .runner import TileStore, run_tiles
-    from .tiling import TileGrid
+    from .tiling import TileGrid, default_overlap
 
-    grid = TileGrid(ds.width, ds.height, tile_size=tile_size, overlap=overlap)
+    grid = TileGrid(ds.width, ds.height, tile_size=tile_size,
+                    overlap=default_overlap(tile_size) if overlap is None else overlap)
     if generator is None:
         generator = GeneratorSpec.create(model, device, **(generator_options or {}))
     elif generator_options:
@@ -334,16 +336,17 @@ def _finish(ds, spec, records, px_geoms, out_crs, transform, columns, *, min_are
     return gdf, pxs
 
 
-def info(src, *, tile_size: int = 1024, overlap: int = 128, bands=None, stats: bool = False) -> dict:
+def info(src, *, tile_size: int = 1024, overlap: int | None = None, bands=None, stats: bool = False) -> dict:
     """What ``vectorize`` would see: size, CRS, bands, dtype, nodata, tiles (and the stretch)."""
     from . import raster
-    from .tiling import TileGrid
+    from .tiling import TileGrid, default_overlap
 
     ds = raster.open_raster(src)
     try:
         crs = raster.to_pyproj(ds.crs) if ds.crs else None
         sel = raster.check_bands(ds, bands)
-        grid = TileGrid(ds.width, ds.height, tile_size=tile_size, overlap=overlap)
+        grid = TileGrid(ds.width, ds.height, tile_size=tile_size,
+                        overlap=default_overlap(tile_size) if overlap is None else overlap)
         units = None
         if crs is not None and crs.axis_info:
             units = crs.axis_info[0].unit_name
@@ -383,7 +386,8 @@ def info(src, *, tile_size: int = 1024, overlap: int = 128, bands=None, stats: b
             spec = raster.RasterSpec(path=ds.name, bands=sel, width=ds.width, height=ds.height)
             out["stretch"] = raster.compute_stretch(ds, spec, "auto")
     finally:
-        ds.close()
+        if ds is not src:
+            ds.close()
     return out
 
 

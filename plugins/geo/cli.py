@@ -69,12 +69,13 @@ def add_commands(subparsers) -> None:
     _common_raster(v)
     t = v.add_argument_group("tiling")
     t.add_argument("--tile-size", type=int, default=1024, help="tile size in pixels (default 1024)")
-    t.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default 128)")
+    t.add_argument("--overlap", type=int, default=None,
+                   help="tile overlap in pixels (default 128, a quarter of tiles under 512)")
     t.add_argument("--iou-thresh", type=float, default=0.5,
                    help="IoU inside a tile overlap above which two pieces are one object (default 0.5)")
     _model(v)
     m = v.add_argument_group("segment everything (samkit.MaskGenerator)")
-    m.add_argument("--points-per-side", type=int, default=32)
+    m.add_argument("--points-per-side", type=_positive_int, default=32)
     m.add_argument("--points-per-batch", type=int, default=None)
     m.add_argument("--pred-iou-thresh", type=float, default=0.88)
     m.add_argument("--stability-thresh", type=float, default=0.95)
@@ -116,7 +117,7 @@ def add_commands(subparsers) -> None:
     i = sub.add_parser("info", help="what vectorize would see: size, CRS, bands, nodata, tiles")
     i.add_argument("raster")
     i.add_argument("--tile-size", type=int, default=1024)
-    i.add_argument("--overlap", type=int, default=128)
+    i.add_argument("--overlap", type=int, default=None)
     i.add_argument("--bands")
     i.add_argument("--stats", action="store_true", help="also compute the global stretch")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -153,12 +154,40 @@ def _load_object(spec: str):
     return obj
 
 
+def _make_generator(spec: str):
+    """--generator MODULE:NAME, called without arguments."""
+    from .errors import GeoError
+
+    factory = _load_object(spec)
+    try:
+        return factory()
+    except TypeError as exc:
+        raise GeoError(f"--generator {spec}: calling it without arguments failed ({exc}); give a class or a "
+                       "factory that needs none and returns an object with generate(image)") from None
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _stretch(value: str):
     if value.startswith("v:"):
-        nums = [float(x) for x in value[2:].split(",")]
-        if len(nums) % 2:
-            from .errors import GeoError
+        from .errors import GeoError
 
+        try:
+            nums = [float(x) for x in value[2:].split(",")]
+        except ValueError:
+            raise GeoError(f"--stretch v: needs numbers, LO,HI per band, got {value!r}") from None
+        if len(nums) % 2:
             raise GeoError(f"--stretch v: needs LO,HI pairs, got {value!r}")
         pairs = [tuple(nums[k:k + 2]) for k in range(0, len(nums), 2)]
         return pairs[0] if len(pairs) == 1 else pairs
@@ -199,7 +228,7 @@ def _vectorize(args) -> int:
         dask = int(dask)
     generator = None
     if args.generator:
-        generator, opts = _load_object(args.generator)(), None
+        generator, opts = _make_generator(args.generator), None
     gdf = api.vectorize(args.raster, args.output, generator=generator, model=args.model, device=args.device,
                         generator_options=opts,
                         tile_size=args.tile_size, overlap=args.overlap, iou_thresh=args.iou_thresh, dask=dask,

@@ -410,6 +410,7 @@ def prepare(src, *, bands=None, nodata=None, stretch="auto", crs=None, pixel_spa
         spec = RasterSpec(path=ds.name, bands=sel, nodata=spec.nodata, stretch=values,
                           width=ds.width, height=ds.height)
     except BaseException:
-        ds.close()
+        if ds is not src:
+            ds.close()
         raise
     return ds, spec, out_crs, transform

@@ -58,6 +58,12 @@ class Tile:
         return self.r1 - self.r0, self.c1 - self.c0
 
 
+def default_overlap(tile_size: int) -> int:
+    """The overlap used when none is given: 128 px, or a quarter of a tile smaller than 512 px
+    (an overlap must stay below half a tile)."""
+    return min(128, tile_size // 4)
+
+
 class TileGrid:
     def __init__(self, width: int, height: int, tile_size: int = 1024, overlap: int = 128):
         tile_size = int(tile_size)

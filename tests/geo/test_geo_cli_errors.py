@@ -237,3 +237,16 @@ def test_missing_geo_extra_is_one_clear_line(geo_dir):
     assert res.stderr.strip() == ('samkit: error: the geo commands need the geo extra (rasterio is missing):'
                                   ' pip install "samkit[geo]"')
     assert 'pip install "samkit[geo]"' in res.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stretch", "v:a,b"], "samkit: error: --stretch v: needs numbers"),
+    (["--points-per-side", "0"], "--points-per-side: must be at least 1"),
+    (["--generator", "samkit.geo.testing:colour_codes"], "calling it without arguments failed"),
+])
+def test_bad_option_values_are_one_line_errors(geo_dir, tmp_path, args, message):
+    args = ["--generator", "samkit.geo.testing:LabelSegmenter", *args] if "--generator" not in args else args
+    out = _run(SAMKIT, "geo", "vectorize", str(geo_dir / "rasterio__RGB.byte.tif"), "-o", str(tmp_path / "o.gpkg"),
+               "-q", *args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "o.gpkg").exists()

@@ -360,3 +360,15 @@ def test_damaged_pixel_data_is_one_clear_error(tmp_path):
     with pytest.raises(GeoError, match="damaged or truncated"):
         sg.vectorize(cut, None, generator=LabelSegmenter(), tile_size=256, overlap=32, stretch=(0, 255),
                      progress=False)
+
+
+def test_open_dataset_stays_open_and_small_tiles_get_a_fitting_overlap(tmp_path):
+    """A dataset the caller opened is not closed for them; tiles under 512 px without an overlap
+    given get a quarter of a tile (the default 128 would be half a 256 px tile, refused)."""
+    codes = np.zeros((600, 600), np.uint32)
+    codes[100:400, 100:400] = 0x0A0A0A
+    path, _ = synthetic_raster(tmp_path / "s.tif", codes)
+    with rasterio.open(path) as ds:
+        gdf = sg.vectorize(ds, None, generator=LabelSegmenter(), tile_size=256, progress=False)
+        assert not ds.closed and len(gdf) == 1
+        assert sg.info(ds, tile_size=256)["overlap"] == 64 and not ds.closed
