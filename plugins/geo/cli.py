@@ -71,7 +71,7 @@ def add_commands(subparsers) -> None:
     t.add_argument("--tile-size", type=int, default=1024, help="tile size in pixels (default 1024)")
     t.add_argument("--overlap", type=int, default=None,
                    help="tile overlap in pixels (default 128, a quarter of tiles under 512)")
-    t.add_argument("--iou-thresh", type=float, default=0.5,
+    t.add_argument("--iou-thresh", type=_fraction, default=0.5,
                    help="IoU inside a tile overlap above which two pieces are one object (default 0.5)")
     _model(v)
     m = v.add_argument_group("segment everything (samkit.MaskGenerator)")
@@ -108,7 +108,7 @@ def add_commands(subparsers) -> None:
                                           " (EPSG:4326, ..., or 'raster')")
     src.add_argument("--skip-outside", action="store_true", help="drop prompts outside the raster instead of"
                                                                    " failing")
-    src.add_argument("--window-size", type=int, default=1024, help="window read around prompts (default 1024)")
+    src.add_argument("--window-size", type=_positive_int, default=1024, help="window read around prompts (default 1024)")
     _common_output(p)
     _common_raster(p)
     _model(p)
@@ -176,6 +176,19 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
     return value
 
 

@@ -171,7 +171,8 @@ def check_bands(ds, bands) -> tuple[int, ...]:
         bands = (bands,)
     if isinstance(bands, str):
         try:
-            bands = tuple(int(b) for b in bands.replace(" ", "").split(",") if b)
+            # commas or spaces: "3,2,1", "3, 2, 1" and "3 2 1" are the same bands
+            bands = tuple(int(b) for b in bands.replace(",", " ").split())
         except ValueError:
             raise GeoError(f"bands must be 1-based band numbers like '3,2,1', got {bands!r}") from None
     bands = tuple(int(b) for b in bands)

@@ -258,6 +258,8 @@ class SamBackend:
         coords = np.array([[_pct(p.value.x, w), _pct(p.value.y, h)] for p in points], dtype=np.float64).reshape(-1, 2)
         point_labels = np.array([0 if p.is_positive is False else 1 for p in points], dtype=np.int64)
         box_arr = np.array([_rect_xyxy(b.value, w, h) for b in boxes], dtype=np.float64).reshape(-1, 4)
+        if len(box_arr) and not _has_area(box_arr).all():
+            raise TaskError(f"a rectangle lies outside the {w}x{h} image (or has no area): draw it on the image")
         if len(coords):
             coords[:, 0] = coords[:, 0].clip(0, w - 1)
             coords[:, 1] = coords[:, 1].clip(0, h - 1)
@@ -337,10 +339,15 @@ class SamBackend:
         masks: list[tuple[np.ndarray, float, str | None]] = []
         if rects:
             boxes = np.array([_rect_xyxy(r.value, w, h) for r in rects], dtype=np.float64)
-            with self._batch_lock:
-                predictor.set_image(image)
-                m, s, _ = predictor.predict_batch(boxes=boxes, multimask_output=False, return_low_res=False)
-            masks = [(m[i, 0], float(s[i, 0]), rects[i].label) for i in range(len(rects))]
+            inside = _has_area(boxes)
+            if not inside.all():  # a rectangle off the image (or flat) has nothing to segment
+                log.warning("skipping %d rectangle(s) outside the %dx%d image", int((~inside).sum()), w, h)
+                boxes, rects = boxes[inside], [r for r, keep in zip(rects, inside) if keep]
+            if rects:
+                with self._batch_lock:
+                    predictor.set_image(image)
+                    m, s, _ = predictor.predict_batch(boxes=boxes, multimask_output=False, return_low_res=False)
+                masks = [(m[i, 0], float(s[i, 0]), rects[i].label) for i in range(len(rects))]
         else:
             import samkit
 
@@ -518,6 +525,11 @@ def _rect_xyxy(v, w: int, h: int) -> list[float]:
     else:
         x0, y0, x1, y1 = x, y, x + rw, y + rh
     return [max(0.0, min(x0, w)), max(0.0, min(y0, h)), max(0.0, min(x1, w)), max(0.0, min(y1, h))]
+
+
+def _has_area(boxes: np.ndarray) -> np.ndarray:
+    """(N,) True for XYXY pixel boxes (clipped to the image) that still have width and height."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def _with_new_ids(prediction: dict) -> dict:

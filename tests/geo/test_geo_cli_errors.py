@@ -250,3 +250,21 @@ def test_bad_option_values_are_one_line_errors(geo_dir, tmp_path, args, message)
                "-q", *args)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "o.gpkg").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--iou-thresh", "5"], "--iou-thresh: must be in [0, 1], got 5"),
+])
+def test_out_of_range_tiling_options(geo_dir, tmp_path, args, message):
+    out = _run(SAMKIT, "geo", "vectorize", str(geo_dir / "rasterio__RGB.byte.tif"), "-o", str(tmp_path / "o.gpkg"),
+               "-q", "--generator", "samkit.geo.testing:LabelSegmenter", *args)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_bands_may_be_separated_by_spaces(geo_dir):
+    import rasterio
+
+    from samkit.geo.raster import check_bands
+
+    with rasterio.open(geo_dir / "rasterio__RGB.byte.tif") as ds:
+        assert check_bands(ds, "3 2 1") == check_bands(ds, "3,2,1") == check_bands(ds, "3, 2, 1") == (3, 2, 1)

@@ -131,6 +131,34 @@ def test_several_rectangles_keep_their_labels(make_client, payloads, image_serve
         assert iou(brush_mask(b), expected) > 0.999
 
 
+
+def test_rectangle_outside_the_image(make_client, payloads, image_server):
+    """A rectangle wholly off the image: an interactive request says so (no mask of a clipped,
+    flat box); a batch task with one skips it and keeps its other rectangle."""
+    client, _ = make_client()
+    name, w, h = DOG
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_rect", f"{image_server.url}/public/{name}", (w, h))
+    body["label_config"] = CONFIG_ALL
+    body["params"]["context"]["result"][0]["value"].update(x=120.0, y=10.0, width=20.0, height=20.0)
+    r = client.post("/predict", json=body)
+    assert r.status_code == 422 and "outside the 800x534 image" in r.json()["error"], r.text
+
+    batch = copy.deepcopy(payloads["ls_to_backend_predict_batch"]["body"])
+    batch["label_config"] = CONFIG_ALL
+    task = batch["tasks"][0]
+    task["predictions"] = []
+    task["data"]["image"] = f"{image_server.url}/public/{name}"
+    rects = [{"x": 10, "y": 20, "width": 50, "height": 60, "rotation": 0, "rectanglelabels": ["Dog"]},
+             {"x": 130, "y": 20, "width": 10, "height": 10, "rotation": 0, "rectanglelabels": ["Object"]}]
+    task["annotations"] = [{"id": 7, "was_cancelled": False, "result": [
+        {"from_name": "rect", "to_name": "image", "type": "rectanglelabels", "original_width": w,
+         "original_height": h, "value": v} for v in rects]}]
+    r = client.post("/predict", json=batch)
+    assert r.status_code == 200, r.text
+    brushes = regions_by_type(r.json()["results"][0]["result"])["brushlabels"]
+    assert [b["value"]["brushlabels"] for b in brushes] == [["Dog"]]
+
+
 def test_image_too_large_for_pillow_is_a_task_error(make_client, payloads, image_server, monkeypatch):
     """An image over Pillow's decompression-bomb limit: a readable error for that task (here the
     limit is lowered so that the 800x534 photo trips it), not an internal error."""
