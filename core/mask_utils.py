@@ -8,6 +8,12 @@ import torch
 from pycocotools import mask as coco_mask
 
 
+def score_of_predicted_iou(predicted_iou: float) -> float:
+    """SAM's predicted IoU as a score in [0, 1], where labelling tools keep scores and
+    confidences: the prediction is a regression and can leave that range slightly."""
+    return min(1.0, max(0.0, float(predicted_iou)))
+
+
 def mask_to_rle(mask: np.ndarray) -> dict:
     """HxW binary mask -> COCO compressed RLE {"size": [h, w], "counts": str} (pycocotools format)."""
     return masks_to_rle(np.asarray(mask, dtype=bool)[None])[0]

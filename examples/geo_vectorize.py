@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import samkit.geo as sg
-from samkit.geo.tiling import default_overlap
 from samkit.geo import raster as georaster
 from samkit.geo.polygons import polygons_of, to_map
 
@@ -44,7 +43,7 @@ def footprint_label_raster(src: Path, footprints: Path, out: Path) -> Path:
     return out
 
 
-def draw_overlay(src: Path, gdf, png: Path, *, tile_size: int, overlap: int, bands=None, max_side: int = 1600):
+def draw_overlay(src: Path, gdf, png: Path, *, tile_size: int, overlap: int | None, bands=None, max_side: int = 1600):
     """Stretched image (decimated read) + polygon outlines + tile grid -> PNG."""
     ds, spec, crs, transform = georaster.prepare(src, bands=bands)
     try:
@@ -90,8 +89,6 @@ def main(argv=None) -> int:
     p.add_argument("--simplify", type=float, default=0.0)
     p.add_argument("--regularize", action="store_true")
     args = p.parse_args(argv)
-    if args.overlap is None:
-        args.overlap = default_overlap(args.tile_size)
 
     src = Path(args.raster)
     out = Path(args.output) if args.output else Path(f"{src.stem}.gpkg")

@@ -20,6 +20,7 @@ import numpy as np
 import fiftyone.core.labels as fol
 
 import samkit
+from samkit.mask_utils import score_of_predicted_iou as confidence_of  # as FiftyOne's zoo SAM clamps
 
 # MaskGenerator options the FiftyOne side exposes, with SAM's defaults.
 EVERYTHING_DEFAULTS: dict[str, Any] = {
@@ -69,13 +70,6 @@ def get_model(model: Any = None, device: Optional[str] = None) -> "samkit.Sam":
         while len(_MODELS) > _MAX_CACHED_MODELS:
             _MODELS.popitem(last=False)
         return loaded
-
-
-def confidence_of(predicted_iou: float) -> float:
-    """A detection's confidence from SAM's predicted IoU, which can leave [0, 1] slightly: clamped
-    into it, as FiftyOne's confidences are (and its SAM zoo models do); the raw value stays in
-    the ``predicted_iou`` attribute."""
-    return min(1.0, max(0.0, float(predicted_iou)))
 
 
 def tight_crop(mask: np.ndarray) -> Optional[tuple[list[float], np.ndarray]]:

@@ -135,10 +135,9 @@ def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, genera
     from .generators import GeneratorSpec, fingerprint
     from .merge import merge_tiles
     from .runner import TileStore, run_tiles
-    from .tiling import TileGrid, default_overlap
+    from .tiling import TileGrid
 
-    grid = TileGrid(ds.width, ds.height, tile_size=tile_size,
-                    overlap=default_overlap(tile_size) if overlap is None else overlap)
+    grid = TileGrid(ds.width, ds.height, tile_size=tile_size, overlap=overlap)
     if generator is None:
         generator = GeneratorSpec.create(model, device, **(generator_options or {}))
     elif generator_options:
@@ -339,14 +338,13 @@ def _finish(ds, spec, records, px_geoms, out_crs, transform, columns, *, min_are
 def info(src, *, tile_size: int = 1024, overlap: int | None = None, bands=None, stats: bool = False) -> dict:
     """What ``vectorize`` would see: size, CRS, bands, dtype, nodata, tiles (and the stretch)."""
     from . import raster
-    from .tiling import TileGrid, default_overlap
+    from .tiling import TileGrid
 
     ds = raster.open_raster(src)
     try:
         crs = raster.to_pyproj(ds.crs) if ds.crs else None
         sel = raster.check_bands(ds, bands)
-        grid = TileGrid(ds.width, ds.height, tile_size=tile_size,
-                        overlap=default_overlap(tile_size) if overlap is None else overlap)
+        grid = TileGrid(ds.width, ds.height, tile_size=tile_size, overlap=overlap)
         units = None
         if crs is not None and crs.axis_info:
             units = crs.axis_info[0].unit_name

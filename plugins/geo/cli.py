@@ -168,8 +168,6 @@ def _make_generator(spec: str):
 
 def _positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1."""
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
@@ -181,8 +179,6 @@ def _positive_int(text: str) -> int:
 
 def _fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
-    import argparse
-
     try:
         value = float(text)
     except ValueError:

@@ -245,17 +245,17 @@ def read_valid(ds, spec: RasterSpec, window: Window, out_shape=None) -> np.ndarr
 def check_nodata(ds, nodata: float | None) -> None:
     """A nodata value given for ``ds`` must be one its pixels can hold: cast to an integer type,
     -1 would become 255 on uint8 and mask real data."""
-    if nodata is None or math.isnan(nodata):
-        if nodata is not None and not np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
-            raise GeoError(f"nodata NaN cannot occur in {ds.name}'s {ds.dtypes[0]} pixels; give an integer value")
+    if nodata is None:
         return
     for dtype in sorted(set(ds.dtypes)):
-        kind = np.dtype(dtype)
-        if np.issubdtype(kind, np.integer):
-            info = np.iinfo(kind)
-            if nodata != int(nodata) or not info.min <= nodata <= info.max:
-                raise GeoError(f"nodata {nodata:g} cannot occur in {ds.name}'s {dtype} pixels "
-                               f"(whole numbers {info.min}..{info.max})")
+        if not np.issubdtype(np.dtype(dtype), np.integer):
+            continue
+        if math.isnan(nodata):
+            raise GeoError(f"nodata NaN cannot occur in {ds.name}'s {dtype} pixels; give an integer value")
+        info = np.iinfo(dtype)
+        if nodata != int(nodata) or not info.min <= nodata <= info.max:
+            raise GeoError(f"nodata {nodata:g} cannot occur in {ds.name}'s {dtype} pixels "
+                           f"(whole numbers {info.min}..{info.max})")
 
 
 def _value_valid(data: np.ndarray, nodata) -> np.ndarray:

@@ -65,9 +65,10 @@ def default_overlap(tile_size: int) -> int:
 
 
 class TileGrid:
-    def __init__(self, width: int, height: int, tile_size: int = 1024, overlap: int = 128):
+    def __init__(self, width: int, height: int, tile_size: int = 1024, overlap: int | None = None):
+        """overlap None: default_overlap(tile_size)."""
         tile_size = int(tile_size)
-        overlap = int(overlap)
+        overlap = default_overlap(tile_size) if overlap is None else int(overlap)
         if tile_size < 16:
             raise GeoError(f"tile_size must be at least 16 pixels, got {tile_size}")
         if not 0 <= overlap < tile_size // 2:

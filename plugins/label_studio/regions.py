@@ -130,9 +130,10 @@ def _region(control: Control, width: int, height: int, value: dict, score: float
 
 
 def unit_score(score: float) -> float:
-    """A Label Studio score from SAM's predicted IoU, which can leave [0, 1] slightly (Label
-    Studio's scores live in it), rounded to 4 places."""
-    return round(min(1.0, max(0.0, float(score))), 4)
+    """A Label Studio score (in [0, 1], 4 places) from SAM's predicted IoU."""
+    from samkit.mask_utils import score_of_predicted_iou
+
+    return round(score_of_predicted_iou(score), 4)
 
 
 def mean_score(scores) -> float:
