@@ -205,3 +205,35 @@ def test_image_over_pillows_pixel_limit(images_dir, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # the 800x534 photo is over twice this
     with pytest.raises(samkit.ImageError, match="MAX_IMAGE_PIXELS"):
         samkit.load_image(images_dir / "dog.jpg")
+
+
+@pytest.mark.parametrize(
+    "content, kind",
+    [
+        (None, "a JPEG image"),  # an image saved under a checkpoint's name
+        (b"\x93NUMPY\x01\x00v\x00{'descr': '<f8'}", "a NumPy array file"),
+        (b"<!DOCTYPE html><html><body>Access denied</body></html>", "an HTML or XML document"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n", "a text file (it starts 'version https"),
+    ],
+)
+def test_non_checkpoint_file_says_what_it_is(tmp_path, images_dir, content, kind):
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    path.write_bytes((images_dir / "dog.jpg").read_bytes() if content is None else content)
+    with pytest.raises(samkit.CheckpointError) as info:
+        samkit.load_model(path, device="cpu")
+    message = str(info.value)
+    assert f"it is {kind}" in message and "not a PyTorch weights file" in message
+    assert "Python objects" not in message  # what it used to say of a JPEG or a NumPy file
+
+
+def test_checkpoint_with_code_names_the_refused_class(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"image_encoder.x": torch.zeros(1), "obj": samkit.errors.SamkitError("x")}, path)
+    with pytest.raises(samkit.CheckpointError, match=r"Python objects besides tensors \(samkit\.errors\.SamkitError\)"):
+        samkit.load_model(path, device="cpu")
+
+
+def test_float16_on_a_cpu_warns(mobile_sam_checkpoint):
+    with pytest.warns(RuntimeWarning, match="float16 on a CPU is several times slower"):
+        model = samkit.load_model(mobile_sam_checkpoint, device="cpu", dtype="float16")
+    assert model.compute_dtype == torch.float16
