@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -30,15 +32,26 @@ class ImageState:
     input_size: tuple[int, int]  # (h, w) after resizing the longest side to 1024
 
 
+# Default bound of an EmbeddingCache's directory: ~500 embeddings of 4 MB.
+DISK_CACHE_BYTES = 2 * 1024**3
+CACHE_FILE_NAME = re.compile(r"[0-9a-f]{40}\.pt")  # Predictor.image_key + .pt
+
+
 class EmbeddingCache:
     """Image embeddings by image content, least recently used first out; optionally also on disk.
 
-    Thread-safe. The key covers the pixels and the model, so two models never share entries.
+    In memory it keeps `max_items` embeddings (4 MB each in float32, whatever the image size).
+    On disk (`directory`) it keeps at most `max_disk_bytes` of them: the files used least
+    recently (by modification time, which a hit renews) are deleted first. Thread-safe. The key
+    covers the pixels and the model, so two models never share entries.
     """
 
-    def __init__(self, max_items: int = 8, directory: str | Path | None = None) -> None:
+    def __init__(self, max_items: int = 8, directory: str | Path | None = None, max_disk_bytes: int = DISK_CACHE_BYTES) -> None:
+        if max_disk_bytes <= 0:
+            raise ValueError(f"max_disk_bytes must be positive, got {max_disk_bytes}")
         self.max_items = max_items
         self.directory = Path(directory) if directory is not None else None
+        self.max_disk_bytes = max_disk_bytes
         self._items: OrderedDict[str, ImageState] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -61,6 +74,10 @@ class EmbeddingCache:
                     path.unlink(missing_ok=True)
                     state = None
                 if state is not None:
+                    try:
+                        path.touch()  # recently used: the last to be evicted
+                    except OSError:
+                        pass
                     self.put(key, state, write_disk=False)
                     with self._lock:
                         self.hits += 1
@@ -80,6 +97,28 @@ class EmbeddingCache:
             data = {"features": state.features.cpu(), "original_size": list(state.original_size), "input_size": list(state.input_size)}
             with atomic_output(self.directory / f"{key}.pt") as tmp:
                 torch.save(data, tmp)
+            self._trim_disk()
+
+    def _trim_disk(self) -> None:
+        """Delete the least recently used embedding files until the directory's are within
+        max_disk_bytes. Only this cache's own files (hex key + .pt) are considered."""
+        files = []
+        for entry in os.scandir(self.directory):
+            if CACHE_FILE_NAME.fullmatch(entry.name) and entry.is_file():
+                try:
+                    info = entry.stat()
+                except OSError:  # removed meanwhile by another process
+                    continue
+                files.append((info.st_mtime, info.st_size, entry.path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.max_disk_bytes:
+                break
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
+            total -= size
 
     def __contains__(self, key: str) -> bool:
         with self._lock:

@@ -3,6 +3,9 @@ the Ultralytics-style facade, reduced precision."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,7 @@ from PIL import Image
 
 import samkit
 from samkit import mask_utils
+from samkit.predictor import ImageState
 from samkit.transforms import preprocess_shape, upscale_logits
 from samkit.ultralytics_api import nest_prompts
 
@@ -98,6 +102,32 @@ def test_disk_cache_survives_a_new_predictor(mobile_sam, images_dir, tmp_path):
     second.set_image(images_dir / "dog.jpg")
     assert second.encoder_calls == 0
     assert torch.equal(first.get_image_embedding(), second.get_image_embedding())
+
+
+def test_disk_cache_is_bounded_and_evicts_the_least_recently_used(tmp_path):
+    def state(value):
+        return ImageState(torch.full((1, 256, 8, 8), float(value)), (10, 10), (10, 10))
+
+    keys = [f"{i:040x}" for i in range(1, 5)]
+    foreign = tmp_path / "notes.pt"
+    foreign.write_bytes(b"x" * 100_000)  # not a cache file: never deleted
+    probe = samkit.EmbeddingCache(1, tmp_path / "probe")
+    probe.put(keys[0], state(0))
+    size = (tmp_path / "probe" / f"{keys[0]}.pt").stat().st_size
+    cache = samkit.EmbeddingCache(1, tmp_path, max_disk_bytes=int(2.5 * size))
+    now = time.time()
+    for age, key in zip((300, 200), keys[:2]):
+        cache.put(key, state(age))
+        os.utime(tmp_path / f"{key}.pt", (now - age, now - age))
+    cache.put(keys[2], state(3))
+    os.utime(tmp_path / f"{keys[2]}.pt", (now - 100, now - 100))
+    assert sorted(p.name for p in tmp_path.glob("0*.pt")) == [f"{k}.pt" for k in keys[1:3]]
+    # a disk hit makes keys[1] the most recent, so keys[2] goes next
+    reopened = samkit.EmbeddingCache(1, tmp_path, max_disk_bytes=int(2.5 * size))
+    assert reopened.get(keys[1], torch.device("cpu")) is not None
+    reopened.put(keys[3], state(4))
+    assert sorted(p.name for p in tmp_path.glob("0*.pt")) == [f"{keys[1]}.pt", f"{keys[3]}.pt"]
+    assert foreign.is_file()
 
 
 def test_predict_batch_equals_single_predictions(dog_predictor):
