@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import requests
 
-from .errors import BackendError, ImageFetchError, LabelConfigError, TaskError
-from .images import ImageFetcher, Source
+from .errors import BackendError, ImageFetchError, LabelConfigError, LabelStudioUnreachable, TaskError
+from .images import ImageFetcher, Source, unreachable_message
 from .label_config import LabelConfig, parse_label_config
 from .models import Context, PrecomputeRequest, PredictRequest, Region, SetupRequest, Task, project_id
 from .regions import mask_regions, mean_score
@@ -66,11 +67,14 @@ class SamBackend:
         import samkit
 
         self.settings = settings
-        self.cache = cache if cache is not None else samkit.EmbeddingCache(settings.cache_size, settings.cache_dir)
+        self.cache = cache if cache is not None else samkit.EmbeddingCache(
+            settings.cache_size, settings.cache_dir, max_disk_bytes=int(settings.cache_dir_mb * 2**20)
+        )
         self.fetcher = ImageFetcher(
             timeout=settings.download_timeout,
             max_bytes=int(settings.max_image_mb * 2**20),
             local_files_root=settings.local_files_root,
+            cache_bytes=int(settings.image_cache_mb * 2**20),
         )
         self.projects: dict[str, ProjectInfo] = {}
         self.jobs: dict[str, PrecomputeJob] = {}
@@ -178,6 +182,7 @@ class SamBackend:
             "encoder_calls": self.encoder_calls,
             "cache": {"items": len(self.cache), "max_items": self.cache.max_items, "hits": self.cache.hits,
                       "misses": self.cache.misses, "directory": str(self.cache.directory) if self.cache.directory else None},
+            "image_cache": self.fetcher.cache_info(),
             "image_downloads": self.fetcher.downloads,
             "token_refreshes": self.fetcher.tokens.refreshes,
             "requests": dict(self.requests),
@@ -299,7 +304,7 @@ class SamBackend:
         result = []
         for mask, score, mask_label in zip(masks, scores, labels):
             result += mask_regions(mask, outputs, mask_label, float(score), self.settings.polygon_tolerance,
-                                   self.settings.min_area)
+                                   self.settings.min_area, self.settings.max_polygons)
         t_end = time.perf_counter()
         self.last_timings = {"image_s": t_img - t0, "wait_s": t_lock - t_img, "embed_s": t_embed - t_lock,
                              "decode_s": t_dec - t_embed, "encode_regions_s": t_end - t_dec, "total_s": t_end - t0}
@@ -364,7 +369,8 @@ class SamBackend:
         self._count(predictor)
         result = []
         for mask, score, label in masks:
-            result += mask_regions(mask, outputs, label, score, self.settings.polygon_tolerance, self.settings.min_area)
+            result += mask_regions(mask, outputs, label, score, self.settings.polygon_tolerance, self.settings.min_area,
+                                   self.settings.max_polygons)
         scores = [s for _, s, _ in masks]
         return {"result": result, "score": mean_score(scores),
                 "model_version": self.model_version}
@@ -435,27 +441,58 @@ class SamBackend:
                             predictor.set_image(image)
                         job.computed += predictor.encoder_calls
                         self._count(predictor)
+                except LabelStudioUnreachable:
+                    raise  # the same for every task that is left
                 except BackendError as e:
                     job.errors.append(f"task {task.id}: {e}")
                 job.done += 1
             job.state = "done"
-        except Exception as e:
+        except BackendError as e:  # says what to fix; a traceback would only bury it
             job.state, job.error = "failed", str(e)
+            log.error("precompute job %s failed: %s", job.id, e)
+        except Exception as e:
+            job.state, job.error = "failed", f"{e.__class__.__name__}: {e}"
             log.exception("precompute job %s failed", job.id)
         finally:
             job.finished = time.time()
 
+    def _label_studio(self, method: str, source: Source, path: str, timeout: float, **kw):
+        """A call to Label Studio's API; no answer at all is one line naming its URL."""
+        session = self.fetcher.session
+        headers = self.fetcher.tokens.headers(source, session)
+        try:
+            return session.request(method, f"{source.base}{path}", headers=headers, timeout=timeout, **kw)
+        except requests.RequestException as e:
+            raise LabelStudioUnreachable(unreachable_message(source.base, e)) from None
+
+    @staticmethod
+    def _label_studio_json(resp: requests.Response, source: Source) -> Any:
+        """The body of an API answer; something else than JSON means another server answered."""
+        try:
+            return resp.json()
+        except ValueError:
+            kind = resp.headers.get("Content-Type", "no content type")
+            raise ImageFetchError(f"{resp.url} did not answer with JSON ({kind}): check that LABEL_STUDIO_URL "
+                                  f"({source.base}) is Label Studio's address") from None
+
+    @staticmethod
+    def _label_studio_status(resp: requests.Response, source: Source, what: str) -> ImageFetchError:
+        msg = f"Label Studio at {source.base} answered HTTP {resp.status_code} {what}"
+        if resp.status_code in (401, 403):
+            return ImageFetchError(msg + ": check LABEL_STUDIO_API_KEY")
+        if resp.status_code == 404:
+            return ImageFetchError(msg + ": check the project id, and that LABEL_STUDIO_URL is Label Studio's address")
+        return ImageFetchError(msg)
+
     def _prelabel(self, job: PrecomputeJob, task: Task, config: LabelConfig, source: Source) -> None:
         """One task's batch prediction, stored in Label Studio (no 100 s request timeout to beat)."""
-        session = self.fetcher.session
 
         def get(path: str, **params) -> list:
             # (not /api/tasks/<id>/: opening a task makes Label Studio ask this backend for a prediction)
-            resp = session.get(f"{source.base}{path}", params=params, timeout=60,
-                               headers=self.fetcher.tokens.headers(source, session))
+            resp = self._label_studio("GET", source, path, timeout=60, params=params)
             if resp.status_code != 200:
-                raise ImageFetchError(f"Label Studio answered HTTP {resp.status_code} for {path}")
-            return resp.json()
+                raise self._label_studio_status(resp, source, f"for {path}")
+            return self._label_studio_json(resp, source)
 
         predictions = get("/api/predictions/", task=task.id)
         if any(p.get("model_version") == self.model_version for p in predictions):
@@ -469,9 +506,9 @@ class SamBackend:
         if "result" not in prediction:
             raise TaskError(prediction.get("error", "no prediction"))
         job.computed += self.encoder_calls - before
-        resp = session.post(f"{source.base}/api/predictions/", headers=self.fetcher.tokens.headers(source, session),
-                            json={"task": task.id, "result": prediction["result"], "score": prediction["score"],
-                                  "model_version": self.model_version}, timeout=120)
+        resp = self._label_studio("POST", source, "/api/predictions/", timeout=120,
+                                  json={"task": task.id, "result": prediction["result"], "score": prediction["score"],
+                                        "model_version": self.model_version})
         if resp.status_code >= 300:
             raise ImageFetchError(f"Label Studio refused the prediction (HTTP {resp.status_code}): {resp.text[:300]}")
         job.predicted += 1
@@ -480,22 +517,21 @@ class SamBackend:
         if not source.base:
             raise ImageFetchError("precomputing a project needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY "
                                   "(or a /setup from Label Studio for that project)")
-        session = self.fetcher.session
-        headers = self.fetcher.tokens.headers(source, session)
-        resp = session.get(f"{source.base}/api/projects/{project}/", headers=headers, timeout=30)
+        resp = self._label_studio("GET", source, f"/api/projects/{project}/", timeout=30)
         if resp.status_code != 200:
-            raise ImageFetchError(f"Label Studio answered HTTP {resp.status_code} for project {project}")
-        xml = resp.json().get("label_config")
+            raise self._label_studio_status(resp, source, f"for project {project}")
+        project_info = self._label_studio_json(resp, source)
+        xml = project_info.get("label_config") if isinstance(project_info, dict) else None
         tasks: list[Task] = []
         page = 1
         while True:
-            resp = session.get(f"{source.base}/api/tasks/", headers=headers, timeout=60,
-                               params={"project": project, "page": page, "page_size": 100})
+            resp = self._label_studio("GET", source, "/api/tasks/", timeout=60,
+                                      params={"project": project, "page": page, "page_size": 100})
             if resp.status_code == 404 and page > 1:
                 break
             if resp.status_code != 200:
-                raise ImageFetchError(f"Label Studio answered HTTP {resp.status_code} listing project {project}'s tasks")
-            body: Any = resp.json()
+                raise self._label_studio_status(resp, source, f"listing project {project}'s tasks")
+            body: Any = self._label_studio_json(resp, source)
             items = body.get("tasks", []) if isinstance(body, dict) else body
             tasks += [Task(id=t.get("id"), data=t.get("data") or {}) for t in items]
             total = body.get("total", len(tasks)) if isinstance(body, dict) else len(tasks)

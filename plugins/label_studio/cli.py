@@ -36,7 +36,7 @@ def add_commands(subparsers) -> None:
     serve.add_argument("--model", help="model name or checkpoint path (env SAMKIT_MODEL, default mobile_sam)")
     serve.add_argument("--checkpoint", help="checkpoint file, wins over --model (env SAMKIT_CHECKPOINT)")
     serve.add_argument("--device", help="cpu, cuda, cuda:1, mps (env SAMKIT_DEVICE, default: a GPU if any)")
-    serve.add_argument("--dtype", help="float32, bfloat16, float16 (env SAMKIT_DTYPE)")
+    serve.add_argument("--dtype", help="float32, bfloat16, float16 (GPU only) (env SAMKIT_DTYPE)")
     serve.add_argument("--threads", type=int, help="PyTorch CPU threads (env SAMKIT_LS_THREADS)")
     serve.add_argument("--label-studio-url", dest="label_studio_url", help="env LABEL_STUDIO_URL")
     serve.add_argument("--label-studio-api-key", dest="label_studio_api_key",
@@ -45,6 +45,8 @@ def add_commands(subparsers) -> None:
     serve.add_argument("--basic-auth-pass", dest="basic_auth_pass", help="env SAMKIT_LS_BASIC_AUTH_PASS")
     serve.add_argument("--cache-size", dest="cache_size", type=int, help="embeddings in memory (env SAMKIT_LS_CACHE_SIZE)")
     serve.add_argument("--cache-dir", dest="cache_dir", help="also keep embeddings on disk (env SAMKIT_LS_CACHE_DIR)")
+    serve.add_argument("--cache-dir-mb", dest="cache_dir_mb", type=float,
+                       help="most disk space of the embeddings there, MiB (env SAMKIT_LS_CACHE_DIR_MB, default 2048)")
     serve.add_argument("--output", choices=("auto", "brush", "polygon"), help="env SAMKIT_LS_OUTPUT")
     serve.add_argument("--model-version", dest="model_version", help="env SAMKIT_LS_MODEL_VERSION")
     serve.add_argument("--log-level", dest="log_level", help="env SAMKIT_LS_LOG_LEVEL (default INFO)")
@@ -86,7 +88,7 @@ def _serve(args) -> int:
 
     overrides = {k: getattr(args, k, None) for k in (
         "model", "checkpoint", "device", "dtype", "threads", "label_studio_url", "label_studio_api_key", "basic_auth_user",
-        "basic_auth_pass", "cache_size", "cache_dir", "output", "model_version", "log_level")}
+        "basic_auth_pass", "cache_size", "cache_dir", "cache_dir_mb", "output", "model_version", "log_level")}
     settings = Settings.from_env(**overrides)
     port = args.port if args.port is not None else env_number("SAMKIT_LS_PORT", int, 9090)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -132,11 +134,24 @@ def _precompute(args) -> int:
         extra = f", {job['predicted']} predictions stored, {job['skipped']} skipped" if job["predictions"] else ""
         return f"{job['done']}/{job['total']} images, {job['computed']} computed{extra}"
 
+    # On a terminal one line redrawn in place; in a log file or CI output (no terminal) a plain
+    # line now and then: each 10% of the tasks, or every 30 s while tasks still finish.
+    tty = sys.stdout.isatty()
+    shown, shown_at, line = -1, 0.0, ""
     while job["state"] in ("queued", "running"):
         time.sleep(1.0)
         job = call("GET", f"/precompute/{job['id']}")
-        print(f"\r{progress()}", end="", flush=True)
-    print(f"\r{progress()}")
+        if tty:
+            print(f"\r{progress()}", end="", flush=True)
+        elif job["done"] != shown and job["state"] == "running" and (
+                job["done"] - shown >= max(1, job["total"] // 10) or time.monotonic() - shown_at >= 30):
+            line = progress()
+            print(line, flush=True)
+            shown, shown_at = job["done"], time.monotonic()
+    if tty:
+        print(f"\r{progress()}")
+    elif progress() != line:
+        print(progress())
     for err in job["errors"]:
         print(f"  {err}", file=sys.stderr)
     if job["state"] != "done":

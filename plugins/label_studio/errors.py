@@ -36,3 +36,7 @@ class ImageFetchError(BackendError):
     """The task's image could not be downloaded or decoded."""
 
     status_code = 502
+
+
+class LabelStudioUnreachable(ImageFetchError):
+    """Label Studio's URL gets no answer at all (refused, unknown host, timed out)."""

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, quote, unquote, urljoin, urlsplit
 import numpy as np
 import requests
 
-from .errors import ImageFetchError
+from .errors import ImageFetchError, LabelStudioUnreachable
 
 log = logging.getLogger("samkit.label_studio")
 
@@ -95,8 +95,8 @@ class TokenManager:
         try:
             resp = session.post(url, json={"refresh": key}, timeout=self.timeout)
         except requests.RequestException as e:
-            raise ImageFetchError(f"could not reach Label Studio at {source.base} to refresh the personal "
-                                  f"access token: {e}") from None
+            raise LabelStudioUnreachable(
+                unreachable_message(source.base, e, "to refresh the personal access token")) from None
         if resp.status_code != 200 or "access" not in _json_or_empty(resp):
             raise ImageFetchError(
                 f"Label Studio refused the personal access token at {url} (HTTP {resp.status_code}); "
@@ -110,6 +110,43 @@ class TokenManager:
         return {"Authorization": f"Bearer {access}"}
 
 
+def no_answer(exc: requests.RequestException) -> str:
+    """Why a request got no answer, in a few words (requests' own message is three nested reprs)."""
+    if isinstance(exc, requests.Timeout):
+        return "no answer in time"
+    text = str(exc)
+    for needle, words in (("Connection refused", "connection refused"), ("Failed to resolve", "unknown host name"),
+                          ("Name or service not known", "unknown host name"), ("No route to host", "no route to host"),
+                          ("Network is unreachable", "network unreachable"), ("CERTIFICATE_VERIFY_FAILED",
+                          "its TLS certificate is not trusted"), ("Connection reset", "connection reset"),
+                          ("RemoteDisconnected", "connection closed without an answer")):
+        if needle in text:
+            return words
+    return exc.__class__.__name__
+
+
+def unreachable_message(base: str | None, exc: requests.RequestException, doing: str = "") -> str:
+    """One line for a Label Studio that does not answer: its URL, why, and what to check."""
+    doing = f" {doing}" if doing else ""
+    return (f"cannot reach Label Studio at {base}{doing} ({no_answer(exc)}): check LABEL_STUDIO_URL "
+            "(scheme, host and port as the backend's machine sees it) and that Label Studio is running")
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of a URL, with the loopback names as one host: Label Studio at
+    http://localhost:8080 serves images as http://127.0.0.1:8080/... (and the other way round)."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:  # a port that is not a number: no match
+        port = -1
+    return scheme, "localhost" if host in _LOOPBACK else host, port
+
+
 def _json_or_empty(resp: requests.Response) -> dict:
     try:
         data = resp.json()
@@ -119,16 +156,18 @@ def _json_or_empty(resp: requests.Response) -> dict:
 
 
 class ImageFetcher:
-    """Downloads and decodes task images, with a small cache of decoded images by URL."""
+    """Downloads and decodes task images, with a cache of decoded images by URL bounded in bytes
+    (a 12000x9000 photo decodes to 324 MB: a count of images would bound nothing)."""
 
-    def __init__(self, timeout: float = 30.0, max_bytes: int = 100 * 2**20, cache_items: int = 8,
+    def __init__(self, timeout: float = 30.0, max_bytes: int = 100 * 2**20, cache_bytes: int = 256 * 2**20,
                  local_files_root: str | None = None) -> None:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.local_files_root = Path(local_files_root).resolve() if local_files_root else None
         self.tokens = TokenManager(timeout=timeout)
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._cache_items = cache_items
+        self.cache_bytes = cache_bytes
+        self.cached_bytes = 0
         self._cache_lock = threading.Lock()
         self._local = threading.local()
         self.downloads = 0
@@ -147,11 +186,21 @@ class ImageFetcher:
                 return hit
         image = self._decode(self._fetch_bytes(ref, source, task_id), ref)
         image.flags.writeable = False
+        if image.nbytes > self.cache_bytes:  # used for this request, never kept
+            return image
         with self._cache_lock:
+            old = self._cache.pop(cache_key, None)  # (another request fetched it meanwhile)
+            self.cached_bytes -= old.nbytes if old is not None else 0
             self._cache[cache_key] = image
-            while len(self._cache) > self._cache_items:
-                self._cache.popitem(last=False)
+            self.cached_bytes += image.nbytes
+            while self.cached_bytes > self.cache_bytes:
+                _, evicted = self._cache.popitem(last=False)
+                self.cached_bytes -= evicted.nbytes
         return image
+
+    def cache_info(self) -> dict:
+        with self._cache_lock:
+            return {"items": len(self._cache), "bytes": self.cached_bytes, "max_bytes": self.cache_bytes}
 
     # -- fetching ---------------------------------------------------------------------------
     @property
@@ -188,8 +237,7 @@ class ImageFetcher:
     def _is_label_studio(self, url: str, source: Source) -> bool:
         if not source.base:
             return False
-        a, b = urlsplit(url), urlsplit(source.base)
-        return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+        return _origin(url) == _origin(source.base)
 
     def _local_file(self, ref: str) -> bytes | None:
         """/data/local-files/?d=<path> read from LOCAL_FILES_DOCUMENT_ROOT when that is set here."""
@@ -260,7 +308,7 @@ class ImageFetcher:
         except requests.Timeout:
             raise ImageFetchError(f"timed out after {self.timeout:g} s downloading the image {shown}") from None
         except requests.RequestException as e:
-            raise ImageFetchError(f"could not download the image {shown}: {e.__class__.__name__}: {e}") from None
+            raise ImageFetchError(f"could not download the image {shown}: {no_answer(e)}") from None
 
     @staticmethod
     def _status_message(status: int, shown: str, with_auth: bool, source: Source) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 
 import numpy as np
 
 from .label_config import Control
+
+log = logging.getLogger("samkit.label_studio")
 
 _ID_CHARS = string.ascii_letters + string.digits
 
@@ -87,14 +90,18 @@ def brush_region(mask: np.ndarray, control: Control, label: str | None, score: f
 
 def polygon_regions(mask: np.ndarray, control: Control, label: str | None, score: float | None,
                     tolerance: float = 1.0, min_area: int = 0, max_polygons: int = 20) -> list[dict]:
-    """One polygon region per connected part of the mask (largest first), points in percent of
-    the image size as Label Studio stores them."""
-    from samkit import mask_utils
-
+    """One polygon region per connected part of the mask (largest first, at most `max_polygons`),
+    points in percent of the image size as Label Studio stores them."""
     h, w = mask.shape
-    polygons = mask_utils.mask_to_polygons(mask, min_area=min_area, tolerance=tolerance)
-    polygons = [p for p in polygons if len(p) >= 3]
+    polygons = mask_outlines(mask, tolerance=tolerance, min_area=min_area)
     polygons.sort(key=lambda p: -_area(p))
+    if len(polygons) > max_polygons:
+        # never silently: a speckled mask would otherwise lose parts without anyone knowing
+        kept = sum(_area(p) for p in polygons[:max_polygons])
+        dropped = sum(_area(p) for p in polygons[max_polygons:])
+        log.warning("a mask has %d polygon parts: kept the largest %d, dropped %d (%.0f px, %.1f%% of the "
+                    "polygon area); raise SAMKIT_LS_MAX_POLYGONS to keep more", len(polygons), max_polygons,
+                    len(polygons) - max_polygons, dropped, 100.0 * dropped / max(kept + dropped, 1e-9))
     regions = []
     for poly in polygons[:max_polygons]:
         pts = np.asarray(poly, dtype=np.float64) + 0.5  # outlines follow pixel centres
@@ -104,6 +111,175 @@ def polygon_regions(mask: np.ndarray, control: Control, label: str | None, score
             value["polygonlabels"] = [label]
         regions.append(_region(control, w, h, value, score))
     return regions
+
+
+def mask_outlines(mask: np.ndarray, tolerance: float = 1.0, min_area: int = 0) -> list[np.ndarray]:
+    """One closed outline ((K, 2) pixel-centre XY) per connected part of the mask.
+
+    A Label Studio polygon is a single ring, so a part with holes becomes one "keyhole" ring: it
+    runs around the outside and, along a zero-width cut, around each hole and back. The holes
+    wind the other way, so both even-odd and non-zero filling (Label Studio's canvas) leave them
+    empty. Parts enclosing less than `min_area` pixels are dropped and holes of fewer than
+    `min_area` pixels filled; `tolerance` > 0 simplifies (Douglas-Peucker, pixels). A mask without
+    such holes gives exactly samkit.mask_utils.mask_to_polygons' outlines.
+    """
+    import cv2
+
+    from samkit import mask_utils
+
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    # holes: background components (4-connected, as OpenCV's contours see them) off the image border
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask == 0).view(np.uint8), connectivity=4)
+    is_hole = np.ones(count, bool)
+    is_hole[0] = False  # label 0: the mask's own pixels
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        is_hole[edge] = False
+    big = is_hole & (stats[:, cv2.CC_STAT_AREA] >= max(min_area, 1))
+    if not big.any():
+        return [p for p in mask_utils.mask_to_polygons(mask, min_area=min_area, tolerance=tolerance) if len(p) >= 3]
+    small = is_hole & ~big
+    if small.any():
+        mask = mask | small[labels].view(np.uint8)
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    contours = [c.reshape(-1, 2) for c in contours]
+    parent = hierarchy[0][:, 3]
+    holes_of: dict[int, list[int]] = {}
+    for i in np.flatnonzero(parent >= 0):
+        holes_of.setdefault(int(parent[i]), []).append(int(i))
+    polygons = []
+    for i in np.flatnonzero(parent < 0):
+        if int(i) in holes_of:
+            ring, ends = _keyhole(contours, int(i), holes_of[int(i)], mask, labels, big)
+            if tolerance > 0:
+                ring = _simplify_keyhole(ring, ends, tolerance)
+            ring = ring[(ring != np.roll(ring, 1, axis=0)).any(axis=1)]  # a point twice in a row (a cut of length 0)
+        else:  # as mask_to_polygons does it
+            ring = contours[i].reshape(-1, 1, 2)
+            if tolerance > 0:
+                ring = cv2.approxPolyDP(ring, tolerance, True)
+            if len(ring) < 3 or cv2.contourArea(ring) < min_area:
+                continue
+            ring = ring.reshape(-1, 2)
+        if len(ring) >= 3:
+            polygons.append(ring.astype(np.float64))
+    return polygons
+
+
+def _keyhole(contours: list[np.ndarray], outer: int, holes: list[int], mask: np.ndarray, labels: np.ndarray,
+             is_hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The outer contour `outer` with its hole contours spliced in, and which of its points are
+    the ends of a cut. Each hole is joined by a vertical cut from its first pixel up through the
+    part to the nearest other boundary (the outside, or a hole that starts higher up: the cuts
+    form a tree and cross no boundary)."""
+    import cv2
+
+    # OpenCV starts a hole's contour (CHAIN_APPROX_NONE) at the pixel left of the hole's first
+    # pixel in raster order; nothing in that column above it belongs to the hole.
+    ring_of_label: dict[int, int] = {}
+    entry: dict[int, tuple[int, int]] = {}
+    for j in holes:
+        x, y = (int(v) for v in contours[j][0])
+        label = int(labels[y, x + 1]) if x + 1 < labels.shape[1] else 0
+        if not is_hole[label]:  # not where OpenCV puts it: the hole most of its border touches
+            label = _adjacent_hole(contours[j], labels, is_hole)
+        ring_of_label[label] = j
+        entry[j] = (x, y)
+    # holes wind against the outside (OpenCV's do; made sure of, keeping each hole's entry first)
+    rings = {outer: contours[outer]}
+    sign = np.sign(cv2.contourArea(contours[outer], oriented=True))
+    for j in holes:
+        ring = contours[j]
+        same_way = np.sign(cv2.contourArea(ring, oriented=True)) == sign
+        rings[j] = np.concatenate([ring[:1], ring[:0:-1]]) if same_way else ring
+    attached: dict[int, list[tuple[int, int]]] = {}  # ring -> (vertex index, hole joined there)
+    index: dict[tuple[int, int], int] = {}  # the outer contour's points
+    for j in holes:
+        x, y = entry[j]
+        background = np.flatnonzero(mask[:y, x] == 0)
+        target, top = outer, (x, 0)
+        if background.size:
+            top = (x, int(background[-1]) + 1)
+            label = int(labels[background[-1], x])
+            target = ring_of_label.get(label, outer) if is_hole[label] else outer
+            if target != outer and entry[target][1] >= y:  # (only if a hole was misread: keep it a tree)
+                target = outer
+        if target == outer:  # where most cuts end: look up by point
+            if not index:
+                for k, point in enumerate(map(tuple, rings[outer].tolist())):
+                    index.setdefault(point, k)
+            k = index.get(top)
+        else:
+            at = np.flatnonzero((rings[target] == top).all(axis=1))
+            k = int(at[0]) if at.size else None
+        if k is None:  # not on that outline (never seen): its nearest vertex
+            k = int(np.argmin(np.abs(rings[target] - np.array(top)).sum(axis=1)))
+        attached.setdefault(target, []).append((k, j))
+    for joints in attached.values():
+        joints.sort()
+    # walk the tree of outlines: at a joint go down the cut, around the hole, and back up
+    pieces: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+
+    def add(points: np.ndarray, first: bool = False, last: bool = False) -> None:
+        flags = np.zeros(len(points), bool)
+        if len(points):
+            flags[0], flags[-1] = flags[0] or first, flags[-1] or last
+        pieces.append(points)
+        ends.append(flags)
+
+    stack = [[outer, 0, 0, None]]  # ring, next joint, next vertex, the vertex to return to
+    while stack:
+        frame = stack[-1]
+        ring_id, n, start, back = frame
+        ring, joints = rings[ring_id], attached.get(ring_id, [])
+        if n < len(joints):
+            k, child = joints[n]
+            add(ring[start:k + 1], first=start == 0 and back is not None, last=True)
+            frame[1], frame[2] = n + 1, k + 1
+            stack.append([child, 0, 0, ring[k:k + 1]])
+            continue
+        add(ring[start:], first=start == 0 and back is not None)
+        if back is not None:  # round the hole to its entry, back up the cut
+            add(ring[:1], first=True)
+            add(back, first=True)
+        stack.pop()
+    return np.concatenate(pieces), np.concatenate(ends)
+
+
+def _simplify_keyhole(ring: np.ndarray, ends: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas-Peucker on a keyhole ring, keeping the cuts' ends: simplifying the ring as a whole
+    could bend a cut's two sides apart and open a gap along it."""
+    joints = np.flatnonzero(ends)
+    ring = np.concatenate([ring[joints[0]:], ring[:joints[0] + 1]])  # from a joint round to it
+    joints = np.append(joints - joints[0], len(ring) - 1)
+    return np.concatenate([_simplify_open(ring[a:b + 1], tolerance)[:-1] for a, b in zip(joints[:-1], joints[1:])])
+
+
+def _simplify_open(path: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas-Peucker on an open path, both ends kept (a path that ends where it starts is
+    split at its farthest point first)."""
+    import cv2
+
+    if len(path) <= 2:
+        return path
+    if (path[0] == path[-1]).all():
+        far = int(np.argmax(((path - path[0]) ** 2).sum(axis=1)))
+        if far == 0:
+            return path[[0, -1]]
+        return np.concatenate([_simplify_open(path[:far + 1], tolerance)[:-1], _simplify_open(path[far:], tolerance)])
+    return cv2.approxPolyDP(path.reshape(-1, 1, 2).astype(np.int32), tolerance, False).reshape(-1, 2)
+
+
+def _adjacent_hole(contour: np.ndarray, labels: np.ndarray, is_hole: np.ndarray) -> int:
+    h, w = labels.shape
+    found = []
+    for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        x, y = contour[:, 0] + dx, contour[:, 1] + dy
+        ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        found.append(labels[y[ok], x[ok]])
+    found = np.concatenate(found)
+    found = found[is_hole[found]]
+    return int(np.bincount(found).argmax()) if found.size else 0
 
 
 def _area(poly) -> float:
@@ -142,7 +318,7 @@ def mean_score(scores) -> float:
 
 
 def mask_regions(mask: np.ndarray, outputs: list[Control], wanted_label: str | None, score: float | None,
-                 polygon_tolerance: float = 1.0, min_area: int = 0) -> list[dict]:
+                 polygon_tolerance: float = 1.0, min_area: int = 0, max_polygons: int = 20) -> list[dict]:
     """The regions of one mask for every output tool (brush and/or polygon)."""
     regions: list[dict] = []
     if not mask.any():
@@ -152,5 +328,6 @@ def mask_regions(mask: np.ndarray, outputs: list[Control], wanted_label: str | N
         if control.tag == "BrushLabels":
             regions.append(brush_region(mask, control, label, score))
         elif control.tag == "PolygonLabels":
-            regions.extend(polygon_regions(mask, control, label, score, polygon_tolerance, min_area))
+            regions.extend(polygon_regions(mask, control, label, score, polygon_tolerance, min_area,
+                                           max_polygons))
     return regions

@@ -5,13 +5,15 @@
 | SAMKIT_MODEL | mobile_sam | model name (mobile_sam, vit_b, vit_l, vit_h) or a checkpoint path |
 | SAMKIT_CHECKPOINT | | checkpoint file; wins over SAMKIT_MODEL |
 | SAMKIT_DEVICE | auto | cpu, cuda, cuda:1, mps; auto picks a GPU when there is one |
-| SAMKIT_DTYPE | float32 | float32, bfloat16 or float16 compute |
+| SAMKIT_DTYPE | float32 | float32, bfloat16 or float16 compute (float16 needs a GPU: on a CPU use bfloat16) |
 | SAMKIT_LS_THREADS | | CPU threads for PyTorch (default: all cores); 1 keeps clicks steady on a busy CPU |
 | LABEL_STUDIO_URL | | where the backend fetches /data/... images and project tasks |
 | LABEL_STUDIO_API_KEY | | legacy token or personal access token |
 | SAMKIT_LS_BASIC_AUTH_USER / _PASS | | require HTTP basic auth on every endpoint (/health too: send it there as well) |
 | SAMKIT_LS_CACHE_SIZE | 32 | image embeddings kept in memory (about 4 MiB each) |
 | SAMKIT_LS_CACHE_DIR | | also keep embeddings on disk here (survive restarts) |
+| SAMKIT_LS_CACHE_DIR_MB | 2048 | most disk space the embeddings there take, MiB (least recently used deleted first) |
+| SAMKIT_LS_IMAGE_CACHE_MB | 256 | decoded task images kept in memory, MiB (least recently used out) |
 | SAMKIT_LS_OUTPUT | auto | auto (every brush/polygon tool of the config), brush, polygon |
 | SAMKIT_LS_MODEL_VERSION | samkit-<version>-<model> | model_version reported to Label Studio |
 | SAMKIT_LS_MAX_REQUEST_MB | 200 | largest request body accepted (413 above) |
@@ -23,7 +25,8 @@
 | SAMKIT_LS_PRED_IOU_THRESH | 0.88 | segment-everything: keep masks with predicted IoU above |
 | SAMKIT_LS_STABILITY_THRESH | 0.95 | segment-everything: keep masks with stability above |
 | SAMKIT_LS_MAX_REGIONS | 100 | segment-everything: most masks per task (best first) |
-| SAMKIT_LS_MIN_AREA | 25 | drop masks / polygon parts smaller than this many pixels |
+| SAMKIT_LS_MIN_AREA | 25 | drop masks / polygon parts smaller than this many pixels, fill smaller holes |
+| SAMKIT_LS_MAX_POLYGONS | 20 | most polygon regions per mask (largest parts first; a warning names what is dropped) |
 | SAMKIT_LS_POLYGON_TOLERANCE | 1.0 | polygon simplification, pixels |
 | SAMKIT_LS_INTERACTIVE_THREADS | 4 | interactive requests worked on at once (more wait) |
 | SAMKIT_LS_BATCH_THREADS | 1 | batch pre-labelling requests worked on at once |
@@ -72,6 +75,8 @@ class Settings:
     basic_auth_pass: str | None = None
     cache_size: int = 32
     cache_dir: str | None = None
+    cache_dir_mb: float = 2048.0
+    image_cache_mb: float = 256.0
     output: str = "auto"
     model_version: str | None = None
     max_request_mb: float = 200.0
@@ -84,6 +89,7 @@ class Settings:
     stability_thresh: float = 0.95
     max_regions: int = 100
     min_area: int = 25
+    max_polygons: int = 20
     polygon_tolerance: float = 1.0
     interactive_threads: int = 4
     batch_threads: int = 1
@@ -103,6 +109,8 @@ class Settings:
             basic_auth_pass=_env("SAMKIT_LS_BASIC_AUTH_PASS", None, "BASIC_AUTH_PASS"),
             cache_size=env_number("SAMKIT_LS_CACHE_SIZE", int, 32),
             cache_dir=_env("SAMKIT_LS_CACHE_DIR"),
+            cache_dir_mb=env_number("SAMKIT_LS_CACHE_DIR_MB", float, 2048),
+            image_cache_mb=env_number("SAMKIT_LS_IMAGE_CACHE_MB", float, 256),
             output=_env("SAMKIT_LS_OUTPUT", "auto"),
             model_version=_env("SAMKIT_LS_MODEL_VERSION"),
             max_request_mb=env_number("SAMKIT_LS_MAX_REQUEST_MB", float, 200),
@@ -115,6 +123,7 @@ class Settings:
             stability_thresh=env_number("SAMKIT_LS_STABILITY_THRESH", float, 0.95),
             max_regions=env_number("SAMKIT_LS_MAX_REGIONS", int, 100),
             min_area=env_number("SAMKIT_LS_MIN_AREA", int, 25),
+            max_polygons=env_number("SAMKIT_LS_MAX_POLYGONS", int, 20),
             polygon_tolerance=env_number("SAMKIT_LS_POLYGON_TOLERANCE", float, 1.0),
             interactive_threads=env_number("SAMKIT_LS_INTERACTIVE_THREADS", int, 4),
             batch_threads=env_number("SAMKIT_LS_BATCH_THREADS", int, 1),
@@ -126,6 +135,8 @@ class Settings:
                 raise TypeError(f"unknown setting {key!r}")
             if value is not None:
                 setattr(s, key, value)
+        if s.device and s.device.lower() == "auto":  # the documented default, as a value
+            s.device = None
         s.validate()
         return s
 
@@ -142,6 +153,14 @@ class Settings:
             raise SamkitError("SAMKIT_LS_CACHE_SIZE must be at least 1")
         if self.points_per_side is not None and self.points_per_side < 1:
             raise SamkitError("SAMKIT_LS_POINTS_PER_SIDE must be at least 1")
+        if self.max_polygons < 1:
+            raise SamkitError("SAMKIT_LS_MAX_POLYGONS must be at least 1")
+        if self.cache_dir_mb < 1:
+            raise SamkitError("SAMKIT_LS_CACHE_DIR_MB must be at least 1")
+        if self.image_cache_mb < 0:
+            raise SamkitError("SAMKIT_LS_IMAGE_CACHE_MB must be 0 or more")
+        if self.dtype:
+            self._check_dtype()
         url = self.label_studio_url
         if url and not url.lower().startswith(("http://", "https://")):
             raise SamkitError(f"LABEL_STUDIO_URL must start with http:// or https://, got {url!r} "
@@ -158,10 +177,23 @@ class Settings:
                 raise SamkitError(f"SAMKIT_LS_CACHE_DIR {self.cache_dir!r} cannot be used ({exc.strerror or exc}); "
                                   "give a writable folder, or leave it unset to keep embeddings in memory only") from None
 
+    def _check_dtype(self) -> None:
+        import torch
+
+        from samkit import SamkitError
+        from samkit.build import resolve_device, resolve_dtype
+
+        # A server is started once and clicked on all day: refuse what would make every click
+        # slow (core only warns: float16 is correct on a CPU, just several times slower).
+        if resolve_dtype(self.dtype) == torch.float16 and resolve_device(self.device).type == "cpu":
+            raise SamkitError(f"SAMKIT_DTYPE={self.dtype} on a CPU makes every click many times slower "
+                              "(CPUs have no fast float16 kernels): use bfloat16 or float32 on a CPU, "
+                              "or float16 with a GPU (SAMKIT_DEVICE=cuda)")
+
     def batch_signature(self) -> tuple:
         """The settings a batch answer depends on."""
         return (self.points_per_side, self.pred_iou_thresh, self.stability_thresh, self.max_regions,
-                self.min_area, self.polygon_tolerance, self.output)
+                self.min_area, self.max_polygons, self.polygon_tolerance, self.output)
 
     @property
     def model_source(self) -> str:

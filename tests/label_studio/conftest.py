@@ -139,6 +139,39 @@ def make_client(sam_model, shared_cache):
         c.close()
 
 
+@pytest.fixture
+def serve_backend(sam_model):
+    """serve_backend(**settings) -> (url, SamBackend): the backend over the shared model as a real
+    HTTP server (uvicorn in a thread of this process), for clients that need a URL (the CLI)."""
+    import uvicorn
+
+    from samkit.label_studio.app import create_app
+    from samkit.label_studio.backend import SamBackend
+    from samkit.label_studio.settings import Settings
+
+    servers = []
+
+    def serve(**overrides):
+        defaults = dict(checkpoint="mobile_sam_random.pt", device="cpu", points_per_side=4, pred_iou_thresh=0.0,
+                        stability_thresh=0.0, max_regions=3)
+        settings = Settings.from_env(**{**defaults, **overrides})
+        backend = SamBackend(settings, model=sam_model)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(settings, backend=backend, load=False), host="127.0.0.1",
+                                               port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", 30)
+        return url, backend
+
+    yield serve
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
     for key in list(os.environ):

@@ -57,3 +57,40 @@ def polygon_mask(regions: list[dict]) -> np.ndarray:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def holes(mask: np.ndarray, min_area: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels of the mask's holes of at least min_area pixels, pixels of its smaller holes): the
+    background that cannot reach the image border (4-connected, as OpenCV's contours see it)."""
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).astype(np.uint8), connectivity=4)
+    hole = np.ones(count, bool)
+    hole[0] = False
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        hole[edge] = False
+    big = hole & (stats[:, cv2.CC_STAT_AREA] >= min_area)
+    return big[labels], (hole & ~big)[labels]
+
+
+def near_boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels on either side of the mask's outline (within `width` pixels of a pixel of the other
+    kind, or of the image's edge: an outline runs along it there)."""
+    import cv2
+
+    m, k = mask.astype(np.uint8), np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    return cv2.dilate(m, k) != cv2.erode(m, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def small_parts(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Pixels of the mask's parts whose outline encloses less than min_area pixels (polygon output
+    leaves them out); its holes under min_area count as part of the mask."""
+    import cv2
+
+    count, parts = cv2.connectedComponents((mask | holes(mask, min_area)[1]).astype(np.uint8), connectivity=8)
+    out = np.zeros(mask.shape, bool)
+    for i in range(1, count):
+        outline = cv2.findContours((parts == i).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0][0]
+        if cv2.contourArea(outline) < min_area:
+            out |= parts == i
+    return out

@@ -54,3 +54,35 @@ def test_label_studio_url_and_cache_dir_are_checked_at_start(tmp_path):
     out = run("serve", "--port", "1", "--cache-dir", str(blocker / "cache"))
     assert out.returncode == 2 and "SAMKIT_LS_CACHE_DIR" in out.stderr and "cannot be used" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_float16_on_a_cpu_is_refused_at_start():
+    """float16 on a CPU made the first click take 43 s: refused at start, one line saying what to use."""
+    import pytest
+
+    from samkit import SamkitError
+    from samkit.label_studio.settings import Settings
+
+    with pytest.raises(SamkitError, match="bfloat16 or float32 on a CPU"):
+        Settings.from_env(device="cpu", dtype="float16")
+    for dtype in ("bfloat16", "float32"):
+        assert Settings.from_env(device="cpu", dtype=dtype).dtype == dtype
+    assert Settings.from_env(device="auto").device is None  # the documented default, spelled out
+    out = run("serve", "--port", "1", "--device", "cpu", "--dtype", "fp16")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert out.stderr.startswith("samkit: error: SAMKIT_DTYPE=fp16 on a CPU") and "bfloat16" in out.stderr
+
+
+def test_precompute_says_when_label_studio_is_not_there(serve_backend):
+    """The backend runs but its LABEL_STUDIO_URL gets no answer: one line naming the URL and what
+    to check, not requests' nested exception reprs."""
+    from conftest import free_port
+
+    ls_url = f"http://127.0.0.1:{free_port()}"  # a closed port
+    backend_url, _ = serve_backend(label_studio_url=ls_url, label_studio_api_key="f" * 40)
+    out = run("precompute", "--project", "3", "--backend", backend_url)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.splitlines() == [
+        f"samkit: error: precompute failed: cannot reach Label Studio at {ls_url} (connection refused): "
+        "check LABEL_STUDIO_URL (scheme, host and port as the backend's machine sees it) and that Label Studio "
+        "is running"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -261,3 +262,22 @@ def test_sixteen_concurrent_predicts_and_health_stays_fast(backend_server, image
     assert backend_server.stats()["encoder_calls"] - before == 2, "two images: two encoder runs, not sixteen"
     assert health_ms and max(health_ms) < 1000, f"/health took up to {max(health_ms):.0f} ms during predictions"
     print(f"\n/health during 16 concurrent predictions: max {max(health_ms):.0f} ms over {len(health_ms)} calls")
+
+
+def test_precompute_progress_without_a_terminal_is_plain_lines(label_studio, backend_server, images_dir):
+    """Output to a file or a CI log (no terminal): whole lines now and then, no carriage returns
+    redrawing one line."""
+    ls = label_studio
+    pid = ls.create_project("samkit precompute log", show_collab_predictions=False)
+    for name in ("dog.jpg", "groceries.jpg", "picture1.jpg"):
+        ls.upload(pid, images_dir / name)
+    ls.connect(pid, backend_server.url)
+    proc = subprocess.run([*samkit_command(), "label-studio", "precompute", "--project", str(pid),
+                           "--backend", backend_server.url], capture_output=True, timeout=300)  # bytes: \r kept
+    stdout = proc.stdout.decode()
+    assert proc.returncode == 0, stdout + proc.stderr.decode()
+    assert "\r" not in stdout, stdout
+    lines = stdout.split("\n")[:-1]
+    assert lines[0].startswith("precompute job ") and lines[-1].startswith("3/3 images, ")
+    assert len(lines) == len(set(lines)), "the same progress line twice"
+    assert all(re.fullmatch(r"\d/3 images, \d computed", line) for line in lines[1:]), lines

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import time
 
 import numpy as np
 import pytest
-from ls_helpers import CONFIG_ALL, brush_mask, iou, polygon_mask
+from ls_helpers import CONFIG_ALL, brush_mask, holes, iou, near_boundary, polygon_mask, small_parts
 
 import samkit
 from samkit.label_studio.regions import unit_score
@@ -107,6 +109,47 @@ def test_interactive_negative_points_and_rectangle(make_client, payloads, image_
     assert got["brushlabels"][0]["value"]["brushlabels"] == ["Dog"]  # the drawn label
     assert got["polygonlabels"][0]["value"]["polygonlabels"] == ["Dog"]
 
+
+
+def test_negative_click_hole_stays_empty_in_the_polygon(make_client, payloads, image_server, ref):
+    """A mask with holes (the 3-click request with a negative click): the polygon regions fill
+    back to the mask with its holes empty, up to boundary pixels, holes and parts under
+    SAMKIT_LS_MIN_AREA (and, simplified, within the polygon tolerance of the outline)."""
+    name, w, h = DOG
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3", f"{image_server.url}/public/{name}", (w, h))
+    ctx = body["params"]["context"]["result"]
+    expected, _ = ref(name, np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx]),
+                      np.array([1, 0, 1]))
+    big, small = holes(expected, 25)
+    assert big.any(), "this click's mask has no hole to test with"
+    for tolerance, band in ((0.0, 0), (1.0, 2)):  # SAMKIT_LS_POLYGON_TOLERANCE
+        client, _ = make_client(polygon_tolerance=tolerance, min_area=25)
+        r = client.post("/predict", json=body)
+        assert r.status_code == 200, r.text
+        filled = polygon_mask(regions_by_type(r.json()["results"][0]["result"])["polygonlabels"])
+        edge = near_boundary(expected, band) if band else np.zeros_like(expected)
+        assert not (filled & big & ~edge).any(), "a hole came back filled"
+        assert not ((filled ^ expected) & ~small & ~small_parts(expected, 25) & ~edge).any()
+
+
+def test_polygon_parts_over_the_limit_are_dropped_with_a_warning(make_client, payloads, image_server, ref, caplog):
+    import cv2
+
+    client, _ = make_client(max_polygons=2)  # SAMKIT_LS_MAX_POLYGONS
+    name, w, h = DOG
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3", f"{image_server.url}/public/{name}", (w, h))
+    ctx = body["params"]["context"]["result"]
+    expected, _ = ref(name, np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx]),
+                      np.array([1, 0, 1]))
+    outlines = cv2.findContours(expected.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    parts = sum(cv2.contourArea(cv2.approxPolyDP(c, 1.0, True)) >= 25 for c in outlines)
+    assert parts > 2, "this click's mask has too few parts to test with"
+    with caplog.at_level(logging.WARNING, logger="samkit.label_studio"):
+        r = client.post("/predict", json=body)
+    assert r.status_code == 200, r.text
+    assert len(regions_by_type(r.json()["results"][0]["result"])["polygonlabels"]) == 2
+    assert any(f"a mask has {parts} polygon parts: kept the largest 2, dropped {parts - 2} (" in rec.getMessage()
+               for rec in caplog.records), [rec.getMessage() for rec in caplog.records]
 
 
 def test_several_rectangles_keep_their_labels(make_client, payloads, image_server, ref):
@@ -223,6 +266,19 @@ def test_embeddings_on_disk_survive_a_restart(make_client, payloads, image_serve
     assert strip(first) == strip(second)
 
 
+def test_embeddings_on_disk_are_bounded(make_client, payloads, image_server, tmp_path):
+    bodies = [interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+              for name, w, h in (GROCERIES, DOG)]
+    # one embedding file is ~4 MiB: a 6 MiB bound keeps the latest only
+    client, backend = make_client(fresh_cache=True, cache_dir=str(tmp_path), cache_dir_mb=6)
+    for body in bodies:
+        assert client.post("/predict", json=body).status_code == 200
+    assert backend.encoder_calls == 2 and len(list(tmp_path.glob("*.pt"))) == 1
+    client2, backend2 = make_client(fresh_cache=True, cache_dir=str(tmp_path), cache_dir_mb=6)
+    client2.post("/predict", json=bodies[1])
+    assert backend2.encoder_calls == 0  # the kept one is the dog's, the latest
+
+
 def test_batch_boxes_and_everything_one_result_per_task_in_order(make_client, payloads, image_server, images_dir,
                                                                    sam_model, ref):
     client, _ = make_client()
@@ -327,6 +383,48 @@ def test_label_studio_host_needs_the_key(make_client, payloads, image_server):
     client, _ = make_client(label_studio_url=image_server.url, label_studio_api_key=image_server.token)
     r = client.post("/predict", json=body)
     assert r.status_code == 200 and r.json()["results"][0]["result"]
+
+
+def test_loopback_names_match_label_studio(make_client, payloads, image_server, images_dir):
+    """LABEL_STUDIO_URL=http://localhost:PORT and a task image http://127.0.0.1:PORT/... (or the
+    other way round) are the same Label Studio: the key goes with the download."""
+    localhost = image_server.url.replace("127.0.0.1", "localhost")
+    for ls_url, image_url in ((localhost, image_server.url), (image_server.url, localhost)):
+        client, _ = make_client(label_studio_url=ls_url, label_studio_api_key=image_server.token)
+        body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_url}/private/dog.jpg",
+                                (800, 534))
+        body["project"] = "56.1"
+        r = client.post("/predict", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["result"]
+
+
+def test_precompute_with_label_studio_unreachable_is_one_line(make_client, image_server, caplog):
+    """Precompute against a LABEL_STUDIO_URL that gets no answer (a closed port), or where another
+    server answers (a wrong port): the job fails with one line naming the URL and what to check."""
+    from conftest import free_port
+
+    def run_job(ls_url: str) -> dict:
+        client, _ = make_client(label_studio_url=ls_url, label_studio_api_key="f" * 40)
+        job = client.post("/precompute", json={"project": 1, "predictions": True}).json()
+        for _ in range(100):
+            job = client.get(f"/precompute/{job['id']}").json()
+            if job["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.1)
+        assert job["state"] == "failed"
+        return job
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with caplog.at_level(logging.INFO, logger="samkit.label_studio"):
+        job = run_job(url)
+    assert job["error"] == (f"cannot reach Label Studio at {url} (connection refused): check LABEL_STUDIO_URL "
+                            "(scheme, host and port as the backend's machine sees it) and that Label Studio is running")
+    assert not any(rec.exc_info for rec in caplog.records), "a traceback in the backend's log"
+    assert any(job["error"] in rec.getMessage() for rec in caplog.records)
+    job = run_job(image_server.url)  # an HTTP server, but not Label Studio
+    assert job["error"] == (f"Label Studio at {image_server.url} answered HTTP 404 for project 1: check the project "
+                            "id, and that LABEL_STUDIO_URL is Label Studio's address")
 
 
 def test_config_without_supported_tool(make_client, payloads, image_server):
