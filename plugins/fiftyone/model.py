@@ -34,6 +34,7 @@ from samkit.fiftyone.segmenter import (
     DEFAULT_POINT_LABELS_ATTR,
     EVERYTHING_DEFAULTS,
     Segmenter,
+    describe_problems,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,9 @@ class SamModel(fom.Model, fom.SamplesMixin):
     detection carrying the prompt's label and attributes and ``prompt_id``; without it, every
     object found is one detection. Detections have box-relative masks, ``confidence`` =
     predicted IoU (clamped to [0, 1]), and ``predicted_iou``, ``area`` (and ``stability_score`` when segmenting
-    everything) attributes. A sample whose prompt field is empty gets an empty Detections.
+    everything) attributes. A sample whose prompt field is empty gets an empty Detections. A
+    prompt that cannot be used (a box of zero size or outside the image, keypoint labels that do
+    not match its points) gets no mask and a logged warning naming the sample; the others do.
     """
 
     def __init__(self, config: Optional[SamModelConfig] = None, **options: Any) -> None:
@@ -157,6 +160,10 @@ class SamModel(fom.Model, fom.SamplesMixin):
                 detections = fol.Detections()
             elif isinstance(value, (fol.Detections, fol.Keypoints)):
                 detections = self.segmenter.prompts(image, value)
+                if self.segmenter.last_problems:
+                    # apply_model has no error field: the good prompts keep their masks, the
+                    # bad ones are reported here
+                    logger.warning("samkit: %s", describe_problems(self.segmenter.last_problems, sample.id, field))
             else:
                 raise samkit.PromptError(
                     f"prompt field {field!r} of sample {sample.id} holds {type(value).__name__}; SAM "

@@ -16,6 +16,7 @@ from typing import Any, Callable, Generator, Optional
 import fiftyone.core.labels as fol
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from fiftyone.operators.executor import ExecutionOptions
 
 import samkit
 
@@ -173,17 +174,44 @@ def _add_output_field(inputs: "types.Object", ctx, default: str, label: str) -> 
             prop.error_message = str(exc)
 
 
-def _delegation_hint(inputs: "types.Object") -> None:
-    inputs.view(
-        "delegation_hint",
-        types.Notice(
-            label=(
-                "For thousands of samples, schedule the run (delegated execution) and start a "
-                "worker with `fiftyone delegated launch` where the model and images are; an "
-                "interrupted run resumes where it stopped."
-            )
-        ),
+def _not_schedulable(ctx) -> Optional[str]:
+    """Why the run cannot be delegated, or None.
+
+    A delegated worker loads the dataset by name later, in another process; FiftyOne deletes a
+    non-persistent dataset once the process that made it ends, so the queued run would fail
+    to find it (or it would vanish mid-run)."""
+    dataset = ctx.dataset
+    if dataset is None or dataset.persistent:
+        return None
+    return (
+        f"dataset '{dataset.name}' is not persistent, so a scheduled (delegated) run would not find it "
+        "once this session ends: set dataset.persistent = True, or run it immediately"
     )
+
+
+def _delegation_hint(inputs: "types.Object", ctx) -> None:
+    reason = _not_schedulable(ctx)
+    if reason is None:
+        inputs.view(
+            "delegation_hint",
+            types.Notice(
+                label=(
+                    "For thousands of samples, schedule the run (delegated execution) and start a "
+                    "worker with `fiftyone delegated launch` where the model and images are; an "
+                    "interrupted run resumes where it stopped."
+                )
+            ),
+        )
+    elif ctx.requesting_delegated_execution or ctx.delegated:
+        # an invalid property fails FiftyOne's input validation, before anything is queued;
+        # the App shows its error_message
+        prop = inputs.view("delegation", types.Error(label=reason))
+        prop.invalid = True
+        prop.error_message = reason
+    else:
+        inputs.view("delegation_hint", types.Notice(
+            label="This dataset is not persistent, so the run can only be executed now; to schedule "
+                  "it, set dataset.persistent = True"))
 
 
 class _SamOperator(foo.Operator):
@@ -201,6 +229,13 @@ class _SamOperator(foo.Operator):
             allow_immediate_execution=True,
             allow_delegated_execution=True,
         )
+
+    def resolve_execution_options(self, ctx):
+        # The App then offers only "Execute" for a non-persistent dataset; a request to delegate
+        # anyway (Python's request_delegation=True) fails input validation (_delegation_hint).
+        if _not_schedulable(ctx) is not None:
+            return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=False)
+        return super().resolve_execution_options(ctx)
 
     def _job(self, ctx) -> Generator[Progress, None, RunSummary]:
         raise NotImplementedError
@@ -228,15 +263,19 @@ class _SamOperator(foo.Operator):
         summary = yield from _mapped(_throttled(job), lambda u: ctx.ops.set_progress(label=u.label, progress=u.fraction))
         yield ctx.ops.set_progress(label=summary.message, progress=1.0)
         yield ctx.ops.reload_dataset()
-        yield ctx.ops.notify(summary.message, variant="warning" if summary.failed else "success")
+        yield ctx.ops.notify(summary.message,
+                             variant="warning" if summary.failed or summary.bad_prompts else "success")
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("message", label="Result")
         outputs.int("processed", label="Samples written")
-        outputs.int("skipped", label="Samples skipped")
+        outputs.int("skipped", label="Samples skipped (already done)")
         outputs.int("failed", label="Samples failed")
         outputs.int("masks", label="Masks")
+        if (ctx.results or {}).get("prompt_field"):
+            outputs.int("no_prompts", label="Samples without prompts")
+            outputs.int("bad_prompts", label="Unusable prompts (no mask)")
         return types.Property(outputs, view=types.View(label="SAM run"))
 
 
@@ -297,7 +336,7 @@ class SegmentEverything(_SamOperator):
                    label="Min region area (pixels)", description="Remove small islands and holes")
         inputs.int("max_masks", default=d["max_masks"], min=0, label="Max masks per sample",
                    description="Keep the best by predicted IoU; 0: no limit")
-        _delegation_hint(inputs)
+        _delegation_hint(inputs, ctx)
         return types.Property(inputs, view=types.View(label="SAM: segment everything"))
 
     def _job(self, ctx):
@@ -358,7 +397,7 @@ class SegmentPrompts(_SamOperator):
         _add_common_inputs(inputs, ctx, d)
         inputs.int("batch_size", default=d["batch_size"], min=1, max=4096, label="Batch size",
                    description="Boxes decoded at once")
-        _delegation_hint(inputs)
+        _delegation_hint(inputs, ctx)
         return types.Property(inputs, view=types.View(label="SAM: masks from boxes or keypoints"))
 
     def _job(self, ctx):

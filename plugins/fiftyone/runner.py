@@ -2,9 +2,11 @@
 
 Each sample is written as soon as it is done, so a run that is stopped (killed worker, closed
 App, Ctrl-C) loses at most the sample it was on; run it again with ``skip_existing=True`` (the
-default) and only the samples without results are processed. A sample that fails (missing or
-corrupt file, bad prompt, ...) gets the message in ``<label_field>_error`` and the run goes on;
-a later successful run clears it.
+default) and only the samples without results (or with an error record) are processed. A
+sample that fails (missing or corrupt file, ...) gets the message in ``<label_field>_error`` and
+the run goes on; so does a sample some of whose prompts cannot be used (a box of zero size or
+outside the image, keypoint labels that do not match its points): its other prompts still get
+masks. A later clean run clears the record.
 
 ``iter_segment_everything`` / ``iter_segment_prompts`` check their inputs and load the model
 eagerly, then return a generator that yields a :class:`Progress` after each sample and returns
@@ -34,6 +36,7 @@ from samkit.fiftyone.segmenter import (
     DEFAULT_POINT_LABELS_ATTR,
     EVERYTHING_DEFAULTS,
     Segmenter,
+    describe_problems,
 )
 
 logger = logging.getLogger(__name__)
@@ -61,14 +64,21 @@ class Progress:
 
 @dataclass
 class RunSummary:
-    """What a run did. ``errors`` maps sample ids to messages (the first 100)."""
+    """What a run did. ``errors`` maps sample ids to messages (the first 100): samples that
+    failed, and samples with prompts that got no mask."""
 
     operation: str
     label_field: str
     total: int = 0  # samples in the target collection
     processed: int = 0  # written by this run
-    skipped: int = 0  # already done (skip_existing) or without prompts
+    skipped: int = 0  # already done (skip_existing)
     failed: int = 0
+    prompt_field: Optional[str] = None
+    # samples without prompts: written as an empty Detections (counted in processed), or, when
+    # the masks go onto the prompt detections themselves, left as they are
+    no_prompts: int = 0
+    bad_prompts: int = 0  # prompts that could not be used (no mask made), in...
+    bad_prompt_samples: int = 0  # ...this many samples, each with a record in error_field
     stopped: bool = False  # ended early on request (a delegated run marked failed)
     masks: int = 0
     png_samples: int = 0  # samples whose masks went to PNG files
@@ -209,6 +219,17 @@ def prompt_kind(samples, prompt_field: str) -> str:
     )
 
 
+@dataclass
+class _Result:
+    """One sample's new labels and what went into them."""
+
+    labels: "fol.Detections"
+    masks: int
+    no_prompts: bool = False
+    problem: Optional[str] = None  # the sample's unusable prompts, one line
+    bad_prompts: int = 0
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -222,7 +243,7 @@ def _process(
     samples,
     todo_ids: list[str],
     select: list[str],
-    compute: Callable[[Any, Any], tuple["fol.Detections", int]],  # (labels, masks made)
+    compute: Callable[[Any], _Result],  # sample -> its new labels (it loads the image if it needs it)
     write: Callable[[Any, "fol.Detections"], None],
     error_field: str,
     stop_requested: Optional[Callable[[], bool]] = None,
@@ -232,8 +253,8 @@ def _process(
     # A view may leave out the error field (select_fields): then it is cleared through the dataset.
     error_in_view = had_error_field and samples.has_field(error_field)
     select = [f for f in dict.fromkeys(select + ([error_field] if error_in_view else [])) if samples.has_field(f)]
-    done = summary.skipped
     total = summary.total
+    done = total - len(todo_ids)
     for start in range(0, len(todo_ids), _CHUNK):
         chunk = todo_ids[start : start + _CHUNK]
         cleared = []
@@ -244,26 +265,23 @@ def _process(
                 summary.stopped = True
                 break
             try:
-                image = samkit.load_image(sample.filepath)
-                labels, masks = compute(image, sample)
-                write(sample, labels)
-                if error_in_view and sample[error_field] is not None:
+                result = compute(sample)
+                write(sample, result.labels)
+                if error_in_view and sample[error_field] is not None and result.problem is None:
                     sample[error_field] = None
                 sample.save()
-                if had_error_field and not error_in_view:
+                if had_error_field and not error_in_view and result.problem is None:
                     cleared.append(sample.id)
                 summary.processed += 1
-                summary.masks += masks
+                summary.masks += result.masks
+                summary.no_prompts += result.no_prompts
+                if result.problem is not None:
+                    summary.bad_prompts += result.bad_prompts
+                    summary.bad_prompt_samples += 1
+                    _record(summary, dataset, sample, error_field, result.problem)
             except Exception as exc:  # one sample's failure is recorded; the run goes on
-                message = _describe(exc)
                 summary.failed += 1
-                if len(summary.errors) < MAX_ERRORS_KEPT:
-                    summary.errors[sample.id] = message
-                logger.warning("samkit: sample %s (%s) failed: %s", sample.id, sample.filepath, message)
-                try:
-                    dataset.select(sample.id).set_values(error_field, [message])
-                except Exception:  # the error record must not end the run either
-                    logger.exception("samkit: could not record the error of sample %s", sample.id)
+                _record(summary, dataset, sample, error_field, _describe(exc), failed=True)
             done += 1
             yield Progress(done, total, f"{summary.operation}: {done}/{total} samples"
                            + (f", {summary.failed} failed" if summary.failed else ""))
@@ -273,10 +291,25 @@ def _process(
             return
 
 
+def _record(summary: RunSummary, dataset, sample, error_field: str, message: str, failed: bool = False) -> None:
+    """Keep a sample's error message in the summary, the log and its error field."""
+    if len(summary.errors) < MAX_ERRORS_KEPT:
+        summary.errors[sample.id] = message
+    if failed:
+        logger.warning("samkit: sample %s (%s) failed: %s", sample.id, sample.filepath, message)
+    else:
+        logger.warning("samkit: %s (%s)", message, sample.filepath)
+    try:
+        dataset.select(sample.id).set_values(error_field, [message])
+    except Exception:  # the error record must not end the run either
+        logger.exception("samkit: could not record the error of sample %s", sample.id)
+
+
 def _plan(summary: RunSummary, todo, nothing_to_do: str) -> list[str]:
-    """The ids of the samples to process; counts the others as skipped."""
+    """The ids of the samples to process; counts the others as skipped, except those already
+    counted in ``summary.no_prompts``."""
     todo_ids = todo.values("id")
-    summary.skipped = summary.total - len(todo_ids)
+    summary.skipped = summary.total - len(todo_ids) - summary.no_prompts
     if summary.total == 0:
         summary.message = "the target view is empty: nothing to segment"
     elif not todo_ids:
@@ -286,7 +319,7 @@ def _plan(summary: RunSummary, todo, nothing_to_do: str) -> list[str]:
 
 def _run(summary: RunSummary, samples, todo_ids, select, compute, write, error_field: str,
          started: float, stop_requested: Optional[Callable[[], bool]] = None) -> Generator[Progress, None, RunSummary]:
-    yield Progress(summary.skipped, summary.total, f"{summary.operation}: {len(todo_ids)} samples to do")
+    yield Progress(summary.total - len(todo_ids), summary.total, f"{summary.operation}: {len(todo_ids)} samples to do")
     yield from _process(summary, samples, todo_ids, select, compute, write, error_field, stop_requested)
     return _finish(summary, samples, summary.label_field, started)
 
@@ -305,15 +338,27 @@ def _finish(summary: RunSummary, samples, label_field: str, started: float) -> R
         except Exception:
             logger.debug("could not declare dynamic attributes of %s", label_field, exc_info=True)
     if not summary.message:
-        summary.message = (
-            ("stopped on request: " if summary.stopped else "")
-            + f"{summary.processed} samples written to '{label_field}' ({summary.masks} masks), "
-            f"{summary.skipped} skipped, {summary.failed} failed"
-            + (f" (see the '{summary.error_field}' field)" if summary.failed else "")
-            + f", in {summary.elapsed_s:.1f} s"
-        )
+        summary.message = _message(summary, label_field)
     logger.info("samkit: %s", summary.message)
     return summary
+
+
+def _message(summary: RunSummary, label_field: str) -> str:
+    parts = [f"{summary.processed} samples written to '{label_field}' ({summary.masks} masks)"]
+    if summary.no_prompts:
+        if summary.prompt_field == label_field:  # masks onto the prompt detections: none to add to
+            parts.append(f"{summary.no_prompts} had no prompts in '{summary.prompt_field}' (left as they were)")
+        else:
+            parts.append(f"{summary.no_prompts} of them had no prompts in '{summary.prompt_field}' "
+                         "(written as an empty Detections)")
+    parts.append(f"{summary.skipped} skipped (already done)")
+    parts.append(f"{summary.failed} failed")
+    if summary.bad_prompts:
+        parts.append(f"{summary.bad_prompts} unusable prompts in {summary.bad_prompt_samples} samples got no mask")
+    if summary.failed or summary.bad_prompts:
+        parts[-1] += f" (see the '{summary.error_field}' field)"
+    return (("stopped on request: " if summary.stopped else "") + ", ".join(parts)
+            + f", in {summary.elapsed_s:.1f} s")
 
 
 def iter_segment_everything(
@@ -368,9 +413,9 @@ def iter_segment_everything(
             summary.mask_dir = writer.mask_dir
         sample[label_field] = labels
 
-    def compute(image, sample):
-        labels = segmenter.everything(image)
-        return labels, segmenter.last_masks
+    def compute(sample):
+        labels = segmenter.everything(samkit.load_image(sample.filepath))
+        return _Result(labels, segmenter.last_masks)
 
     return _run(summary, samples, todo_ids, [label_field], compute, write, error_field, started, stop_requested)
 
@@ -421,28 +466,52 @@ def iter_segment_prompts(
         check_view_keeps(samples, [target])
     error_field = error_field or f"{target}_error"
     writer = MaskWriter(mask_storage, mask_dir, samples._root_dataset.name, target)
-    summary = RunSummary("segment_prompts", target, total=len(samples), error_field=error_field)
+    summary = RunSummary("segment_prompts", target, total=len(samples), error_field=error_field,
+                         prompt_field=prompt_field)
 
     list_field = f"{prompt_field}.{'detections' if kind == 'boxes' else 'keypoints'}"
-    todo = samples.match(F(list_field).length() > 0)  # samples without prompts have nothing to segment
-    if skip_existing:
-        if in_place:
+    has_prompts = F(list_field).length() > 0
+    if in_place:
+        # masks go onto the prompt detections: a sample without any has nothing to write, and
+        # its prompt field (None or empty) is the user's and stays as it is
+        todo = samples.match(has_prompts)
+        summary.no_prompts = summary.total - todo.count()
+        if skip_existing:
             missing = (F("mask") == None) & (F("mask_path") == None)  # noqa: E711 (a query)
             todo = todo.match(F(list_field).filter(missing).length() > 0)
-        elif samples.has_field(target):
-            todo = todo.exists(target, False)
-    todo_ids = _plan(summary, todo, f"nothing to do: every sample with prompts in '{prompt_field}' already has masks")
+    else:
+        # every sample gets a value, an empty Detections when it has no prompts, as apply_model
+        # writes: "processed, nothing to segment" stays distinguishable from "not processed"
+        todo = samples
+        if skip_existing and samples.has_field(target):
+            redo = ~F(target).exists()
+            # an empty result whose sample has prompts by now (added after the run), or a sample
+            # with an error record (bad prompts since fixed), is not done
+            redo = redo | ((F(f"{target}.detections").length() == 0) & has_prompts)
+            if samples.has_field(error_field):
+                redo = redo | F(error_field).exists()
+            todo = samples.match(redo)
+    if in_place and summary.no_prompts == summary.total:
+        nothing_to_do = f"nothing to do: no sample has prompts in '{prompt_field}'"
+    else:
+        nothing_to_do = (f"nothing to do: every sample with prompts in '{prompt_field}' already has masks"
+                         + (f" ({summary.no_prompts} had no prompts)" if summary.no_prompts else ""))
+    todo_ids = _plan(summary, todo, nothing_to_do)
     if not todo_ids:
         return _finished(summary, samples, target, started)
 
     segmenter = Segmenter(model, device, box_batch_size=batch_size, point_labels_attr=point_labels_attr)
 
-    def compute(image, sample):
+    def compute(sample):
         value = sample[prompt_field]
-        if value is None:
-            return fol.Detections(), 0
+        prompts = getattr(value, "detections" if kind == "boxes" else "keypoints", None) if value is not None else None
+        if not prompts:
+            return _Result(fol.Detections(), 0, no_prompts=True)
+        image = samkit.load_image(sample.filepath)
         labels = segmenter.prompts(image, value, in_place=in_place, only_missing=skip_existing)
-        return labels, segmenter.last_masks
+        problems = segmenter.last_problems
+        problem = describe_problems(problems, sample.id, prompt_field) if problems else None
+        return _Result(labels, segmenter.last_masks, problem=problem, bad_prompts=len(problems))
 
     def write(sample, labels):
         if writer.store(sample.id, labels.detections, replace=not in_place):

@@ -110,6 +110,27 @@ def box_prompt(box: Sequence[float], width: int, height: int) -> Optional[np.nda
     return np.array([x0, y0, x1, y1], dtype=np.float32)
 
 
+def _named(kind: str, label: "fol.Label") -> str:
+    name = getattr(label, "label", None)
+    return f"{kind} {label.id}" + (f" ({name!r})" if name else "")
+
+
+def box_problem(detection: "fol.Detection", width: int, height: int) -> str:
+    """Why :func:`box_prompt` gives no prompt for this detection's box, in a few words."""
+    box = detection.bounding_box
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        return f"{_named('detection', detection)} has no usable box ({box!r} is not 4 numbers [x, y, w, h])"
+    shown = "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+    x, y, w, h = values
+    if w * width < 1 or h * height < 1:
+        return f"{_named('detection', detection)} has a box of zero size {shown}"
+    return f"{_named('detection', detection)} has a box outside the image {shown} (relative [x, y, w, h])"
+
+
 def point_prompt(
     keypoint: "fol.Keypoint", width: int, height: int, labels_attr: str = DEFAULT_POINT_LABELS_ATTR
 ) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -117,18 +138,28 @@ def point_prompt(
 
     Points that are NaN (FiftyOne's "not visible") are dropped. Labels come from the keypoint's
     ``labels_attr`` attribute, one per point (1/0 or True/False); without it every point is
-    positive. None if no point is left.
+    positive. None if no point is left; a :class:`samkit.PromptError` for malformed points or labels.
     """
-    points = np.asarray(keypoint.points or [], dtype=np.float64).reshape(-1, 2)
+    try:
+        points = np.asarray(keypoint.points or [], dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        raise samkit.PromptError(
+            f"{_named('keypoint', keypoint)} has points that are not [x, y] pairs: {keypoint.points!r}"
+        ) from None
     labels_value = keypoint[labels_attr] if keypoint.has_field(labels_attr) else None
     if labels_value is None:
         labels = np.ones(len(points), dtype=np.int64)
     else:
+        if not isinstance(labels_value, (list, tuple, np.ndarray)):
+            raise samkit.PromptError(
+                f"{_named('keypoint', keypoint)} has {labels_value!r} in its '{labels_attr}' attribute "
+                "(give a list with one label per point: 1 positive, 0 negative)"
+            )
         labels = np.asarray([int(bool(v)) for v in labels_value], dtype=np.int64)
         if len(labels) != len(points):
             raise samkit.PromptError(
-                f"keypoint {keypoint.id} has {len(points)} points but {len(labels)} values in its "
-                f"'{labels_attr}' attribute; give one label (1 positive, 0 negative) per point"
+                f"{_named('keypoint', keypoint)} has {len(points)} points but {len(labels)} values in its "
+                f"'{labels_attr}' attribute (give one label per point: 1 positive, 0 negative)"
             )
     keep = np.isfinite(points).all(axis=1)
     if not keep.any():
@@ -145,6 +176,18 @@ def _copy_prompt(label: "fol.Label") -> dict[str, Any]:
         for name, value in label.iter_fields()
         if name not in skip and value is not None and not (name == "attributes" and not value)
     }
+
+
+MAX_PROBLEMS_SHOWN = 3
+
+
+def describe_problems(problems: Sequence[str], sample_id: str, prompt_field: str) -> str:
+    """One line for a sample whose prompts could not all be used."""
+    shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        shown += f"; and {len(problems) - MAX_PROBLEMS_SHOWN} more"
+    count = f"{len(problems)} prompt{'s' if len(problems) != 1 else ''}"
+    return f"sample {sample_id}: {count} in '{prompt_field}' got no mask: {shown}"
 
 
 class Segmenter:
@@ -167,6 +210,8 @@ class Segmenter:
         self._predictor: Optional[samkit.Predictor] = None
         self._generator = None
         self.last_masks = 0  # masks made by the last call (in place: not the detections left as they were)
+        # why prompts of the last call got no mask (bad box, wrong labels, ...): one line each
+        self.last_problems: list[str] = []
 
     @property
     def predictor(self) -> "samkit.Predictor":
@@ -179,6 +224,7 @@ class Segmenter:
     def everything(self, image: np.ndarray) -> "fol.Detections":
         if self._generator is None:
             self._generator = samkit.MaskGenerator(self.model, predictor=self.predictor, **self.everything_options)
+        self.last_problems = []
         records = self._generator.generate(image)
         records = sorted(records, key=lambda r: float(r["predicted_iou"]), reverse=True)
         if self.max_masks is not None:
@@ -206,7 +252,9 @@ class Segmenter:
     # -- prompts ------------------------------------------------------------------------------
 
     def prompts(self, image: np.ndarray, value: Any, in_place: bool = False, only_missing: bool = False):
-        """Dispatch on the prompt label's type (Detections -> boxes, Keypoints -> points)."""
+        """Dispatch on the prompt label's type (Detections -> boxes, Keypoints -> points).
+
+        A prompt that cannot be used gets no mask and a line in ``last_problems``."""
         if isinstance(value, fol.Detections):
             return self.boxes(image, value, in_place=in_place, only_missing=only_missing)
         if isinstance(value, fol.Keypoints):
@@ -228,11 +276,14 @@ class Segmenter:
         mask cropped to their own box (boxes, labels, confidences untouched)."""
         height, width = image.shape[:2]
         todo: list[tuple["fol.Detection", np.ndarray]] = []
+        self.last_problems = []
         for det in detections.detections:
             if in_place and only_missing and (det.mask is not None or det.mask_path is not None):
                 continue
             prompt = box_prompt(det.bounding_box, width, height)
-            if prompt is not None:
+            if prompt is None:
+                self.last_problems.append(box_problem(det, width, height))
+            else:
                 todo.append((det, prompt))
 
         results: dict[int, tuple[np.ndarray, float]] = {}
@@ -270,9 +321,16 @@ class Segmenter:
         three-mask output and keep the best, as SAM recommends for ambiguous prompts)."""
         height, width = image.shape[:2]
         prompts = []
+        self.last_problems = []
         for kp in keypoints.keypoints:
-            prompt = point_prompt(kp, width, height, self.point_labels_attr)
-            if prompt is not None:
+            try:
+                prompt = point_prompt(kp, width, height, self.point_labels_attr)
+            except samkit.PromptError as exc:  # this keypoint only; the others still get masks
+                self.last_problems.append(str(exc))
+                continue
+            if prompt is None:
+                self.last_problems.append(f"{_named('keypoint', kp)} has no visible point (all are NaN)")
+            else:
                 prompts.append((kp, prompt))
         out = []
         if prompts:

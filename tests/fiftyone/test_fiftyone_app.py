@@ -87,6 +87,34 @@ def test_operators_listed_over_http(app):
     assert props["points_per_side"]["default"] == 32 and props["output_field"]["default"] == "sam_everything"
 
 
+def test_app_offers_only_execute_on_a_non_persistent_dataset(app, photos):
+    """The App asks the server which execution modes to offer: a dataset that is not persistent
+    cannot be scheduled (a worker would not find it), so only "Execute" is offered; a request to
+    schedule anyway is refused with the reason, and nothing is queued."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    url, _ = app
+    dataset = fo.Dataset()  # not persistent
+    try:
+        dataset.add_sample(fo.Sample(filepath=photos["dog.jpg"]))
+        request = {"operator_uri": "@samkit/fiftyone/segment_everything", "dataset_name": dataset.name,
+                   "params": {}, "view": [], "selected": [], "selected_labels": []}
+        reply = httpx.post(f"{url}/operators/resolve-execution-options", json=request, timeout=60)
+        reply.raise_for_status()
+        options = reply.json()
+        assert options["allow_immediate_execution"] is True and options["allow_delegated_execution"] is False
+
+        reply = httpx.post(f"{url}/operators/execute", json={**request, "request_delegation": True}, timeout=60)
+        assert "set dataset.persistent = True" in reply.text
+        assert DelegatedOperationService().list_operations(dataset_name=dataset.name) == []
+
+        dataset.persistent = True
+        reply = httpx.post(f"{url}/operators/resolve-execution-options", json=request, timeout=60)
+        assert reply.json()["allow_delegated_execution"] is True
+    finally:
+        dataset.delete()
+
+
 def test_execute_streams_progress_over_http(app):
     """What the App does when the user presses Execute: the generator endpoint streams
     progress messages while the operator runs in the server process."""

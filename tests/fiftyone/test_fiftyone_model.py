@@ -109,3 +109,29 @@ def test_wrong_checkpoint_fails_at_construction(tmp_path):
 def test_confidence_is_the_predicted_iou_clamped():
     assert confidence_of(0.73) == pytest.approx(0.73)
     assert confidence_of(1.04) == 1.0 and confidence_of(-0.02) == 0.0
+
+
+def test_apply_model_bad_prompts_warn_and_keep_the_good_masks(make_dataset, photos, checkpoint, caplog):
+    """With apply_model there is no error field: an unusable prompt is named in a warning (with
+    the sample), the sample's other prompts still get their masks."""
+    dataset = make_dataset([photos["truck.jpg"]], boxes=True)
+    sample = dataset.first()
+    sample["kp"] = fol.Keypoints(keypoints=[
+        fol.Keypoint(label="truck", points=[[0.5, 0.45]]),
+        fol.Keypoint(label="wheel", points=[[0.3, 0.7], [0.1, 0.1]], sam_labels=[1]),
+    ])
+    sample.gt.detections.append(fol.Detection(label="flat", bounding_box=[0.2, 0.2, 0.3, 0.0]))
+    sample.save()
+    model = SamModel(model=checkpoint)
+    with caplog.at_level("WARNING", logger="samkit.fiftyone.model"):
+        dataset.apply_model(model, "kp_sam", prompt_field="kp", skip_failures=False)
+        dataset.apply_model(model, "gt_sam", prompt_field="gt", skip_failures=False)
+    sample = dataset.first()
+    assert [d.label for d in sample.kp_sam.detections] == ["truck"]
+    assert [d.label for d in sample.gt_sam.detections] == ["truck"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "samkit.fiftyone.model"]
+    wheel, flat = sample.kp.keypoints[1], sample.gt.detections[1]
+    assert any(f"sample {sample.id}: 1 prompt in 'kp' got no mask: keypoint {wheel.id} ('wheel') has 2 points "
+               "but 1 values in its 'sam_labels' attribute" in w for w in warnings), warnings
+    assert any(f"sample {sample.id}: 1 prompt in 'gt' got no mask: detection {flat.id} ('flat') has a box of "
+               "zero size" in w for w in warnings), warnings

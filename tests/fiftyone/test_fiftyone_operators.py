@@ -492,3 +492,153 @@ def test_delegated_run_marked_failed_is_asked_to_stop(make_dataset, photos, monk
     assert stop_requested() is True
     immediate = ExecutionContext(request_params={"dataset_name": dataset.name})
     assert operators._stop_requested(immediate) is None
+
+
+@pytest.mark.parametrize("uri", [EVERYTHING, PROMPTS])
+def test_scheduling_on_a_non_persistent_dataset_is_refused(photos, checkpoint, uri):
+    """A delegated worker loads the dataset later, in its own process, and FiftyOne deletes a
+    non-persistent dataset when the session that made it ends: scheduling is refused before
+    anything is queued, saying how to fix it; the App offers only "Execute"; running now works."""
+    from fiftyone.operators.executor import ExecutionContext
+
+    dataset = fo.Dataset()  # not persistent
+    try:
+        dataset.add_samples([fo.Sample(filepath=photos["dog.jpg"],
+                                       gt=fol.Detections(detections=[fol.Detection(label="dog",
+                                                                                    bounding_box=BOXES["dog.jpg"][0][1])]))])
+        params = (dict(SMALL_EVERYTHING, model=checkpoint, output_field="out") if uri == EVERYTHING
+                  else {"prompt_field": "gt", "output_field": "out", "model": checkpoint})
+        service = DelegatedOperationService()
+        with pytest.raises(Exception, match=r"not persistent.*set dataset\.persistent = True, or run it immediately"):
+            foo.execute_operator(uri, ctx={"dataset": dataset, "params": params, "request_delegation": True})
+        assert service.list_operations(dataset_name=dataset.name) == []
+        assert not dataset.has_field("out")
+
+        operator = foo.get_operator(uri)
+        ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": params})
+        options = operator.resolve_execution_options(ctx)
+        assert options.allow_immediate_execution and not options.allow_delegated_execution
+        hint = operator.resolve_input(ctx).type.properties["delegation_hint"]
+        assert not hint.invalid and "not persistent" in hint.view.label  # the form says why
+
+        summary = foo.execute_operator(uri, ctx={"dataset": dataset, "params": params}).result
+        assert summary["processed"] == 1 and dataset.count("out") == 1
+
+        dataset.persistent = True  # now it can be scheduled
+        assert operator.resolve_execution_options(ctx).allow_delegated_execution
+        queued = foo.execute_operator(uri, ctx={"dataset": dataset, "params": params, "request_delegation": True})
+        assert queued.delegated
+        service.delete_operation(queued.result["id"])
+    finally:
+        dataset.delete()
+
+
+def test_samples_without_prompts_get_an_empty_result_like_apply_model(make_dataset, photos, checkpoint):
+    """A sample whose prompt field is None or an empty list is processed, not skipped: the new
+    field gets an empty Detections (as apply_model writes), the summary says so in words, and a
+    later run picks it up once it has prompts. In place, its prompt field is left as it was."""
+    from samkit.fiftyone import SamModel
+
+    dataset = make_dataset([photos["dog.jpg"], photos["picture1.jpg"], photos["picture2.jpg"]], boxes=True)
+    dog, none, empty = dataset.select_by("filepath", [photos["dog.jpg"], photos["picture1.jpg"],
+                                                      photos["picture2.jpg"]], ordered=True)
+    none.gt = None
+    none.save()
+    empty.gt = fol.Detections()
+    empty.save()
+
+    params = {"prompt_field": "gt", "output_field": "out", "model": checkpoint}
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["processed"] == 3 and summary["no_prompts"] == 2
+    assert summary["skipped"] == 0 and summary["failed"] == 0 and summary["masks"] == 1
+    assert "3 samples written to 'out' (1 masks), 2 of them had no prompts in 'gt'" in summary["message"]
+
+    dataset.apply_model(SamModel(model=checkpoint), "applied", prompt_field="gt", skip_failures=False)
+    for sample in dataset:  # both paths: the same labels, an empty Detections where nothing was prompted
+        assert isinstance(sample.out, fol.Detections) and isinstance(sample.applied, fol.Detections)
+        assert len(sample.out.detections) == len(sample.applied.detections) == (1 if sample.id == dog.id else 0)
+    assert dataset.count("out") == 3 and not dataset.has_field("out_error")
+
+    # prompts added later: a resumed run redoes that sample, not the ones already done
+    none = dataset[none.id]
+    none.gt = fol.Detections(detections=[fol.Detection(label="object", bounding_box=BOXES["picture1.jpg"][0][1])])
+    none.save()
+    again = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert again["processed"] == 1 and again["skipped"] == 2 and again["no_prompts"] == 0
+    assert len(dataset[none.id].out.detections) == 1
+
+    # in place: nothing to add masks to, and the user's (empty) prompt field stays as it was
+    bare = dataset.add_sample(fo.Sample(filepath=photos["bus.jpg"]))
+    in_place = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": {"prompt_field": "gt", "in_place": True,
+                                                                                 "model": checkpoint}}).result
+    assert in_place["processed"] == 2 and in_place["no_prompts"] == 2 and in_place["skipped"] == 0
+    assert "2 had no prompts in 'gt' (left as they were)" in in_place["message"]
+    assert dataset[bare].gt is None and dataset[empty.id].gt.detections == []
+    assert not dataset.has_field("gt_error") or dataset.count("gt_error") == 0
+
+
+def test_bad_prompts_are_recorded_and_the_good_ones_still_get_masks(make_dataset, photos, checkpoint):
+    """A box of zero size or outside the image, or keypoint labels that do not match its points:
+    that prompt gets no mask and the sample an error record naming it; the sample's other
+    prompts get their masks, and a re-run after the fix clears the record."""
+    dataset = make_dataset([photos["dogs.jpg"], photos["truck.jpg"]], boxes=True)
+    dogs, truck = dataset.select_by("filepath", [photos["dogs.jpg"], photos["truck.jpg"]], ordered=True)
+    good = dogs.gt.detections[0]
+    dogs.gt.detections = [good,
+                          fol.Detection(label="flat", bounding_box=[0.5, 0.5, 0.0, 0.2]),
+                          fol.Detection(label="away", bounding_box=[1.2, 1.1, 0.1, 0.1])]
+    dogs.save()
+    truck["kp"] = fol.Keypoints(keypoints=[
+        fol.Keypoint(label="truck", points=[[0.5, 0.45]]),
+        fol.Keypoint(label="wheel", points=[[0.3, 0.7], [0.1, 0.1], [0.9, 0.1]], sam_labels=[1, 0]),
+    ])
+    truck.save()
+
+    params = {"prompt_field": "gt", "output_field": "gt_sam", "model": checkpoint}
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["processed"] == 2 and summary["failed"] == 0 and summary["masks"] == 2
+    assert summary["bad_prompts"] == 2 and summary["bad_prompt_samples"] == 1
+    assert "2 unusable prompts in 1 samples got no mask (see the 'gt_sam_error' field)" in summary["message"]
+    dogs = dataset[dogs.id]
+    assert [d["prompt_id"] for d in dogs.gt_sam.detections] == [good.id]
+    width, height = image_size(dogs.filepath)
+    predictor = samkit.Predictor(samkit.load_model(checkpoint))
+    predictor.set_image(dogs.filepath)
+    x, y, w, h = good.bounding_box
+    masks, _, _ = predictor.predict(box=np.array([x * width, y * height, (x + w) * width, (y + h) * height]),
+                                    multimask_output=False)
+    assert iou(check_tight(dogs.gt_sam.detections[0], width, height), masks[0]) > 0.999
+    error = dogs.gt_sam_error
+    assert error == summary["errors"][dogs.id] and "\n" not in error
+    assert error.startswith(f"sample {dogs.id}: 2 prompts in 'gt' got no mask: ")
+    flat, away = dogs.gt.detections[1:]
+    assert f"detection {flat.id} ('flat') has a box of zero size [0.5, 0.5, 0, 0.2]" in error
+    assert f"detection {away.id} ('away') has a box outside the image [1.2, 1.1, 0.1, 0.1]" in error
+    assert dataset[truck.id].gt_sam_error is None
+
+    # keypoints: a labels list of the wrong length spoils that keypoint only
+    params = {"prompt_field": "kp", "output_field": "kp_sam", "model": checkpoint}
+    summary = foo.execute_operator(PROMPTS, ctx={"view": dataset.exists("kp"), "params": params}).result
+    assert summary["processed"] == 1 and summary["failed"] == 0 and summary["bad_prompts"] == 1
+    truck = dataset[truck.id]
+    assert [d.label for d in truck.kp_sam.detections] == ["truck"]
+    wheel = truck.kp.keypoints[1]
+    assert truck.kp_sam_error == (f"sample {truck.id}: 1 prompt in 'kp' got no mask: keypoint {wheel.id} ('wheel') "
+                                  "has 3 points but 2 values in its 'sam_labels' attribute (give one label per "
+                                  "point: 1 positive, 0 negative)")
+
+    # fixed: the resumed run redoes the sample with the record (and only it), and clears it
+    wheel["sam_labels"] = [1, 0, 0]
+    truck.save()
+    again = foo.execute_operator(PROMPTS, ctx={"view": dataset.exists("kp"), "params": params}).result
+    assert again["processed"] == 1 and again["bad_prompts"] == 0
+    truck = dataset[truck.id]
+    assert [d.label for d in truck.kp_sam.detections] == ["truck", "wheel"] and truck.kp_sam_error is None
+
+    # in place: the good boxes get masks, the bad ones are named
+    params = {"prompt_field": "gt", "in_place": True, "model": checkpoint}
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["processed"] == 2 and summary["masks"] == 2 and summary["bad_prompts"] == 2
+    dogs = dataset[dogs.id]
+    assert [d.mask is not None for d in dogs.gt.detections] == [True, False, False]
+    assert "2 prompts in 'gt' got no mask" in dogs.gt_error
