@@ -16,6 +16,8 @@ log = logging.getLogger("samkit.geo")
 
 COLUMNS = ["id", "score", "stability_score", "area_m2", "area_px", "tile", "n_tiles"]
 PROMPT_COLUMNS = ["id", "prompt_id", "score", "stability_score", "area_m2", "area_px", "tile"]
+COLUMN_TYPES = {"id": "int64", "prompt_id": "string", "score": "float64", "stability_score": "float64",
+                "area_m2": "float64", "area_px": "float64", "tile": "string", "n_tiles": "int64"}
 
 
 @gdal_bounded
@@ -89,6 +91,8 @@ def vectorize(
     try:
         if out_to_crs is not None and out_crs is None:
             raise GeoError("to_crs needs a georeferenced raster; it cannot reproject pixel coordinates")
+        if dst_path is not None:
+            output.check_output_crs(dst_path, out_to_crs if out_to_crs is not None else out_crs)
         if prompts is not None:
             records, px_geoms = _run_prompts(ds, spec, out_crs, transform, prompts, prompts_crs=prompts_crs,
                                              skip_outside=skip_outside, predictor=predictor, model=model,
@@ -113,9 +117,6 @@ def vectorize(
         if out_to_crs is not None:
             gdf = gdf.to_crs(out_to_crs)
         if dst_path is not None:
-            if dst_path.suffix.lower() in (".geojson", ".json") and gdf.crs is not None and not gdf.crs.to_epsg():
-                log.warning("GeoJSON cannot name the CRS %s (it has no EPSG code): readers will assume EPSG:4326;"
-                            " prefer .gpkg/.fgb/.parquet or to_crs='EPSG:4326'", gdf.crs.name)
             output.write_vector(gdf, dst_path, layer=layer)
         if id_path is not None:
             output.write_id_raster(zip(gdf["id"], px_geoms), id_path, width=ds.width, height=ds.height,
@@ -158,7 +159,14 @@ def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, genera
             "generator": fingerprint(generator),
         }
         store = TileStore(checkpoint_dir, job, resume=resume)
-    results = run_tiles(grid, spec, generator, store=store, dask=dask, progress=progress)
+    try:
+        results = run_tiles(grid, spec, generator, store=store, dask=dask, progress=progress)
+    except BaseException:
+        # a run that failed before its first tile (a model that does not load, a raster that cannot
+        # be read) has nothing to resume from: leave no directory behind
+        if store is not None and not store.has_results():
+            store.remove()
+        raise
     objects = merge_tiles(grid, results, iou_thresh=iou_thresh)
     records = [{"score": o.score, "stability_score": o.stability_score, "tile": o.tile, "n_tiles": o.n_tiles}
                for o in objects]
@@ -167,10 +175,12 @@ def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, genera
 
 def _run_prompts(ds, spec, out_crs, transform, prompts, *, prompts_crs, skip_outside, predictor, model, device,
                  tile_size, progress):
+    from collections import Counter
+
     from tqdm.auto import tqdm
 
     from . import raster
-    from .prompts import load_prompts, plan_windows
+    from .prompts import load_prompts, plan_windows, split_long_box
 
     plist = load_prompts(prompts, raster_crs=out_crs, transform=transform, width=ds.width, height=ds.height,
                          prompts_crs=prompts_crs, skip_outside=skip_outside)
@@ -178,38 +188,72 @@ def _run_prompts(ds, spec, out_crs, transform, prompts, *, prompts_crs, skip_out
         import samkit
 
         predictor = samkit.Predictor(samkit.load_model(model, device=device))
+    parts, owner = [], []  # what is asked: prompts, and the parts of long thin boxes
+    for k, p in enumerate(plist):
+        pieces = split_long_box(p, tile_size)
+        parts += pieces
+        owner += [k] * len(pieces)
+    split = {k for k, n in Counter(owner).items() if n > 1}
     answers: dict[int, tuple] = {}
-    pending, size = list(range(len(plist))), tile_size
-    bar = tqdm(total=len(plist), desc="prompts", unit="prompt", disable=not progress, dynamic_ncols=True)
+    pending, size = list(range(len(parts))), tile_size
+    bar = tqdm(total=len(parts), desc="prompts", unit="prompt", disable=not progress, dynamic_ncols=True)
     for attempt in range(PROMPT_WINDOW_GROWTH + 1):
-        windows = plan_windows([plist[k] for k in pending], ds.width, ds.height, size, read_size=tile_size)
+        windows = plan_windows([parts[j] for j in pending], ds.width, ds.height, size, read_size=tile_size)
         retry = []
         for win in windows:
-            members = [pending[j] for j in win.members]
+            members = [pending[i] for i in win.members]
             image, valid = raster.read_tile(ds, spec, raster.Window(win.c0, win.r0, win.w, win.h),
                                             out_shape=win.out_shape)
             if not valid.any():
-                log.warning("prompts %s lie in nodata only; skipped", [plist[k].prompt_id for k in members])
+                log.warning("prompts %s lie in nodata only; skipped", [parts[j].prompt_id for j in members])
                 bar.update(len(members))
                 continue
             predictor.set_image(image)
-            for k in members:
-                answer, cut = _answer_prompt(predictor, plist[k], win, image.shape[:2], valid, ds.width, ds.height)
+            for j in members:
+                answer, cut = _answer_prompt(predictor, parts[j], win, image.shape[:2], valid, ds.width, ds.height)
                 if answer is not None:
-                    answers[k] = answer
-                if cut and attempt < PROMPT_WINDOW_GROWTH:
-                    retry.append(k)  # the mask runs into the window's edge: ask again with a larger window
+                    answers[j] = (*answer, win)
+                # the mask runs into the window's edge: ask again with a larger window (not a part of a
+                # long box, whose mask runs on into the next part's window by design)
+                if cut and attempt < PROMPT_WINDOW_GROWTH and owner[j] not in split:
+                    retry.append(j)
                 else:
                     bar.update(1)
         if not retry:
             break
         pending, size = retry, size * 2
     bar.close()
+    by_prompt: dict[int, list] = {}
+    for j in sorted(answers):
+        by_prompt.setdefault(owner[j], []).append(answers[j])
+    records, geoms = [], []
     for k in range(len(plist)):
-        if k not in answers:
+        got = by_prompt.get(k)
+        if not got:
             log.warning("prompt %r gave an empty mask (or only nodata); skipped", plist[k].prompt_id)
-    order = sorted(answers)
-    return [answers[k][1] for k in order], [answers[k][0] for k in order]
+            continue
+        geom, record = got[0][:2] if len(got) == 1 else _join_parts(got)
+        geoms.append(geom)
+        records.append(record)
+    return records, geoms
+
+
+def _join_parts(got):
+    """One answer from the answers (geometry, record, window) to the parts of a long box: the
+    union of their masks, scores weighted by area, the window covering all of theirs."""
+    import shapely
+
+    from .tiling import window_name
+
+    geom = shapely.union_all([g for g, _, _ in got])
+    w = np.array([g.area for g, _, _ in got])
+    w = w / w.sum()
+    c0, r0 = min(win.c0 for *_, win in got), min(win.r0 for *_, win in got)
+    c1, r1 = max(win.c0 + win.w for *_, win in got), max(win.r0 + win.h for *_, win in got)
+    record = dict(got[0][1], score=float(sum(wi * rec["score"] for wi, (_, rec, _) in zip(w, got))),
+                  stability_score=float(sum(wi * rec["stability_score"] for wi, (_, rec, _) in zip(w, got))),
+                  tile=window_name(c0, r0, c1 - c0, r1 - r0))
+    return geom, record
 
 
 #: how many times a prompt whose mask reaches its window's edge is asked again with a window
@@ -223,6 +267,7 @@ def _answer_prompt(predictor, p, win, read_shape, valid, width, height):
     from shapely import affinity
 
     from .merge import trace
+    from .tiling import window_name
 
     fy, fx = read_shape[0] / win.h, read_shape[1] / win.w
     kwargs = {}
@@ -254,7 +299,7 @@ def _answer_prompt(predictor, p, win, read_shape, valid, width, height):
     g = trace(np.ascontiguousarray(mask[r0:r1, c0:c1]), int(r0), int(c0))
     g = affinity.affine_transform(g, [1 / fx, 0, 0, 1 / fy, win.c0, win.r0])  # read grid -> raster pixels
     record = {"prompt_id": str(p.prompt_id), "score": float(scores[best]), "stability_score": stability,
-              "tile": f"x{win.c0}y{win.r0}w{win.w}h{win.h}"}
+              "tile": window_name(win.c0, win.r0, win.w, win.h)}
     return (g, record), cut
 
 
@@ -328,10 +373,8 @@ def _finish(ds, spec, records, px_geoms, out_crs, transform, columns, *, min_are
         geometry=gpd.GeoSeries(geoms, crs=out_crs) if geoms else gpd.GeoSeries([], crs=out_crs),
         crs=out_crs,
     )
-    gdf = gdf.astype({"id": "int64", "score": "float64", "stability_score": "float64", "area_m2": "float64",
-                      "area_px": "float64"})
-    if "n_tiles" in gdf.columns:
-        gdf["n_tiles"] = gdf["n_tiles"].astype("int64")
+    # every column typed explicitly: an empty layer (allow_empty) has the same schema as a full one
+    gdf = gdf.astype({c: t for c, t in COLUMN_TYPES.items() if c in gdf.columns})
     return gdf, pxs
 
 

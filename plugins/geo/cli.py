@@ -217,8 +217,9 @@ def _output_kwargs(args) -> dict:
 
 
 def _report(gdf, args) -> None:
-    crs = gdf.crs
-    where = "pixel coordinates" if crs is None else (f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.name)
+    from .raster import crs_label
+
+    where = "pixel coordinates" if gdf.crs is None else crs_label(gdf.crs)
     print(f"wrote {len(gdf)} polygon(s) to {args.output} ({where})")
     if args.id_raster:
         print(f"wrote instance ids to {args.id_raster}")

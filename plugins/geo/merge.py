@@ -8,11 +8,17 @@ the raster (the overlap of the two windows):
    tiles see the same part of it in the overlap) and folds an object seen whole by both tiles
    into one, but never joins two neighbours that merely touch (their parts in the overlap do
    not overlap at all).
-2. *Continuation*: a piece cut by its tile's edge towards the other tile whose part in the
-   overlap lies (>= ``contain_thresh``) inside one piece of the other tile is joined to it as
-   well, provided it does not overlap the pieces already joined to that piece from its own
-   tile. This joins the several arms of one object (a U shape) that a tile sees as separate
-   pieces, without absorbing a part-mask into its whole.
+2. *Agreement up to noise*: two pieces still unmatched whose parts in the overlap each lie
+   (>= ``contain_thresh``) inside the other's grown by ``EDGE_TOLERANCE`` pixels are matched
+   too: one outline that the two tiles' masks draw a few pixels apart (a small object, or a
+   thin strip of one, whose IoU that noise pulls below ``iou_thresh``). A part-mask and its
+   whole, or two neighbours, do not lie around each other like that.
+3. *Continuation*: a piece cut by its tile's edge towards the other tile whose part in the
+   overlap lies (>= ``contain_thresh``, allowing ``EDGE_TOLERANCE`` pixels of disagreement)
+   inside one piece of the other tile is joined to it as well, provided it does not overlap
+   the pieces already joined to that piece from its own tile. This joins the several arms of
+   one object (a U shape) that a tile sees as separate pieces, without absorbing a part-mask
+   into its whole.
 
 Tiles that abut without overlap (``overlap=0``) are matched the same way on the two pixel
 lines either side of their common border; there two objects that meet exactly on the border
@@ -40,8 +46,9 @@ from .pieces import TileResult
 from .tiling import TileGrid
 
 # Pixels by which two tiles' masks of one object may disagree along its outline and still be
-# recognised as one object continued across their border.
-EDGE_TOLERANCE = 2
+# recognised as one object: each tile's mask may be off by 2 px (a model's masks grow or shrink
+# with their context), so two of them by 4.
+EDGE_TOLERANCE = 4
 
 
 class _UnionFind:
@@ -124,7 +131,20 @@ def match_candidates(cands_a, cands_b, iou_thresh: float = 0.5, contain_thresh: 
         linked_a[j] = [i]
         edges.append((cands_a[i].gidx, cands_b[j].gidx))
 
-    # 2. continuation: a cut piece contained in one piece across the border
+    # 2. agreement up to the tolerance: pieces that each lie within the other grown by EDGE_TOLERANCE
+    # have one outline but for the two masks' noise (a small object, or a cut strip of one, whose
+    # IoU that noise pulls below iou_thresh); a part-mask never lies around its whole like that
+    for (i, j), _ in sorted(inter.items(), key=lambda kv: (-kv[1], kv[0])):
+        if i in linked_b or j in linked_a:
+            continue
+        a, b = cands_a[i], cands_b[j]
+        if (_inter(a, _dilated(b, EDGE_TOLERANCE)) >= contain_thresh * a.count
+                and _inter(b, _dilated(a, EDGE_TOLERANCE)) >= contain_thresh * b.count):
+            linked_b[i] = [j]
+            linked_a[j] = [i]
+            edges.append((a.gidx, b.gidx))
+
+    # 3. continuation: a cut piece contained in one piece across the border
     def continuation(cands_x, cands_y, linked_x_of_y, linked_y_of_x, key):
         for i, cx in enumerate(cands_x):
             if i in linked_y_of_x or not cx.truncated:
@@ -263,7 +283,7 @@ def merge_tiles(grid: TileGrid, results: dict, iou_thresh: float = 0.5, contain_
                                 max(kc0, c0) - c0:max(0, min(kc1, c1) - c0)] = True
                 mask = mask & allowed
             n = int(np.count_nonzero(mask))
-            metas.append((res.scores[i], res.stability[i], f"r{row}c{col}"))
+            metas.append((res.scores[i], res.stability[i], grid.tile(row, col).name))
             weights.append(n)
             if n:
                 parts.append(trace(mask, r0, c0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -24,7 +25,12 @@ FORMATS = {
     ".parquet": ("GeoParquet", "arrow"),
     ".geoparquet": ("GeoParquet", "arrow"),
 }
-SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx")
+#: files that belong to a shapefile ``name.shp`` as ``name`` + one of these (any case): an overwrite
+#: replaces or removes all of them
+SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".shp.xml", ".aih", ".ain",
+                      ".atx", ".fbn", ".fbx", ".ixs", ".mxs", ".qpj")
+#: what GDAL may add beside a temporary file while writing it (SQLite journals, PAM metadata)
+TEMPORARY_COMPANIONS = ("", "-journal", "-wal", "-shm", ".aux.xml")
 #: shapefile field names are limited to 10 characters
 SHAPEFILE_NAMES = {"stability_score": "stability"}
 
@@ -66,6 +72,65 @@ def check_output(dst, *, overwrite: bool, what: str = "output", src=None) -> Pat
     return path
 
 
+def check_output_crs(dst, crs) -> None:
+    """Fail before any work when ``dst``'s format cannot carry ``crs``: GeoJSON names a CRS only
+    by its EPSG code (and RFC 7946 readers assume EPSG:4326), so polygons in any other CRS would
+    lose their place on the map."""
+    if crs is None or output_format(dst) != "GeoJSON" or crs.to_epsg():
+        return
+    from .raster import crs_label
+
+    raise GeoError(
+        f"GeoJSON can only name a CRS by its EPSG code and the output's CRS, {crs_label(crs)}, has none: readers"
+        f" would misplace the polygons. Write {Path(os.fspath(dst)).stem}.gpkg, .fgb or .parquet instead, or"
+        " reproject with to_crs='EPSG:4326' (CLI --to-crs EPSG:4326)"
+    )
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: assume it runs
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OverflowError:  # not a PID at all
+        return False
+    return True
+
+
+def remove_stale_temporaries(path) -> None:
+    """Remove the temporary files that runs killed while writing ``path`` left beside it: only
+    names made for ``path`` by ``samkit.files.atomic_output`` (``.{stem}.tmp-{pid}-{8 hex}{suffix}``,
+    with GDAL's journal or .aux.xml) or by ``_write_shapefile`` (that name without the suffix, a
+    directory), and only those whose process no longer exists."""
+    path = Path(os.fspath(path))
+    prefix = f".{path.stem}.tmp-"
+    endings = {path.suffix + c for c in TEMPORARY_COMPANIONS}
+    if path.suffix.lower() == ".shp":
+        endings.add("")
+    try:
+        with os.scandir(path.parent) as it:
+            entries = [e for e in it if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        m = re.fullmatch(r"(\d+)-[0-9a-f]{8}(.*)", entry.name[len(prefix):], flags=re.DOTALL)
+        if m is None or m.group(2) not in endings or _process_exists(int(m.group(1))):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:  # another run cleaning up at the same moment, or not ours to delete
+            pass
+
+
 def _prepare(gdf, fmt: str):
     from shapely.geometry import MultiPolygon
 
@@ -91,6 +156,7 @@ def write_vector(gdf, dst, *, layer: str | None = None) -> Path:
 
     path = Path(os.fspath(dst))
     fmt = output_format(path)
+    remove_stale_temporaries(path)
     gdf = _prepare(gdf, fmt)
     geometry_type = "Polygon" if len(gdf) == 0 else None
     try:
@@ -106,16 +172,23 @@ def write_vector(gdf, dst, *, layer: str | None = None) -> Path:
     return path
 
 
+def _shapefile_set(path: Path) -> list[Path]:
+    """The files of the shapefile ``path`` that exist (the .shp and its sidecars, any case)."""
+    names = {(path.stem + ext).lower() for ext in (".shp", *SHAPEFILE_SIDECARS)}
+    return [p for p in path.parent.iterdir() if p.name.lower() in names and p.is_file()]
+
+
 def _write_shapefile(gdf, path: Path, geometry_type) -> None:
-    tmpdir = path.parent / f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}"
+    # named like atomic_output's files, so that remove_stale_temporaries knows it after a kill
+    tmpdir = path.parent / f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmpdir.mkdir()
     try:
         gdf.to_file(tmpdir / path.name, driver="ESRI Shapefile", engine="pyogrio", geometry_type=geometry_type,
                     encoding="UTF-8")
         written = sorted(tmpdir.iterdir(), key=lambda p: p.suffix.lower() == ".shp")  # .shp last
-        for old in SHAPEFILE_SIDECARS:  # stale sidecars of an older file must not survive
-            stale = path.with_suffix(old)
-            if stale.exists() and not (tmpdir / stale.name).exists():
+        new = {f.name for f in written}
+        for stale in _shapefile_set(path):  # files of an older shapefile must not survive beside the new one
+            if stale.name not in new:
                 stale.unlink()
         for f in written:
             os.replace(f, path.parent / f.name)
@@ -143,6 +216,7 @@ def write_id_raster(objects_px, dst, *, width: int, height: int, crs, transform,
     from rasterio.features import rasterize
 
     path = Path(os.fspath(dst))
+    remove_stale_temporaries(path)
     items = sorted(objects_px, key=lambda it: -it[1].area)  # large first, small drawn on top
     geoms = np.array([g for _, g in items], dtype=object)
     ids = np.array([i for i, _ in items], dtype=np.uint32)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import GeoError
-from .raster import apply_affine, to_pyproj, transform_xy
+from .raster import apply_affine, crs_label, to_pyproj, transform_xy
 
 
 @dataclass
@@ -38,6 +38,8 @@ class Prompt:
 
 
 def _label(v) -> int:
+    if isinstance(v, np.generic):  # a value read from a column: messages show 2, not np.int64(2)
+        v = v.item()
     if isinstance(v, str):
         s = v.strip().lower()
         if s in ("1", "pos", "positive", "fg", "foreground", "true", "yes", "include"):
@@ -53,7 +55,8 @@ def _label(v) -> int:
 
 
 def _read_source(prompts, prompts_crs):
-    """-> (list of (prompt_id, kind, coords ndarray, label)), source CRS (pyproj or None), name)."""
+    """-> (list of (prompt_id, kind, coords ndarray, label)), source CRS (pyproj or None), name,
+    the file's format (GDAL driver name; None for a GeoDataFrame or dict))."""
     import geopandas as gpd
 
     if isinstance(prompts, dict):
@@ -68,10 +71,11 @@ def _read_source(prompts, prompts_crs):
         boxes = np.asarray(prompts.get("boxes", []), dtype=float).reshape(-1, 4)
         for k, b in enumerate(boxes):
             if not (b[2] > b[0] and b[3] > b[1]):
-                raise GeoError(f"box {list(b)} must be xmin, ymin, xmax, ymax with max > min")
+                raise GeoError(f"box {', '.join(f'{v:.10g}' for v in b)} must be xmin, ymin, xmax, ymax with"
+                               " max > min")
             corners = np.array([[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]])
             rows.append((f"b{k}", "box", corners, 1))
-        return rows, crs, "the prompts"
+        return rows, crs, "the prompts", None
     if isinstance(prompts, (str, os.PathLike)):
         path = os.fspath(prompts)
         if not os.path.exists(path) and "://" not in path:
@@ -81,9 +85,15 @@ def _read_source(prompts, prompts_crs):
         except Exception as exc:
             raise GeoError(f"cannot read prompt file {path}: {exc}") from exc
         name = path
+        try:
+            import pyogrio
+
+            fmt = pyogrio.read_info(path)["driver"]
+        except Exception:  # only used to word a message
+            fmt = None
     elif isinstance(prompts, (gpd.GeoDataFrame, gpd.GeoSeries)):
         gdf = prompts if isinstance(prompts, gpd.GeoDataFrame) else gpd.GeoDataFrame(geometry=prompts)
-        name = "the prompt GeoDataFrame"
+        name, fmt = "the prompt GeoDataFrame", None
     else:
         raise GeoError(
             f"prompts must be a vector file path, a GeoDataFrame or a dict with points/boxes and crs,"
@@ -97,6 +107,8 @@ def _read_source(prompts, prompts_crs):
     rows = []
     for k, geom in enumerate(gdf.geometry):
         pid = ids.iloc[k] if ids is not None else gdf.index[k]  # default: the row's index (row number in a file)
+        if isinstance(pid, np.generic):  # messages and the prompt_id column show 7, not np.int64(7)
+            pid = pid.item()
         lab = _label(labels.iloc[k]) if labels is not None else 1
         if geom is None or geom.is_empty:
             raise GeoError(f"{name}: row {k} has no geometry")
@@ -111,7 +123,7 @@ def _read_source(prompts, prompts_crs):
             rows.append((pid, "box", np.concatenate(rings), lab))
         else:
             raise GeoError(f"{name}: row {k} is a {gt}; prompts are Points (or MultiPoints) and Polygons (boxes)")
-    return rows, crs, name
+    return rows, crs, name, fmt
 
 
 def _coords_valid_in(crs, xy: np.ndarray) -> np.ndarray:
@@ -162,7 +174,7 @@ def load_prompts(prompts, *, raster_crs, transform, width: int, height: int, pro
 def _load_one(prompts, *, raster_crs, transform, width, height, prompts_crs, skip_outside):
     import pyproj
 
-    rows, crs, name = _read_source(prompts, prompts_crs)
+    rows, crs, name, fmt = _read_source(prompts, prompts_crs)
     if not rows:
         raise GeoError(f"{name} holds no prompts")
     if isinstance(crs, str) and crs.strip().lower() == "raster":
@@ -171,7 +183,7 @@ def _load_one(prompts, *, raster_crs, transform, width, height, prompts_crs, ski
         crs = to_pyproj(crs)
     if raster_crs is None:  # pixel space: prompts must be pixel coordinates too
         if crs is not None:
-            raise GeoError(f"{name} has a CRS ({crs.name}) but the raster is processed in pixel space;"
+            raise GeoError(f"{name} has a CRS ({crs_label(crs)}) but the raster is processed in pixel space;"
                            " give prompts in pixel coordinates (column, row) without a CRS")
         to_raster = None
     elif crs is None:
@@ -185,14 +197,14 @@ def _load_one(prompts, *, raster_crs, transform, width, height, prompts_crs, ski
             hint = ""
             px = np.column_stack(apply_affine(~transform, allxy[:, 0], allxy[:, 1]))
             inside = (px[:, 0] >= 0) & (px[:, 0] <= width) & (px[:, 1] >= 0) & (px[:, 1] <= height)
+            wrong, fix = _crs_mistake(crs, fmt, prompts_crs is not None)
             if raster_crs is not None and inside.mean() >= 0.5:
                 hint = (f" {inside.mean():.0%} of them fall inside the raster when read in the raster's own CRS:"
                         " if that is what"
-                        " they are, pass prompts_crs='raster' (CLI --prompt-crs raster) or fix the file's CRS.")
+                        f" they are, pass prompts_crs='raster' (CLI --prompt-crs raster) or {fix}.")
             raise GeoError(
-                f"{name} says its CRS is {_crs_name(crs)}, but {int((~ok).sum())} of {len(allxy)} coordinates"
-                f" (e.g. {bad[0]:.6g}, {bad[1]:.6g}) are impossible in that CRS; the file's CRS is wrong"
-                f" (a GeoJSON without a 'crs' member is EPSG:4326 by definition).{hint}"
+                f"the CRS of {name} is {crs_label(crs)}, but {int((~ok).sum())} of {len(allxy)} coordinates"
+                f" (e.g. {bad[0]:.6g}, {bad[1]:.6g}) are impossible in that CRS; {wrong}.{hint}"
             )
         to_raster = None if crs.equals(raster_crs) else pyproj.Transformer.from_crs(crs, raster_crs, always_xy=True)
     # all coordinates at once: prompt CRS -> raster CRS -> global pixels
@@ -249,9 +261,21 @@ def _load_one(prompts, *, raster_crs, transform, width, height, prompts_crs, ski
     return result
 
 
-def _crs_name(crs) -> str:
-    epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else crs.name
+#: GDAL driver names as users know the formats
+FORMAT_NAMES = {"GPKG": "GeoPackage", "ESRI Shapefile": "Shapefile"}
+
+
+def _crs_mistake(crs, fmt: str | None, overridden: bool) -> tuple[str, str]:
+    """(what is wrong, how to fix it) when coordinates are impossible in the prompts' CRS, worded
+    for where that CRS came from: prompts_crs, a file of format ``fmt``, a GeoDataFrame or dict."""
+    if overridden:
+        return "prompts_crs (CLI --prompt-crs) is not the CRS they are in", "give the CRS they are in"
+    if fmt is None:
+        return "the CRS given with the prompts is wrong", "give the CRS they are in"
+    wrong = f"the CRS the {FORMAT_NAMES.get(fmt, fmt)} file declares is wrong"
+    if fmt == "GeoJSON" and crs.to_epsg() == 4326:
+        wrong += " (a GeoJSON without a 'crs' member is EPSG:4326 by definition)"
+    return wrong, "fix the file's CRS"
 
 
 def _bounds_text(transform, width, height) -> str:
@@ -317,3 +341,36 @@ def plan_windows(prompts, width: int, height: int, tile_size: int, read_size: in
                 out_shape = (max(1, round(h * f)), max(1, round(w * f)))
             windows.append(PromptWindow(c0, r0, w, h, out_shape, [k]))
     return windows
+
+
+def split_long_box(p: Prompt, tile_size: int) -> list[Prompt]:
+    """``p`` itself, or, when its box is so long and thin that one window around it would be read
+    at less than half the resolution of windows sized to its short side, overlapping parts along
+    its length (each the box's cross-section over a stretch of it, with the points that lie in
+    that stretch), which ``plan_windows`` gives windows of their own. The caller joins the parts'
+    masks into one answer."""
+    from .tiling import axis_spans
+
+    if p.box is None:
+        return [p]
+    margin = tile_size // 4
+    x0, y0, x1, y1 = p.box
+    along_x = x1 - x0 >= y1 - y0
+    lo, hi = (x0, x1) if along_x else (y0, y1)
+    short = (y1 - y0) if along_x else (x1 - x0)
+    side = max(tile_size, math.ceil(short) + 2 * margin)  # the window a part needs
+    part = side - 2 * margin  # how much of the box's length one part window holds
+    if hi - lo + 2 * margin <= 2 * side:
+        return [p]
+    start = math.floor(lo)
+    spans = axis_spans(math.ceil(hi) - start, part, part // 4)  # a quarter overlap: the masks join
+    parts = []
+    for s0, s1 in spans:
+        a, b = max(lo, start + s0), min(hi, start + s1)
+        box = np.array([a, y0, b, y1]) if along_x else np.array([x0, a, x1, b])
+        inside = np.ones(len(p.points), bool)
+        if len(p.points):
+            coord = p.points[:, 0] if along_x else p.points[:, 1]
+            inside = (coord >= a) & (coord <= b)
+        parts.append(Prompt(p.prompt_id, points=p.points[inside], labels=p.labels[inside], box=box))
+    return parts

@@ -89,12 +89,36 @@ def open_raster(src) -> rasterio.DatasetReader:
     return ds
 
 
+#: names a CRS without a real name carries (GDAL writes them for custom WKT and PROJ strings)
+NAMELESS = ("", "unknown", "unnamed", "undefined")
+
+
+def crs_label(crs) -> str:
+    """A short name for ``crs`` in messages: its EPSG or other authority code (IGNF:...), else
+    its name, else, for a custom CRS whose WKT names it "unknown", its projection and datum."""
+    if crs is None:
+        return "none"
+    pcrs = to_pyproj(crs)
+    epsg = pcrs.to_epsg()
+    if epsg:
+        return f"EPSG:{epsg}"
+    authority = pcrs.to_authority()
+    if authority:
+        return ":".join(authority)
+    if pcrs.name.strip().lower() not in NAMELESS:
+        return pcrs.name
+    op = pcrs.coordinate_operation
+    kind = op.method_name if op is not None else pcrs.type_name
+    datum = pcrs.datum.name if pcrs.datum is not None else ""
+    return f"custom {kind}" + (f" on {datum}" if datum.strip().lower() not in NAMELESS else "")
+
+
 def describe_crs(crs) -> str:
     if crs is None:
         return "none"
     pcrs = to_pyproj(crs)
     epsg = pcrs.to_epsg()
-    return f"EPSG:{epsg} ({pcrs.name})" if epsg else f"{pcrs.name} (no EPSG code)"
+    return f"EPSG:{epsg} ({pcrs.name})" if epsg else f"{crs_label(pcrs)} (no EPSG code)"
 
 
 def to_pyproj(crs):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from samkit.files import atomic_output
@@ -63,8 +62,21 @@ class TileStore:
     def save(self, result: TileResult) -> None:
         result.save(str(self.path(result.row, result.col)))
 
+    def has_results(self) -> bool:
+        """Whether any tile result is stored (this run's or a resumed run's)."""
+        return any(self.dir.glob("r*c*.npz"))
+
     def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Delete the results, the manifest and their temporary files, then the directory if
+        nothing else is in it: a checkpoint_dir the user named may hold files of their own."""
+        ours = [*self.dir.glob("r*c*.npz"), *self.dir.glob(".r*c*.tmp-*.npz"), self.dir / MANIFEST,
+                *self.dir.glob(".manifest.tmp-*.json")]
+        for f in ours:
+            f.unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:  # not empty (the user's files), or already gone
+            pass
 
 
 def _client(dask):
@@ -106,6 +118,7 @@ def run_tiles(grid, spec, generator, *, store: TileStore | None = None, dask=Non
 
     results = store.load_done(grid.tiles) if store is not None else {}
     pending = [t for t in grid.tiles if (t.row, t.col) not in results]
+    client, close = _client(dask) if dask is not None and pending else (None, None)
     bar = tqdm(total=len(grid), initial=len(results), desc=desc, unit="tile", disable=not progress,
                dynamic_ncols=True)
 
@@ -118,16 +131,15 @@ def run_tiles(grid, spec, generator, *, store: TileStore | None = None, dask=Non
             bar.set_postfix_str("nodata tiles skipped", refresh=False)
 
     try:
-        if dask is None:
+        if client is None:
             try:
                 for t in pending:
                     done(process_tile(spec, t, generator))
             finally:
                 close_datasets()
-        elif pending:
+        else:
             from distributed import as_completed
 
-            client, close = _client(dask)
             try:
                 gen = client.scatter(generator, broadcast=True, hash=False)
                 futures = [client.submit(process_tile, spec, t, gen, pure=False) for t in pending]
@@ -139,6 +151,13 @@ def run_tiles(grid, spec, generator, *, store: TileStore | None = None, dask=Non
                         fut.cancel()
             finally:
                 close()
+    except GeoError:
+        # A tile found the input itself wrong (a damaged raster, a segmenter breaking its
+        # contract): what has to change to fix it is part of the job's fingerprint, so no stored
+        # result could ever be reused.
+        if store is not None:
+            store.remove()
+        raise
     finally:
         bar.close()
     return results

@@ -50,12 +50,23 @@ class Tile:
         return f"r{self.row}c{self.col}"
 
     @property
+    def name(self) -> str:
+        return window_name(self.c0, self.r0, self.c1 - self.c0, self.r1 - self.r0)
+
+    @property
     def window(self) -> Window:
         return Window(self.c0, self.r0, self.c1 - self.c0, self.r1 - self.r0)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.r1 - self.r0, self.c1 - self.c0
+
+
+def window_name(c0: int, r0: int, width: int, height: int) -> str:
+    """The ``tile`` attribute of an output polygon: the raster window it was segmented in, in
+    pixels, as ``x{column}y{row}w{width}h{height}`` (the numbers of ``gdal_translate -srcwin``);
+    the same in vectorize (a grid tile) and prompt mode (a prompt's window)."""
+    return f"x{c0}y{r0}w{width}h{height}"
 
 
 def default_overlap(tile_size: int) -> int:

@@ -150,3 +150,20 @@ class FloodPredictor:
         scores = np.linspace(0.9, 0.7, n).astype(np.float32)
         low = np.zeros((n, 256, 256), np.float32)
         return (logits if return_logits else masks), scores, low
+
+
+def write_truncated_raster(path: Path, scratch: Path) -> Path:
+    """A 512x512 tiled GeoTIFF of random pixels cut off halfway: its header reads, its later pixel
+    blocks do not. `scratch` is a folder for the whole file it is cut from."""
+    from affine import Affine
+
+    rng = np.random.default_rng(0)
+    whole = scratch / "whole.tif"
+    profile = dict(driver="GTiff", width=512, height=512, count=3, dtype="uint8", crs="EPSG:32633",
+                   transform=Affine(0.5, 0, 500000, 0, -0.5, 5000000), tiled=True, blockxsize=128,
+                   blockysize=128, compress="deflate")
+    with rasterio.open(whole, "w", **profile) as dst:
+        dst.write(rng.integers(0, 255, (3, 512, 512), dtype=np.uint8))
+    data = whole.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from geo_helpers import KAMPALA, codes_to_rgb, match_polygons, reference_regions
+from geo_helpers import KAMPALA, codes_to_rgb, match_polygons, reference_regions, synthetic_raster
 from rasterio.control import GroundControlPoint
 
 import samkit
@@ -268,3 +268,28 @@ def test_bands_may_be_separated_by_spaces(geo_dir):
 
     with rasterio.open(geo_dir / "rasterio__RGB.byte.tif") as ds:
         assert check_bands(ds, "3 2 1") == check_bands(ds, "3,2,1") == check_bands(ds, "3, 2, 1") == (3, 2, 1)
+
+
+@pytest.mark.parametrize("raster, label", [
+    ("rasterio__float_raster_with_nodata.tif", "IGNF:ETRS89LAEA"),
+    ("solaris__sample_geotiff_custom_proj.tif", "custom Albers Equal Area on World Geodetic System 1984"),
+])
+def test_a_crs_without_epsg_code_is_named_not_unknown(geo_dir, tmp_path, capsys, raster, label):
+    """IGNF codes and custom WKT CRSs (whose WKT names them "unknown"/"unnamed") are told apart."""
+    src = str(geo_dir / raster)
+    with rasterio.open(src) as ds:  # a few objects on that CRS (the real pixels would be thousands)
+        crs = ds.crs
+    codes = np.zeros((60, 80), np.uint32)
+    codes[10:30, 10:50] = 0x102030
+    small, _ = synthetic_raster(tmp_path / "small.tif", codes, crs=crs)
+    rc = _cli("geo", "vectorize", str(small), "-o", str(tmp_path / "o.gpkg"), "--generator",
+              "samkit.geo.testing:LabelSegmenter", "-q")
+    out = capsys.readouterr().out
+    assert rc == 0 and out.strip().endswith(f"({label})"), out
+    rc = _cli("geo", "info", src)
+    out = capsys.readouterr().out
+    assert rc == 0 and f"crs:       {label} (no EPSG code)" in out, out
+    rc = _cli("geo", "vectorize", src, "-o", str(tmp_path / "p.gpkg"), "--generator",
+              "samkit.geo.testing:LabelSegmenter", "--crs", "EPSG:4326")
+    err = capsys.readouterr().err
+    assert rc == 2 and f"already has a CRS ({label} (no EPSG code))" in err, err

@@ -156,3 +156,108 @@ def test_layer_name_is_the_file_name_not_the_temporary_one(kampala_result, tmp_p
     out = tmp_path / f"buildings.{ext}"
     sg.vectorize(src, out, generator=LabelSegmenter(), tile_size=256, overlap=32, progress=False)
     assert [n for n, _ in pyogrio.list_layers(out)] == ["buildings"]
+
+
+def _schema(path):
+    """(name, type) of every attribute column as stored in the file."""
+    if str(path).endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(path)
+        return [(f.name, str(f.type)) for f in schema if f.name != "geometry"]
+    import pyogrio
+
+    info = pyogrio.read_info(path)
+    return list(zip(info["fields"], info["dtypes"]))
+
+
+class _Nothing:
+    def generate(self, image):
+        return []
+
+
+class _Blind:
+    """A predictor whose every mask is empty."""
+
+    def set_image(self, image):
+        self.shape = image.shape[:2]
+
+    def predict(self, multimask_output=True, return_logits=False, **kwargs):
+        n = 3 if multimask_output else 1
+        return np.full((n, *self.shape), -10.0, np.float32), np.linspace(0.9, 0.7, n), np.zeros((n, 256, 256))
+
+
+# GeoJSON is left out: an empty FeatureCollection has no fields to declare (the format has no schema)
+@pytest.mark.parametrize("ext", ["gpkg", "shp", "fgb", "parquet"])
+def test_an_empty_layer_has_the_schema_of_a_full_one(kampala_result, tmp_path, ext):
+    src, _ = kampala_result
+    full, empty = tmp_path / "full", tmp_path / "empty"
+    full.mkdir()
+    empty.mkdir()
+    sg.vectorize(src, full / f"o.{ext}", generator=LabelSegmenter(), tile_size=512, progress=False)
+    sg.vectorize(src, empty / f"o.{ext}", generator=_Nothing(), tile_size=512, allow_empty=True, progress=False)
+    assert len(_read(empty / f"o.{ext}")) == 0
+    assert _schema(empty / f"o.{ext}") == _schema(full / f"o.{ext}")
+    assert dict(_schema(full / f"o.{ext}"))["tile"] in ("object", "large_string", "string")
+
+
+def test_an_empty_prompt_layer_has_the_schema_of_a_full_one(kampala_truth, tmp_path):
+    from geo_helpers import FloodPredictor
+
+    path, codes, transform, crs, _ = kampala_truth
+    x, y = transform.c + 512 * transform.a, transform.f + 512 * transform.e
+    prompts = {"points": [[x, y]], "crs": crs.to_wkt()}
+    full = sg.vectorize(path, tmp_path / "full.gpkg", prompts=prompts, predictor=FloodPredictor(), progress=False)
+    empty = sg.vectorize(path, tmp_path / "empty.gpkg", prompts=prompts, predictor=_Blind(), allow_empty=True,
+                         progress=False)
+    assert len(full) == 1 and len(empty) == 0
+    assert dict(empty.dtypes) == dict(full.dtypes)
+    assert _schema(tmp_path / "empty.gpkg") == _schema(tmp_path / "full.gpkg")
+
+
+@pytest.mark.parametrize("raster, name", [("solaris__sample_geotiff_custom_proj.tif", "custom Albers Equal Area"),
+                                          ("rasterio__float_raster_with_nodata.tif", "IGNF:ETRS89LAEA")])
+def test_geojson_of_a_crs_without_epsg_code_is_refused_before_any_work(geo_dir, tmp_path, capsys, raster, name):
+    """RFC 7946 GeoJSON names no CRS but by EPSG code: such a file would lose its georeferencing."""
+    from samkit.cli import main
+
+    class MustNotRun:
+        def generate(self, image):
+            raise AssertionError("the CRS check must come before any tile is segmented")
+
+    src = geo_dir / raster
+    out = tmp_path / "o.geojson"
+    with pytest.raises(GeoError, match=rf"GeoJSON .*EPSG.*{name}.*o\.gpkg, \.fgb or \.parquet.*--to-crs"):
+        sg.vectorize(src, out, generator=MustNotRun(), progress=False)
+    assert os.listdir(tmp_path) == []
+    rc = main(["geo", "vectorize", str(src), "-o", str(out), "--generator", "samkit.geo.testing:LabelSegmenter",
+               "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("samkit: error: GeoJSON")
+    assert os.listdir(tmp_path) == []
+    # reprojected to an EPSG CRS it is written, with its CRS
+    gdf = sg.vectorize(src, out, generator=LabelSegmenter(min_area=20), to_crs="EPSG:4326", allow_empty=True,
+                       progress=False)
+    assert gpd.read_file(out).crs.to_epsg() == 4326 and gdf.crs.to_epsg() == 4326
+
+
+def test_tile_attribute_is_the_source_window_in_both_modes(kampala_truth):
+    """One format for ``tile`` whether it names a grid tile or a prompt's window."""
+    import re
+
+    import shapely
+    from geo_helpers import FloodPredictor
+
+    from samkit.geo import TileGrid
+
+    path, codes, transform, crs, _ = kampala_truth
+    gdf = sg.vectorize(path, None, generator=LabelSegmenter(), tile_size=256, overlap=32, pixel_space=True,
+                       progress=False)
+    windows = {t.name: t for t in TileGrid(1024, 1024, 256, 32).tiles}
+    for tile, geom in zip(gdf["tile"], gdf.geometry):
+        x, y, w, h = (int(v) for v in re.fullmatch(r"x(\d+)y(\d+)w(\d+)h(\d+)", tile).groups())
+        assert tile in windows and shapely.box(x, y, x + w, y + h).intersects(geom)
+    x, y = transform.c + 300 * transform.a, transform.f + 300 * transform.e
+    one = sg.vectorize(path, None, prompts={"points": [[x, y]], "crs": crs.to_wkt()}, predictor=FloodPredictor(),
+                       tile_size=256, progress=False)
+    assert re.fullmatch(r"x\d+y\d+w\d+h\d+", one["tile"].iloc[0])

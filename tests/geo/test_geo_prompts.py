@@ -171,3 +171,89 @@ def test_bad_prompt_geometry_and_files(kampala_prompts, tmp_path):
     nocrs = gpd.GeoDataFrame(geometry=list(pts.geometry[:2]))
     with pytest.raises(GeoError, match="no CRS"):
         sg.vectorize(path, None, prompts=nocrs, predictor=FloodPredictor(), progress=False)
+
+
+def test_messages_show_plain_numbers(kampala_prompts):
+    """No numpy reprs (np.float64(...), np.int64(...)) in what the user reads."""
+    path, regions, pts = kampala_prompts
+    with pytest.raises(GeoError) as exc:
+        sg.vectorize(path, None, prompts={"boxes": [[3.6e6, 40000.5, 3.5e6, 41000]], "crs": "EPSG:3857"},
+                     predictor=FloodPredictor(), progress=False)
+    assert "box 3600000, 40000.5, 3500000, 41000 must be xmin, ymin, xmax, ymax" in str(exc.value)
+    two_boxes = gpd.GeoDataFrame({"prompt_id": np.array([7, 7])},
+                                 geometry=[shapely.box(*regions[0].bounds), shapely.box(*regions[1].bounds)],
+                                 crs=pts.crs)
+    with pytest.raises(GeoError, match=r"prompt 7 has more than one box"):
+        sg.vectorize(path, None, prompts=two_boxes, predictor=FloodPredictor(), progress=False)
+    with pytest.raises(GeoError, match=r"prompt label 2 is neither"):
+        sg.vectorize(path, None, prompts=pts.iloc[:1].assign(label=np.array([2])), predictor=FloodPredictor(),
+                     progress=False)
+    far = gpd.GeoDataFrame(geometry=[Point(0, 0)], crs=pts.crs)
+    with pytest.raises(GeoError, match=r"\(e\.g\. prompt 0 at "):
+        sg.vectorize(path, None, prompts=far, predictor=FloodPredictor(), progress=False)
+
+
+def test_a_wrong_crs_in_a_geopackage_is_not_blamed_on_geojson(geo_dir, tmp_path):
+    """The hint names the file's real format and where its CRS came from."""
+    raster = geo_dir / "solaris__sample_geotiff_custom_proj.tif"
+    labels = gpd.read_file(geo_dir / "solaris__geotiff_custom_proj_labels.geojson")  # Albers metres, says 4326
+    f = tmp_path / "boxes.gpkg"
+    labels.to_file(f)
+    with pytest.raises(GeoError) as exc:
+        sg.vectorize(raster, None, prompts=f, predictor=FloodPredictor(), progress=False)
+    msg = str(exc.value)
+    assert "the CRS the GeoPackage file declares is wrong" in msg and "GeoJSON" not in msg
+    assert "prompts_crs='raster'" in msg and "fix the file's CRS" in msg
+    with pytest.raises(GeoError) as exc:
+        sg.vectorize(raster, None, prompts=f, prompts_crs="EPSG:4326", predictor=FloodPredictor(), progress=False)
+    msg = str(exc.value)
+    assert "prompts_crs (CLI --prompt-crs) is not the CRS they are in" in msg and "GeoJSON" not in msg
+    with pytest.raises(GeoError) as exc:
+        sg.vectorize(raster, None, prompts=labels, predictor=FloodPredictor(), progress=False)
+    assert "the CRS given with the prompts is wrong" in str(exc.value) and "GeoJSON" not in str(exc.value)
+
+
+def test_a_long_thin_box_is_answered_at_full_resolution(tmp_path):
+    """A road-like box 5800 x 8 px is not read as one square window shrunk to 1024 px (which
+    leaves its 8 px width about one pixel): it is answered in overlapping parts along its length,
+    each at full resolution, and the parts' masks come out as one polygon."""
+    from geo_helpers import synthetic_raster
+
+    codes = np.zeros((400, 6000), np.uint32)
+    codes[196:204, 100:5900] = 0x405060  # the road
+    codes[206:230, 1000:1300] = 0x102030  # a field beside it
+    path, transform = synthetic_raster(tmp_path / "road.tif", codes)
+    (road, _), = [(g, v) for g, v in reference_regions(codes, transform) if v == 0x405060]
+    x0, y0, x1, y1 = road.bounds
+    pred = FloodPredictor()
+    gdf = sg.vectorize(path, None, prompts={"boxes": [[x0, y0, x1, y1]], "crs": "EPSG:32633"}, predictor=pred,
+                       progress=False)
+    assert len(gdf) == 1 and gdf["prompt_id"].iloc[0] == "b0"
+    ious, _ = match_polygons(gdf.geometry, [road])
+    assert ious[0] > 0.999
+    assert all(shape == (400, 1024, 3) for shape in pred.images)  # full resolution windows
+    assert len(pred.images) <= 16
+    # the tile attribute covers the windows of all parts
+    x, y, w, h = _window(gdf["tile"].iloc[0])
+    assert x <= 100 and x + w >= 5900
+
+
+def test_split_long_box():
+    from samkit.geo.prompts import split_long_box
+
+    p = Prompt("road", points=np.array([[100.0, 30.0], [5000.0, 30.0]]), labels=np.array([1, 0]),
+               box=np.array([0.0, 0.0, 11800.0, 60.0]))
+    parts = split_long_box(p, 1024)
+    assert len(parts) > 20
+    assert all(q.prompt_id == "road" and q.box[2] - q.box[0] == 512 and (q.box[1], q.box[3]) == (0, 60)
+               for q in parts)
+    assert parts[0].box[0] == 0 and parts[-1].box[2] == 11800
+    assert all(b.box[0] < a.box[2] for a, b in zip(parts, parts[1:]))  # consecutive parts overlap
+    assert sum(len(q.points) for q in parts) >= 2 and all(
+        ((q.points[:, 0] >= q.box[0]) & (q.points[:, 0] <= q.box[2])).all() for q in parts)
+    # a tall one splits along its height; a big but not thin box stays whole (read at reduced resolution)
+    tall = split_long_box(Prompt("t", box=np.array([10.0, 0.0, 50.0, 4000.0])), 1024)
+    assert len(tall) > 1 and all(q.box[0] == 10 and q.box[2] == 50 for q in tall)
+    big = Prompt("big", box=np.array([0.0, 0.0, 1500.0, 1400.0]))
+    (whole,) = split_long_box(big, 1024)
+    assert whole is big

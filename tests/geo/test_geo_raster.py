@@ -7,7 +7,7 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from geo_helpers import ATLANTA, codes_to_rgb, match_polygons, reference_regions, synthetic_raster
+from geo_helpers import ATLANTA, codes_to_rgb, match_polygons, reference_regions, synthetic_raster, write_truncated_raster
 from rasterio.features import rasterize
 
 import samkit.geo as sg
@@ -345,18 +345,7 @@ def test_nodata_the_pixels_cannot_hold_is_refused(tmp_path, nodata):
 def test_damaged_pixel_data_is_one_clear_error(tmp_path):
     """A file whose header reads but whose pixel blocks are cut off: a GeoError, not a rasterio
     traceback from inside a tile."""
-    from affine import Affine
-
-    rng = np.random.default_rng(0)
-    whole = tmp_path / "whole.tif"
-    profile = dict(driver="GTiff", width=512, height=512, count=3, dtype="uint8", crs="EPSG:32633",
-                   transform=Affine(0.5, 0, 500000, 0, -0.5, 5000000), tiled=True, blockxsize=128,
-                   blockysize=128, compress="deflate")
-    with rasterio.open(whole, "w", **profile) as dst:
-        dst.write(rng.integers(0, 255, (3, 512, 512), dtype=np.uint8))
-    cut = tmp_path / "cut.tif"
-    data = whole.read_bytes()
-    cut.write_bytes(data[: len(data) // 2])
+    cut = write_truncated_raster(tmp_path / "cut.tif", tmp_path)
     with pytest.raises(GeoError, match="damaged or truncated"):
         sg.vectorize(cut, None, generator=LabelSegmenter(), tile_size=256, overlap=32, stretch=(0, 255),
                      progress=False)

@@ -79,7 +79,7 @@ def test_real_model_across_tiles_with_band_choice_and_simplify(geo_dir, generato
     s2 = geo_dir / "ftw__inference-img.tif"
     gdf = sg.vectorize(s2, None, generator=generator, bands=(5, 6, 7), tile_size=384, overlap=48, progress=False)
     _check_output(s2, gdf, bands=(5, 6, 7))
-    assert set(gdf["tile"]) <= {"r0c0", "r0c1"}
+    assert set(gdf["tile"]) <= {"x0y0w384h379", "x194y0w384h379"}  # the two tiles' windows
 
 
 def test_real_predictor_prompts(geo_dir, model, tmp_path):

@@ -1,0 +1,139 @@
+"""What failed and killed runs leave behind: only what a re-run can use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from geo_helpers import synthetic_raster, write_truncated_raster
+
+import samkit
+import samkit.geo as sg
+from samkit.geo import GeoError
+from samkit.geo.testing import LabelSegmenter
+
+
+@pytest.fixture()
+def small_raster(tmp_path_factory):
+    """300 x 200 px, EPSG:32633, three objects."""
+    codes = np.zeros((200, 300), np.uint32)
+    codes[20:60, 30:90] = 0x102030
+    codes[100:180, 150:200] = 0x405060
+    codes[10:30, 250:290] = 0x708090
+    path, _ = synthetic_raster(tmp_path_factory.mktemp("src") / "small.tif", codes)
+    return path
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_model_that_does_not_load_leaves_no_checkpoint_directory(geo_dir, tmp_path):
+    src = geo_dir / "rasterio__shade.tif"
+    with pytest.raises(samkit.SamkitError, match="no checkpoint file"):
+        sg.vectorize(src, tmp_path / "o.gpkg", model=str(tmp_path / "missing.pth"), progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_damaged_raster_found_mid_run_leaves_no_checkpoint_directory(tmp_path):
+    """Tiles before the damaged blocks were stored, but the raster has to be replaced, which makes
+    them another job's results: nothing to resume."""
+    (tmp_path / "src").mkdir()
+    src = write_truncated_raster(tmp_path / "src" / "cut.tif", tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    gen = LabelSegmenter(min_area=1000)  # noise: no objects, but every tile's result is stored
+    with pytest.raises(GeoError, match="damaged or truncated"):
+        sg.vectorize(src, out / "o.gpkg", generator=gen, tile_size=256, overlap=32, stretch=(0, 255),
+                     progress=False)
+    assert gen.calls >= 1  # some tiles were done and stored before the damage was found
+    assert os.listdir(out) == []
+
+
+def test_no_objects_keeps_the_checkpoints_a_rerun_resumes_from(geo_dir, tmp_path):
+    class Nothing:
+        def generate(self, image):
+            return []
+
+    with pytest.raises(GeoError, match="no objects found"):
+        sg.vectorize(geo_dir / "rasterio__shade.tif", tmp_path / "o.gpkg", generator=Nothing(), progress=False)
+    assert os.listdir(tmp_path) == [".o.gpkg.samkit-tiles"]
+
+
+KILLED_WHILE_WRITING = textwrap.dedent("""
+    import os, signal, sys
+    import geopandas as gpd
+    import samkit.geo as sg
+    from samkit.geo.testing import LabelSegmenter
+
+    real = gpd.GeoDataFrame.to_file
+
+    def write_then_die(self, path, *a, **kw):
+        real(self, path, *a, **kw)
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 before the temporary file is renamed
+
+    gpd.GeoDataFrame.to_file = write_then_die
+    sg.vectorize(sys.argv[1], sys.argv[2], generator=LabelSegmenter(), tile_size=512, progress=False)
+""")
+
+
+@pytest.mark.parametrize("ext", ["gpkg", "shp"])
+def test_temporary_files_of_a_killed_run_are_removed_by_the_next(small_raster, tmp_path, ext):
+    src = small_raster
+    out = tmp_path / f"o.{ext}"
+    res = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, str(src), str(out)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == -9, res.stderr
+    left = [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    assert left, "the killed run should have left its temporary output"
+    # not ours to remove: a running process's temporary file, other outputs' and other names
+    keep = [f".o.tmp-{os.getpid()}-0123abcd.{ext}", f".other.tmp-{_dead_pid()}-0123abcd.{ext}",
+            f".o.tmp-{_dead_pid()}-0123abcd.txt", "o.tmp-1-0123abcd.gpkg"]
+    for name in keep:
+        (tmp_path / name).write_text("x")
+    sg.vectorize(src, out, generator=LabelSegmenter(), tile_size=512, progress=False)
+    names = sorted(os.listdir(tmp_path))
+    assert not set(left) & set(names)
+    written = ["o.cpg", "o.dbf", "o.prj", "o.shp", "o.shx"] if ext == "shp" else ["o.gpkg"]
+    assert names == sorted(written + keep)
+
+
+def test_overwriting_a_shapefile_replaces_all_its_files(small_raster, tmp_path):
+    src = small_raster
+    out = tmp_path / "o.shp"
+    sg.vectorize(src, out, generator=LabelSegmenter(), tile_size=512, progress=False)
+    fresh = sorted(os.listdir(tmp_path))
+    # what other tools add to a shapefile: metadata, spatial and attribute indexes
+    stale = ["o.shp.xml", "o.qix", "o.sbn", "o.sbx", "o.aih", "o.ain", "o.QIX"]
+    for name in stale:
+        (tmp_path / name).write_text("stale")
+    (tmp_path / "other.shp.xml").write_text("another file's metadata")
+    sg.vectorize(src, out, generator=LabelSegmenter(), tile_size=512, progress=False, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == sorted(fresh + ["other.shp.xml"])
+    assert len(gpd.read_file(out)) > 0
+
+
+def test_a_checkpoint_dir_with_other_files_keeps_them(small_raster, tmp_path):
+    """Removing the checkpoints (after success, or after a failure with nothing to resume) deletes
+    samkit's files, never a directory the user named with their own files in it."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    sg.vectorize(small_raster, tmp_path / "o.gpkg", generator=LabelSegmenter(), checkpoint_dir=mine, progress=False)
+    assert os.listdir(mine) == ["notes.txt"]
+    with pytest.raises(samkit.SamkitError, match="no checkpoint file"):
+        sg.vectorize(small_raster, tmp_path / "p.gpkg", model=str(tmp_path / "missing.pth"), checkpoint_dir=mine,
+                     progress=False)
+    assert os.listdir(mine) == ["notes.txt"]
+    # a directory samkit made is removed with its results
+    sg.vectorize(small_raster, tmp_path / "q.gpkg", generator=LabelSegmenter(), checkpoint_dir=tmp_path / "ck",
+                 progress=False)
+    assert not (tmp_path / "ck").exists()
