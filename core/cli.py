@@ -10,10 +10,13 @@ import argparse
 import importlib
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import SamkitError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 ADAPTER_CLI_MODULES = ("samkit.geo.cli", "samkit.label_studio.cli", "samkit.fiftyone.cli")
 
@@ -164,6 +167,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # samkit's own warnings (float16 on a CPU, ...) are one line like its errors, not a path,
+    # a line number and a line of source code
+    show_warning = warnings.showwarning
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        if Path(filename).resolve().is_relative_to(PACKAGE_DIR):
+            print(f"samkit: warning: {message}", file=file or sys.stderr)
+        else:  # another library's: its own format, which says where it comes from
+            show_warning(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line_warning
     try:
         return int(args.func(args) or 0)
     except SamkitError as exc:
@@ -172,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("samkit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = show_warning
+
 
 
 if __name__ == "__main__":
