@@ -9,7 +9,7 @@ standard library; rasterio, geopandas and friends load on first use of a functio
 
 from __future__ import annotations
 
-from .errors import GeoError
+from .errors import GeoError, RemoteReadError
 
 _LAZY = {
     "vectorize": ("api", "vectorize"),
@@ -21,7 +21,7 @@ _LAZY = {
     "areas_m2": ("polygons", "areas_m2"),
 }
 
-__all__ = ["GeoError", *_LAZY]
+__all__ = ["GeoError", "RemoteReadError", *_LAZY]
 
 
 def _missing_extra(exc: ImportError) -> GeoError:

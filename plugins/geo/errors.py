@@ -18,4 +18,9 @@ class GeoError(_Base, ValueError):
     """Bad raster, prompt or output for ``samkit.geo``: the message says what and how to fix it."""
 
 
-__all__ = ["GeoError"]
+class RemoteReadError(GeoError):
+    """Pixels of a raster read over the network (a URL, /vsicurl/, /vsis3/, ...) could not be
+    fetched: usually the network or the server, not the file, so a re-run can resume."""
+
+
+__all__ = ["GeoError", "RemoteReadError"]

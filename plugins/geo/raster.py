@@ -16,7 +16,7 @@ from affine import Affine
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.windows import Window
 
-from .errors import GeoError
+from .errors import GeoError, RemoteReadError
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: pixels in the sample the global stretch is computed from
@@ -233,9 +233,21 @@ class RasterSpec:
     open_options: dict = field(default_factory=dict, compare=False, hash=False)
 
 
+#: how GDAL names rasters it reads over a network
+REMOTE_PREFIXES = ("http://", "https://", "ftp://", "s3://", "gs://", "az://", "/vsicurl", "/vsis3", "/vsigs",
+                   "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift", "/vsihdfs", "/vsiwebhdfs")
+
+
+def is_remote(name: str) -> bool:
+    """Whether GDAL reads the raster called ``name`` over a network."""
+    return str(name).lower().startswith(REMOTE_PREFIXES)
+
+
 def damaged_pixels_are_errors(read):
-    """A reader of ``ds`` whose GDAL read failure (a truncated or damaged file whose header is
-    fine) becomes one GeoError naming the file, instead of a rasterio traceback mid-run."""
+    """A reader of ``ds`` whose GDAL read failure becomes one error naming the file, instead of
+    a rasterio traceback mid-run: for a local file a GeoError (truncated or damaged, though its
+    header is fine), for one read over a network a RemoteReadError (the network or the server
+    failed, most likely: a re-run resumes)."""
 
     @functools.wraps(read)
     def checked(ds, *args, **kwargs):
@@ -243,6 +255,11 @@ def damaged_pixels_are_errors(read):
             return read(ds, *args, **kwargs)
         except rasterio.errors.RasterioIOError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if is_remote(ds.name):
+                raise RemoteReadError(
+                    f"{ds.name}: could not fetch its pixels over the network ({reason}); the tiles finished "
+                    "so far are kept: run the same command again to resume when the server answers"
+                ) from None
             raise GeoError(f"{ds.name}: could not read its pixels ({reason}); the file is damaged or truncated "
                            "(gdalinfo -checksum shows which blocks)") from None
 

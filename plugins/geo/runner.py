@@ -9,7 +9,7 @@ from pathlib import Path
 
 from samkit.files import atomic_output
 
-from .errors import GeoError
+from .errors import GeoError, RemoteReadError
 from .pieces import FORMAT_VERSION, TileResult, close_datasets, process_tile
 
 MANIFEST = "manifest.json"
@@ -151,6 +151,8 @@ def run_tiles(grid, spec, generator, *, store: TileStore | None = None, dask=Non
                         fut.cancel()
             finally:
                 close()
+    except RemoteReadError:
+        raise  # the network failed, not the input: the stored tiles are what a re-run resumes from
     except GeoError:
         # A tile found the input itself wrong (a damaged raster, a segmenter breaking its
         # contract): what has to change to fix it is part of the job's fingerprint, so no stored

@@ -137,3 +137,57 @@ def test_a_checkpoint_dir_with_other_files_keeps_them(small_raster, tmp_path):
     sg.vectorize(small_raster, tmp_path / "q.gpkg", generator=LabelSegmenter(), checkpoint_dir=tmp_path / "ck",
                  progress=False)
     assert not (tmp_path / "ck").exists()
+
+
+@pytest.fixture()
+def raster_server(tmp_path):
+    """(url of a 1024 x 1024 tiled GeoTIFF served over HTTP with Range support, the FAIL switch)."""
+    from affine import Affine
+    import rasterio
+
+    root = tmp_path / "www"
+    root.mkdir()
+    profile = dict(driver="GTiff", width=1024, height=1024, count=3, dtype="uint8", crs="EPSG:32633",
+                   transform=Affine(0.5, 0, 500000, 0, -0.5, 5000000), tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(root / "scene.tif", "w", **profile) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 255, (3, 1024, 1024), dtype=np.uint8))
+    server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "range_server.py"), str(root)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        yield f"http://127.0.0.1:{port}/scene.tif", root / "FAIL"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_network_failure_keeps_the_tiles_a_rerun_resumes_from(raster_server, tmp_path):
+    """A raster read over HTTP whose server stops answering mid-run: not "damaged", and the
+    finished tiles stay for the re-run, which does only the rest."""
+    url, fail = raster_server
+
+    class FailingNetwork(LabelSegmenter):
+        fingerprint = "labels, min_area 1e6"  # the same job for both runs, whatever fail_after is
+
+        def __init__(self, fail_after=None):
+            super().__init__(min_area=10**6)  # random pixels: no objects, but every tile's result is stored
+            self.fail_after = fail_after
+
+        def generate(self, image):
+            if self.calls == self.fail_after:
+                fail.touch()  # the server goes away
+            return super().generate(image)
+
+    checkpoints = tmp_path / "checkpoints"
+    options = dict(tile_size=256, overlap=32, stretch=(0, 255), checkpoint_dir=checkpoints, progress=False)
+    first = FailingNetwork(fail_after=3)
+    with pytest.raises(sg.RemoteReadError, match="over the network.*run the same command again to resume") as info:
+        sg.vectorize(url, tmp_path / "o.gpkg", generator=first, **options)
+    assert "damaged" not in str(info.value)
+    stored = len(list(checkpoints.glob("r*c*.npz")))
+    assert stored >= 3
+    fail.unlink()
+    second = FailingNetwork()
+    sg.vectorize(url, tmp_path / "o.gpkg", generator=second, allow_empty=True, **options)
+    total = len(sg.TileGrid(1024, 1024, 256, 32))
+    assert second.calls == total - stored
