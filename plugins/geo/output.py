@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from samkit.files import atomic_output
+from samkit.files import atomic_output, temporary_owner, temporary_path
 
 from .errors import GeoError
 
@@ -109,18 +107,16 @@ def remove_stale_temporaries(path) -> None:
     with GDAL's journal or .aux.xml) or by ``_write_shapefile`` (that name without the suffix, a
     directory), and only those whose process no longer exists."""
     path = Path(os.fspath(path))
-    prefix = f".{path.stem}.tmp-"
     endings = {path.suffix + c for c in TEMPORARY_COMPANIONS}
     if path.suffix.lower() == ".shp":
         endings.add("")
     try:
         with os.scandir(path.parent) as it:
-            entries = [e for e in it if e.name.startswith(prefix)]
+            entries = [(e, temporary_owner(path, e.name)) for e in it]
     except OSError:
         return
-    for entry in entries:
-        m = re.fullmatch(r"(\d+)-[0-9a-f]{8}(.*)", entry.name[len(prefix):], flags=re.DOTALL)
-        if m is None or m.group(2) not in endings or _process_exists(int(m.group(1))):
+    for entry, owner in entries:
+        if owner is None or owner[1] not in endings or _process_exists(owner[0]):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
@@ -180,7 +176,7 @@ def _shapefile_set(path: Path) -> list[Path]:
 
 def _write_shapefile(gdf, path: Path, geometry_type) -> None:
     # named like atomic_output's files, so that remove_stale_temporaries knows it after a kill
-    tmpdir = path.parent / f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmpdir = temporary_path(path, suffix="")
     tmpdir.mkdir()
     try:
         gdf.to_file(tmpdir / path.name, driver="ESRI Shapefile", engine="pyogrio", geometry_type=geometry_type,
