@@ -217,18 +217,22 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings], dim=1)
 
         src = None if prepared is not None else image_embeddings + dense_prompt_embeddings
-        hs, keys, factored_keys = self.transformer(src, image_pe, tokens, None if prepared is None else prepared.transformer)
-        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, selected]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         hypernetworks = list(enumerate(self.output_hypernetworks_mlps))[selected]
+        # the IoU token and the selected mask tokens; the others' outputs are never read
+        output_rows = [0] + [1 + i for i, _ in hypernetworks]
+        hs, keys, factored_keys = self.transformer(
+            src, image_pe, tokens, None if prepared is None else prepared.transformer, output_rows
+        )
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, selected]
+        mask_tokens_out = hs[:, 1:, :]  # in the order of hypernetworks
         if best_only:  # only the best mask is upscaled
             best = iou_pred.argmax(dim=1, keepdim=True)
             iou_pred = iou_pred.gather(1, best)
         if best_only and num_prompts == 1:  # a click: only the best token's hypernetwork runs
-            i, mlp = hypernetworks[int(best)]
-            hyper_in = mlp(mask_tokens_out[:, i, :])[:, None]
+            j = int(best)
+            hyper_in = hypernetworks[j][1](mask_tokens_out[:, j, :])[:, None]
         else:
-            hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in hypernetworks], dim=1)
+            hyper_in = torch.stack([mlp(mask_tokens_out[:, j, :]) for j, (_, mlp) in enumerate(hypernetworks)], dim=1)
             if best_only:
                 hyper_in = hyper_in[torch.arange(num_prompts, device=best.device)[:, None], best]
         grid = tuple(image_embeddings.shape[2:])

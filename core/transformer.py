@@ -64,11 +64,14 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         prepared: "PreparedImage | None" = None,
+        output_rows: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, FactoredKeys | None]:
         """image_embedding (1 or B, C, H, W), image_pe (1, C, H, W), point_embedding (B, T, C)
         -> processed tokens (B, T, C), image tokens (B, H*W, C), and with a factored prepared
         image the final image tokens' factors. `prepared` (from prepare_image on the same
-        batch-1 inputs) skips the image-only work."""
+        batch-1 inputs) skips the image-only work. output_rows: return only these tokens,
+        (B, len(output_rows), C); the final attention and norm treat each token on its own,
+        so the others (e.g. the prompt tokens, whose outputs SAM never reads) are not computed."""
         if prepared is None:
             keys = image_embedding.flatten(2).transpose(1, 2)
             key_pe = image_pe.flatten(2).transpose(1, 2)
@@ -87,6 +90,9 @@ class TwoWayTransformer(nn.Module):
             )
             updates.append(update)
         final = self.final_attn_token_to_image
+        if output_rows is not None and output_rows != list(range(queries.shape[1])):
+            rows = torch.tensor(output_rows, device=queries.device)
+            queries, point_embedding = queries.index_select(1, rows), point_embedding.index_select(1, rows)
         factored_keys = None
         if factors is not None:
             factored_keys = factor_keys(updates)
