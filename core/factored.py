@@ -54,6 +54,18 @@ class FactoredWeight(NamedTuple):
     levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
+def add_batched_product_(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """out (B, M, N) += left (B, M, K) @ right (B, K, N), in place. On a CPU torch's baddbmm_
+    computes into a temporary and copies it into out (a 4 MB copy for one prompt's image
+    tokens); one addmm_ per prompt writes into out directly. Elsewhere, and for large batches,
+    baddbmm_."""
+    if out.device.type != "cpu" or out.shape[0] > 8:
+        return out.baddbmm_(left, right)
+    for out_one, left_one, right_one in zip(out, left, right):
+        out_one.addmm_(left_one, right_one)
+    return out
+
+
 def factor_weight(
     keys: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, norms: Sequence[nn.LayerNorm]
 ) -> FactoredWeight:
@@ -101,7 +113,7 @@ class FactoredKeys(NamedTuple):
             # whole rows are a view; a column range is copied (K x rows * cols, ~1 MB)
             left = left.view(batch, num_rows, height, width)[..., :rows, :cols].reshape(batch, num_rows, rows * cols)
         out = torch.addcmul(weight.constant, image_part, scale).view(batch, left.shape[2], -1)
-        return out.baddbmm_(left.transpose(1, 2), self.right(weight))
+        return add_batched_product_(out, left.transpose(1, 2), self.right(weight))
 
 
 def factor_keys(updates: list[KeysUpdate]) -> FactoredKeys:
@@ -148,7 +160,7 @@ def factored_logits(
     logits = torch.matmul(queries, image.transpose(-1, -2))  # (B, h, T, N)
     low_rank = torch.matmul(queries, per_head_columns(keys.right(weight), heads))  # (B, h, T, K)
     logits = logits.view(batch, heads * num_tokens, num_image)
-    return logits.baddbmm_(low_rank.reshape(batch, heads * num_tokens, -1), keys.left)
+    return add_batched_product_(logits, low_rank.reshape(batch, heads * num_tokens, -1), keys.left)
 
 
 def factored_mix(attn: torch.Tensor, keys: FactoredKeys, weight: FactoredWeight, heads: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .common import MLPBlock
-from .factored import FactoredKeys, FactoredWeight, KeysUpdate, factor_keys, factor_weight, factored_logits, factored_mix
+from .factored import FactoredKeys, FactoredWeight, KeysUpdate, add_batched_product_, factor_keys, factor_weight, factored_logits, factored_mix
 
 
 class TwoWayTransformer(nn.Module):
@@ -222,7 +222,7 @@ class TwoWayAttentionBlock(nn.Module):
         batch = queries.shape[0]
         same_dtype = keys.dtype == attn.dtype == projected.dtype  # not so under autocast
         if keys_are_scratch and keys.shape[0] == batch and same_dtype and not torch.is_grad_enabled():
-            keys = keys.baddbmm_(attn.transpose(1, 2), projected)  # saves a copy of the N x C tokens
+            keys = add_batched_product_(keys, attn.transpose(1, 2), projected)  # saves a copy of the N x C tokens
         else:
             keys = torch.baddbmm(keys.expand(batch, -1, -1), attn.transpose(1, 2), projected)
         norm = self.norm4
