@@ -304,7 +304,7 @@ class SamBackend:
         result = []
         for mask, score, mask_label in zip(masks, scores, labels):
             result += mask_regions(mask, outputs, mask_label, float(score), self.settings.polygon_tolerance,
-                                   self.settings.min_area, self.settings.max_polygons)
+                                   self.settings.min_area, self.settings.max_polygons, self.settings.max_polygon_points)
         t_end = time.perf_counter()
         self.last_timings = {"image_s": t_img - t0, "wait_s": t_lock - t_img, "embed_s": t_embed - t_lock,
                              "decode_s": t_dec - t_embed, "encode_regions_s": t_end - t_dec, "total_s": t_end - t0}
@@ -370,7 +370,7 @@ class SamBackend:
         result = []
         for mask, score, label in masks:
             result += mask_regions(mask, outputs, label, score, self.settings.polygon_tolerance, self.settings.min_area,
-                                   self.settings.max_polygons)
+                                   self.settings.max_polygons, self.settings.max_polygon_points)
         scores = [s for _, s, _ in masks]
         return {"result": result, "score": mean_score(scores),
                 "model_version": self.model_version}

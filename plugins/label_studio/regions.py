@@ -89,12 +89,18 @@ def brush_region(mask: np.ndarray, control: Control, label: str | None, score: f
 
 
 def polygon_regions(mask: np.ndarray, control: Control, label: str | None, score: float | None,
-                    tolerance: float = 1.0, min_area: int = 0, max_polygons: int = 20) -> list[dict]:
+                    tolerance: float = 1.0, min_area: int = 0, max_polygons: int = 20,
+                    max_points: int = 2000) -> list[dict]:
     """One polygon region per connected part of the mask (largest first, at most `max_polygons`),
-    points in percent of the image size as Label Studio stores them."""
+    points in percent of the image size as Label Studio stores them. Their points together are
+    at most about `max_points`: a ragged mask is simplified more coarsely (see capped_outlines)."""
     h, w = mask.shape
-    polygons = mask_outlines(mask, tolerance=tolerance, min_area=min_area)
-    polygons.sort(key=lambda p: -_area(p))
+    polygons, used = capped_outlines(mask, tolerance, min_area, max_polygons, max_points)
+    if used != tolerance:
+        count = sum(len(p) for p in polygons[:max_polygons])
+        log.warning("a mask's outline needed more than %d points at %g px tolerance: simplified at %g px "
+                    "(holes under %d px filled) to %d points; raise SAMKIT_LS_MAX_POLYGON_POINTS to keep more "
+                    "detail", max_points, tolerance, used, _hole_area(used, min_area), count)
     if len(polygons) > max_polygons:
         # never silently: a speckled mask would otherwise lose parts without anyone knowing
         kept = sum(_area(p) for p in polygons[:max_polygons])
@@ -113,14 +119,38 @@ def polygon_regions(mask: np.ndarray, control: Control, label: str | None, score
     return regions
 
 
-def mask_outlines(mask: np.ndarray, tolerance: float = 1.0, min_area: int = 0) -> list[np.ndarray]:
+def _hole_area(tolerance: float, min_area: int) -> int:
+    """Holes smaller than this are filled at this simplification tolerance: one narrower than the
+    tolerance would be drawn as a sliver anyway."""
+    return max(min_area, int(tolerance * tolerance)) if tolerance > 1 else min_area
+
+
+def capped_outlines(mask: np.ndarray, tolerance: float, min_area: int, max_polygons: int,
+                    max_points: int) -> tuple[list[np.ndarray], float]:
+    """mask_outlines, largest part first, at `tolerance` or, when the largest `max_polygons`
+    parts then have more than `max_points` points together, at the first doubling of it that
+    stays under (holes under tolerance^2 filled too: every hole costs its outline and a cut).
+    Label Studio's editor slows to a crawl on polygons of tens of thousands of points, which a
+    ragged mask with many holes gives. Returns the outlines and the tolerance used."""
+    used = tolerance
+    limit = max(mask.shape)  # beyond the image's size, simplifying cannot remove more
+    while True:
+        polygons = mask_outlines(mask, tolerance=used, min_area=min_area, min_hole_area=_hole_area(used, min_area))
+        polygons.sort(key=lambda p: -_area(p))
+        if sum(len(p) for p in polygons[:max_polygons]) <= max_points or used >= limit:
+            return polygons, used
+        used = max(2.0 * used, 1.0)
+
+
+def mask_outlines(mask: np.ndarray, tolerance: float = 1.0, min_area: int = 0,
+                  min_hole_area: int | None = None) -> list[np.ndarray]:
     """One closed outline ((K, 2) pixel-centre XY) per connected part of the mask.
 
     A Label Studio polygon is a single ring, so a part with holes becomes one "keyhole" ring: it
     runs around the outside and, along a zero-width cut, around each hole and back. The holes
     wind the other way, so both even-odd and non-zero filling (Label Studio's canvas) leave them
     empty. Parts enclosing less than `min_area` pixels are dropped and holes of fewer than
-    `min_area` pixels filled; `tolerance` > 0 simplifies (Douglas-Peucker, pixels). A mask without
+    `min_hole_area` (default `min_area`) pixels filled; `tolerance` > 0 simplifies (Douglas-Peucker, pixels). A mask without
     such holes gives exactly samkit.mask_utils.mask_to_polygons' outlines.
     """
     import cv2
@@ -134,7 +164,7 @@ def mask_outlines(mask: np.ndarray, tolerance: float = 1.0, min_area: int = 0) -
     is_hole[0] = False  # label 0: the mask's own pixels
     for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
         is_hole[edge] = False
-    big = is_hole & (stats[:, cv2.CC_STAT_AREA] >= max(min_area, 1))
+    big = is_hole & (stats[:, cv2.CC_STAT_AREA] >= max(min_area if min_hole_area is None else min_hole_area, 1))
     if not big.any():
         return [p for p in mask_utils.mask_to_polygons(mask, min_area=min_area, tolerance=tolerance) if len(p) >= 3]
     small = is_hole & ~big
@@ -318,7 +348,8 @@ def mean_score(scores) -> float:
 
 
 def mask_regions(mask: np.ndarray, outputs: list[Control], wanted_label: str | None, score: float | None,
-                 polygon_tolerance: float = 1.0, min_area: int = 0, max_polygons: int = 20) -> list[dict]:
+                 polygon_tolerance: float = 1.0, min_area: int = 0, max_polygons: int = 20,
+                 max_polygon_points: int = 2000) -> list[dict]:
     """The regions of one mask for every output tool (brush and/or polygon)."""
     regions: list[dict] = []
     if not mask.any():
@@ -329,5 +360,5 @@ def mask_regions(mask: np.ndarray, outputs: list[Control], wanted_label: str | N
             regions.append(brush_region(mask, control, label, score))
         elif control.tag == "PolygonLabels":
             regions.extend(polygon_regions(mask, control, label, score, polygon_tolerance, min_area,
-                                           max_polygons))
+                                           max_polygons, max_polygon_points))
     return regions

@@ -28,6 +28,7 @@
 | SAMKIT_LS_MIN_AREA | 25 | drop masks / polygon parts smaller than this many pixels, fill smaller holes |
 | SAMKIT_LS_MAX_POLYGONS | 20 | most polygon regions per mask (largest parts first; a warning names what is dropped) |
 | SAMKIT_LS_POLYGON_TOLERANCE | 1.0 | polygon simplification, pixels |
+| SAMKIT_LS_MAX_POLYGON_POINTS | 2000 | most polygon points per mask: a ragged mask is simplified more coarsely (a warning says how much) |
 | SAMKIT_LS_INTERACTIVE_THREADS | 4 | interactive requests worked on at once (more wait) |
 | SAMKIT_LS_BATCH_THREADS | 1 | batch pre-labelling requests worked on at once |
 | SAMKIT_LS_LOG_LEVEL | INFO | logging level |
@@ -90,6 +91,7 @@ class Settings:
     max_regions: int = 100
     min_area: int = 25
     max_polygons: int = 20
+    max_polygon_points: int = 2000
     polygon_tolerance: float = 1.0
     interactive_threads: int = 4
     batch_threads: int = 1
@@ -124,6 +126,7 @@ class Settings:
             max_regions=env_number("SAMKIT_LS_MAX_REGIONS", int, 100),
             min_area=env_number("SAMKIT_LS_MIN_AREA", int, 25),
             max_polygons=env_number("SAMKIT_LS_MAX_POLYGONS", int, 20),
+            max_polygon_points=env_number("SAMKIT_LS_MAX_POLYGON_POINTS", int, 2000),
             polygon_tolerance=env_number("SAMKIT_LS_POLYGON_TOLERANCE", float, 1.0),
             interactive_threads=env_number("SAMKIT_LS_INTERACTIVE_THREADS", int, 4),
             batch_threads=env_number("SAMKIT_LS_BATCH_THREADS", int, 1),
@@ -155,6 +158,8 @@ class Settings:
             raise SamkitError("SAMKIT_LS_POINTS_PER_SIDE must be at least 1")
         if self.max_polygons < 1:
             raise SamkitError("SAMKIT_LS_MAX_POLYGONS must be at least 1")
+        if self.max_polygon_points < 3:
+            raise SamkitError("SAMKIT_LS_MAX_POLYGON_POINTS must be at least 3 (a polygon has 3 points or more)")
         if self.cache_dir_mb < 1:
             raise SamkitError("SAMKIT_LS_CACHE_DIR_MB must be at least 1")
         if self.image_cache_mb < 0:
@@ -193,7 +198,7 @@ class Settings:
     def batch_signature(self) -> tuple:
         """The settings a batch answer depends on."""
         return (self.points_per_side, self.pred_iou_thresh, self.stability_thresh, self.max_regions,
-                self.min_area, self.max_polygons, self.polygon_tolerance, self.output)
+                self.min_area, self.max_polygons, self.max_polygon_points, self.polygon_tolerance, self.output)
 
     @property
     def model_source(self) -> str:

@@ -9,7 +9,7 @@ import logging
 import cv2
 import numpy as np
 import pytest
-from ls_helpers import CONFIG_ALL, holes, near_boundary, polygon_mask, small_parts
+from ls_helpers import CONFIG_ALL, holes, iou, near_boundary, polygon_mask, small_parts
 
 from samkit import mask_utils
 from samkit.label_studio.label_config import parse_label_config
@@ -120,3 +120,38 @@ def test_parts_over_the_limit_are_dropped_smallest_first_with_a_warning(caplog):
     msgs = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
     assert any("25 polygon parts" in m and "kept the largest 20, dropped 5" in m and f"({dropped_px} px" in m
                and "SAMKIT_LS_MAX_POLYGONS" in m for m in msgs), msgs
+
+
+def ragged_mask() -> np.ndarray:
+    """A 600 x 900 blob with ~1,500 holes and a fringe of 1-3 px bumps: a random-weight SAM mask
+    looks like this, and its keyhole outline at 1 px tolerance has ~20,000 points."""
+    rng = np.random.default_rng(3)
+    noise = cv2.GaussianBlur(rng.random((600, 900)).astype(np.float32), (0, 0), 1.2)
+    mask = np.zeros((600, 900), bool)
+    cv2.ellipse(mask.view(np.uint8), (450, 300), (400, 250), 0, 0, 360, 1, -1)
+    return mask & (noise > np.quantile(noise, 0.35))
+
+
+def test_a_ragged_mask_is_simplified_under_the_point_limit_with_a_warning(caplog):
+    mask = ragged_mask()
+    uncapped = polygon_regions(mask, POLY, None, None, tolerance=1.0, min_area=25, max_points=10**9)
+    assert sum(len(r["value"]["points"]) for r in uncapped) > 10_000  # what Label Studio got before
+    with caplog.at_level(logging.WARNING, logger="samkit.label_studio"):
+        regions = polygon_regions(mask, POLY, None, None, tolerance=1.0, min_area=25, max_points=2000)
+    assert 3 <= sum(len(r["value"]["points"]) for r in regions) <= 2000
+    # still the object: the simplified polygons cover the blob's extent, with its holes filled
+    outline = np.zeros_like(mask)
+    cv2.ellipse(outline.view(np.uint8), (450, 300), (400, 250), 0, 0, 360, 1, -1)
+    assert iou(polygon_mask(regions), outline) > 0.85
+    msgs = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert any("simplified at" in m and "SAMKIT_LS_MAX_POLYGON_POINTS" in m for m in msgs), msgs
+
+
+def test_a_mask_under_the_point_limit_is_not_simplified_further(caplog):
+    """The limit only ever coarsens a mask that needs it: a clean shape is exactly as before."""
+    for name, mask in shapes().items():
+        with caplog.at_level(logging.WARNING, logger="samkit.label_studio"):
+            limited = polygon_regions(mask, POLY, None, None, tolerance=1.0, min_area=25, max_points=2000)
+        plain = polygon_regions(mask, POLY, None, None, tolerance=1.0, min_area=25, max_points=10**9)
+        assert [r["value"] for r in limited] == [r["value"] for r in plain], name
+    assert not [rec for rec in caplog.records if rec.levelno == logging.WARNING]

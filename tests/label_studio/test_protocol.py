@@ -123,7 +123,8 @@ def test_negative_click_hole_stays_empty_in_the_polygon(make_client, payloads, i
     big, small = holes(expected, 25)
     assert big.any(), "this click's mask has no hole to test with"
     for tolerance, band in ((0.0, 0), (1.0, 2)):  # SAMKIT_LS_POLYGON_TOLERANCE
-        client, _ = make_client(polygon_tolerance=tolerance, min_area=25)
+        # random weights give a ragged mask: no point limit, so the holes are drawn at this tolerance
+        client, _ = make_client(polygon_tolerance=tolerance, min_area=25, max_polygon_points=10**6)
         r = client.post("/predict", json=body)
         assert r.status_code == 200, r.text
         filled = polygon_mask(regions_by_type(r.json()["results"][0]["result"])["polygonlabels"])
@@ -135,7 +136,7 @@ def test_negative_click_hole_stays_empty_in_the_polygon(make_client, payloads, i
 def test_polygon_parts_over_the_limit_are_dropped_with_a_warning(make_client, payloads, image_server, ref, caplog):
     import cv2
 
-    client, _ = make_client(max_polygons=2)  # SAMKIT_LS_MAX_POLYGONS
+    client, _ = make_client(max_polygons=2, max_polygon_points=10**6)  # SAMKIT_LS_MAX_POLYGONS, no point limit
     name, w, h = DOG
     body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3", f"{image_server.url}/public/{name}", (w, h))
     ctx = body["params"]["context"]["result"]
@@ -485,3 +486,23 @@ def test_rotated_rectangles_become_the_box_around_them():
     x0, y0, x1, y1 = _rect_xyxy(v, 200, 100)  # 40x10 px, turned to point down and left
     assert (x0, y0, x1, y1) == pytest.approx((90.0, 10.0, 100.0, 50.0))
     assert _rect_xyxy(RegionValue(x=-5, y=90, width=20, height=20), 200, 100) == pytest.approx([0, 90, 30, 100])
+
+
+def test_a_ragged_mask_comes_back_under_the_point_limit(make_client, payloads, image_server, ref, caplog):
+    """Random weights' 3-click mask has hundreds of holes: by default its polygons are simplified
+    until they have at most SAMKIT_LS_MAX_POLYGON_POINTS points together, and still cover the mask."""
+    client, _ = make_client(max_polygon_points=1500)
+    name, w, h = DOG
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3", f"{image_server.url}/public/{name}", (w, h))
+    ctx = body["params"]["context"]["result"]
+    expected, _ = ref(name, np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx]),
+                      np.array([1, 0, 1]))
+    with caplog.at_level(logging.WARNING, logger="samkit.label_studio"):
+        r = client.post("/predict", json=body)
+    assert r.status_code == 200, r.text
+    polygons = regions_by_type(r.json()["results"][0]["result"])["polygonlabels"]
+    count = sum(len(p["value"]["points"]) for p in polygons)
+    assert 3 <= count <= 1500
+    filled = polygon_mask(polygons)
+    assert (filled & expected).sum() >= 0.9 * expected.sum()  # the object is there, its holes filled
+    assert any("SAMKIT_LS_MAX_POLYGON_POINTS" in rec.getMessage() for rec in caplog.records)
