@@ -490,6 +490,11 @@ def iter_segment_prompts(
             redo = redo | ((F(f"{target}.detections").length() == 0) & has_prompts)
             if samples.has_field(error_field):
                 redo = redo | F(error_field).exists()
+            elif samples._root_dataset.has_field(error_field):
+                # the view leaves the error field out (select_fields): its records are read
+                # through the dataset, or those samples would never be redone
+                errored = samples._root_dataset.exists(error_field).values("_id")
+                redo = redo | F("_id").is_in(errored)
             todo = samples.match(redo)
     if in_place and summary.no_prompts == summary.total:
         nothing_to_do = f"nothing to do: no sample has prompts in '{prompt_field}'"

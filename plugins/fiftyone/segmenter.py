@@ -296,7 +296,10 @@ class Segmenter:
                 for offset, (det, _) in enumerate(chunk):
                     results[id(det)] = (np.asarray(masks[offset, 0], dtype=bool), float(scores[offset, 0]))
 
-        if in_place:
+        for det, _ in todo:
+            if not results[id(det)][0].any():  # a usable box, but SAM saw nothing in it
+                self.last_problems.append(f"{_named('detection', det)} gave an empty mask (no object found in its box)")
+        if in_place:  # an empty mask is written too (area 0): the detection was processed
             for det, _ in todo:
                 mask, score = results[id(det)]
                 x0, y0, x1, y1 = box_pixels(det.bounding_box, width, height)
@@ -342,7 +345,9 @@ class Segmenter:
             )
             best = int(np.argmax(scores))
             new = self._new_detection(kp, np.asarray(masks[best], dtype=bool), float(scores[best]))
-            if new is not None:
+            if new is None:
+                self.last_problems.append(f"{_named('keypoint', kp)} gave an empty mask (no object found at its points)")
+            else:
                 out.append(new)
         self.last_masks = len(out)
         return fol.Detections(detections=out)

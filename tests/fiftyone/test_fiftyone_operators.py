@@ -577,6 +577,47 @@ def test_samples_without_prompts_get_an_empty_result_like_apply_model(make_datas
     assert not dataset.has_field("gt_error") or dataset.count("gt_error") == 0
 
 
+def blind_checkpoint(checkpoint: str, folder: Path) -> str:
+    """The seeded MobileSAM with its mask hypernetworks' last layers zeroed: every mask logit is
+    0, so every prompt gets an empty mask (a real model whose decoder finds nothing)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    zeroed = [k for k in state if k.startswith("mask_decoder.output_hypernetworks_mlps.") and ".layers.2." in k]
+    assert zeroed
+    for key in zeroed:
+        state[key] = torch.zeros_like(state[key])
+    path = folder / "mobile_sam_blind.pt"
+    torch.save(state, path)
+    return str(path)
+
+
+def test_a_prompt_whose_mask_is_empty_is_recorded(make_dataset, photos, checkpoint, tmp_path):
+    """A usable box for which SAM finds nothing: no detection is written for it (new field) or
+    an empty mask of area 0 (in place), and the sample's error record names the prompt."""
+    blind = blind_checkpoint(checkpoint, tmp_path)
+    dataset = make_dataset([photos["dogs.jpg"]], boxes=True)
+    sample = dataset.first()
+    boxes = sample.gt.detections
+    params = {"prompt_field": "gt", "output_field": "gt_sam", "model": blind}
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["processed"] == 1 and summary["failed"] == 0 and summary["masks"] == 0
+    assert summary["bad_prompts"] == len(boxes)
+    sample = dataset[sample.id]
+    assert sample.gt_sam.detections == []
+    error = sample.gt_sam_error
+    assert error.startswith(f"sample {sample.id}: {len(boxes)} prompt")
+    assert f"detection {boxes[0].id} ({boxes[0].label!r}) gave an empty mask (no object found in its box)" in error
+
+    params = {"prompt_field": "gt", "in_place": True, "model": blind}
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": params}).result
+    assert summary["bad_prompts"] == len(boxes)
+    sample = dataset[sample.id]
+    assert all(d.mask is not None and not d.mask.any() and d["area"] == 0 for d in sample.gt.detections)
+    assert "gave an empty mask" in sample.gt_error
+
+
 def test_bad_prompts_are_recorded_and_the_good_ones_still_get_masks(make_dataset, photos, checkpoint):
     """A box of zero size or outside the image, or keypoint labels that do not match its points:
     that prompt gets no mask and the sample an error record naming it; the sample's other
@@ -627,10 +668,13 @@ def test_bad_prompts_are_recorded_and_the_good_ones_still_get_masks(make_dataset
                                   "has 3 points but 2 values in its 'sam_labels' attribute (give one label per "
                                   "point: 1 positive, 0 negative)")
 
-    # fixed: the resumed run redoes the sample with the record (and only it), and clears it
+    # fixed: the resumed run redoes the sample with the record (and only it), and clears it,
+    # also from a view that leaves the error field out
     wheel["sam_labels"] = [1, 0, 0]
     truck.save()
-    again = foo.execute_operator(PROMPTS, ctx={"view": dataset.exists("kp"), "params": params}).result
+    view = dataset.exists("kp").select_fields(["kp", "kp_sam"])
+    assert not view.has_field("kp_sam_error")
+    again = foo.execute_operator(PROMPTS, ctx={"view": view, "params": params}).result
     assert again["processed"] == 1 and again["bad_prompts"] == 0
     truck = dataset[truck.id]
     assert [d.label for d in truck.kp_sam.detections] == ["truck", "wheel"] and truck.kp_sam_error is None
