@@ -30,11 +30,18 @@ DECIMATED_READ_MAX_PIXELS = 64 * 1024 * 1024
 GDAL_CACHE_BYTES = 128 * 1024 * 1024
 
 
+# GDAL reads a remote raster with one HTTP range request per block run and by default gives up
+# at the first failed one (GDAL_HTTP_MAX_RETRY 0): one 503 or timeout from a busy bucket would
+# stop a run of hours. Retried requests wait 1 s, then longer (GDAL backs off exponentially).
+HTTP_RETRY = {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1"}
+
+
 def gdal_env():
-    """rasterio.Env bounding GDAL's block cache (respects a GDAL_CACHEMAX the user set)."""
-    if "GDAL_CACHEMAX" in os.environ:
-        return rasterio.Env()
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+    """rasterio.Env bounding GDAL's block cache and retrying failed HTTP reads (HTTP_RETRY);
+    GDAL_CACHEMAX, GDAL_HTTP_MAX_RETRY or GDAL_HTTP_RETRY_DELAY set by the user are kept."""
+    options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_BYTES}
+    options.update({name: value for name, value in HTTP_RETRY.items() if name not in os.environ})
+    return rasterio.Env(**options)
 
 
 def gdal_bounded(fn):

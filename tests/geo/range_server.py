@@ -1,12 +1,18 @@
 """python range_server.py ROOT: serves ROOT's files with HTTP Range support on 127.0.0.1, as a
 cloud bucket serves a COG to GDAL (the port is printed first); while ROOT/FAIL exists every
-request gets HTTP 503, a server or network that went away. A process of its own: GDAL holds
-the GIL while it reads, so a server thread in the reading process would never answer."""
+request gets HTTP 503, a server or network that went away. While ROOT/FLAKY exists (first line:
+a number N), the first N distinct ranges read past a file's first byte (pixel data, not the
+header) each get one 503 and are answered when asked again, a busy bucket; each such range is
+appended to FLAKY. A process of its own: GDAL holds the GIL while it reads, so a server thread
+in the reading process would never answer."""
 
 import http.server
 import os
 import re
 import sys
+import threading
+
+FLAKY_LOCK = threading.Lock()
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
@@ -35,8 +41,27 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
 
+    def _flaky(self):
+        flaky = os.path.join(sys.argv[1], "FLAKY")
+        wanted = self.headers.get("Range", "")
+        if not re.match(r"bytes=[1-9]", wanted):
+            return False
+        with FLAKY_LOCK:
+            if not os.path.exists(flaky):
+                return False
+            with open(flaky) as f:
+                budget, *failed = f.read().split("\n")
+            key = f"{self.path} {wanted}"
+            failed = [line for line in failed if line]
+            if len(failed) >= int(budget):
+                return False
+            with open(flaky, "a") as f:
+                f.write("\n" + key)
+        self.send_error(503)
+        return True
+
     def do_GET(self):
-        if self._failing() or self._missing():
+        if self._failing() or self._missing() or self._flaky():
             return
         with open(self._path(), "rb") as f:
             data = f.read()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -150,7 +151,8 @@ def raster_server(tmp_path):
     profile = dict(driver="GTiff", width=1024, height=1024, count=3, dtype="uint8", crs="EPSG:32633",
                    transform=Affine(0.5, 0, 500000, 0, -0.5, 5000000), tiled=True, blockxsize=256, blockysize=256)
     with rasterio.open(root / "scene.tif", "w", **profile) as dst:
-        dst.write(np.random.default_rng(0).integers(0, 255, (3, 1024, 1024), dtype=np.uint8))
+        # background only (LabelSegmenter finds no objects quickly), but every block is written
+        dst.write(np.zeros((3, 1024, 1024), dtype=np.uint8))
     server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "range_server.py"), str(root)],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -161,16 +163,17 @@ def raster_server(tmp_path):
         server.wait()
 
 
-def test_a_network_failure_keeps_the_tiles_a_rerun_resumes_from(raster_server, tmp_path):
+def test_a_network_failure_keeps_the_tiles_a_rerun_resumes_from(raster_server, tmp_path, monkeypatch):
     """A raster read over HTTP whose server stops answering mid-run: not "damaged", and the
     finished tiles stay for the re-run, which does only the rest."""
     url, fail = raster_server
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")  # a server that is gone: retrying only waits longer
 
     class FailingNetwork(LabelSegmenter):
         fingerprint = "labels, min_area 1e6"  # the same job for both runs, whatever fail_after is
 
         def __init__(self, fail_after=None):
-            super().__init__(min_area=10**6)  # random pixels: no objects, but every tile's result is stored
+            super().__init__(min_area=10**6)  # no objects, but every tile's result is stored
             self.fail_after = fail_after
 
         def generate(self, image):
@@ -191,3 +194,30 @@ def test_a_network_failure_keeps_the_tiles_a_rerun_resumes_from(raster_server, t
     sg.vectorize(url, tmp_path / "o.gpkg", generator=second, allow_empty=True, **options)
     total = len(sg.TileGrid(1024, 1024, 256, 32))
     assert second.calls == total - stored
+
+
+def test_a_failed_network_read_is_retried(raster_server, tmp_path, monkeypatch):
+    """A busy server answers a few pixel reads with 503 once: GDAL, which by default gives up at
+    the first failure, is told to retry, so the run finishes. With retries turned off (the
+    user's GDAL_HTTP_MAX_RETRY is kept) the same server stops it."""
+    url, fail = raster_server
+    flaky = fail.with_name("FLAKY")
+    options = dict(tile_size=256, overlap=32, stretch=(0, 255), allow_empty=True, progress=False)
+    total = len(sg.TileGrid(1024, 1024, 256, 32))
+
+    # 4 failures in a row: GDAL splits a failed read of several blocks into smaller ones, which
+    # absorbs 3, but not a 4th
+    flaky.write_text("4")
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    with pytest.raises(sg.RemoteReadError):
+        sg.vectorize(url, tmp_path / "off.gpkg", generator=LabelSegmenter(min_area=10**6),
+                     checkpoint_dir=tmp_path / "off", **options)
+
+    # a copy under another name: GDAL keeps what it read of a URL for the process
+    shutil.copy(fail.with_name("scene.tif"), fail.with_name("again.tif"))
+    flaky.write_text("4")
+    monkeypatch.delenv("GDAL_HTTP_MAX_RETRY")
+    segmenter = LabelSegmenter(min_area=10**6)
+    sg.vectorize(url.replace("scene.tif", "again.tif"), tmp_path / "on.gpkg", generator=segmenter, **options)
+    assert segmenter.calls == total
+    assert len(flaky.read_text().split("\n")) == 5  # all four 503s were sent, and retried
