@@ -129,17 +129,27 @@ def capped_outlines(mask: np.ndarray, tolerance: float, min_area: int, max_polyg
                     max_points: int) -> tuple[list[np.ndarray], float]:
     """mask_outlines, largest part first, at `tolerance` or, when the largest `max_polygons`
     parts then have more than `max_points` points together, at the first doubling of it that
-    stays under (holes under tolerance^2 filled too: every hole costs its outline and a cut).
-    Label Studio's editor slows to a crawl on polygons of tens of thousands of points, which a
-    ragged mask with many holes gives. Returns the outlines and the tolerance used."""
-    used = tolerance
+    stays under, then the halfway (geometric) tolerance below that if it fits too (holes under
+    tolerance^2 filled as well: every hole costs its outline and a cut). Label Studio's editor
+    slows to a crawl on polygons of tens of thousands of points, which a ragged mask with many
+    holes gives. Returns the outlines and the tolerance used."""
+    def outlines(at: float) -> tuple[list[np.ndarray], bool]:
+        found = mask_outlines(mask, tolerance=at, min_area=min_area, min_hole_area=_hole_area(at, min_area))
+        found.sort(key=lambda p: -_area(p))
+        return found, sum(len(p) for p in found[:max_polygons]) <= max_points
+
+    used, (polygons, fits) = tolerance, outlines(tolerance)
     limit = max(mask.shape)  # beyond the image's size, simplifying cannot remove more
-    while True:
-        polygons = mask_outlines(mask, tolerance=used, min_area=min_area, min_hole_area=_hole_area(used, min_area))
-        polygons.sort(key=lambda p: -_area(p))
-        if sum(len(p) for p in polygons[:max_polygons]) <= max_points or used >= limit:
-            return polygons, used
+    while not fits and used < limit:
         used = max(2.0 * used, 1.0)
+        polygons, fits = outlines(used)
+    if fits and used != tolerance and used / 2 > tolerance:
+        # a doubling can land far under the limit: one step back halfway keeps more detail
+        between = used / 2 ** 0.5
+        closer, closer_fits = outlines(between)
+        if closer_fits:
+            return closer, between
+    return polygons, used
 
 
 def mask_outlines(mask: np.ndarray, tolerance: float = 1.0, min_area: int = 0,

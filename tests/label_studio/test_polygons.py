@@ -139,10 +139,12 @@ def test_a_ragged_mask_is_simplified_under_the_point_limit_with_a_warning(caplog
     with caplog.at_level(logging.WARNING, logger="samkit.label_studio"):
         regions = polygon_regions(mask, POLY, None, None, tolerance=1.0, min_area=25, max_points=2000)
     assert 3 <= sum(len(r["value"]["points"]) for r in regions) <= 2000
-    # still the object: the simplified polygons cover the blob's extent, with its holes filled
+    # still the object: the simplified polygons cover the blob's extent and most of the mask
+    # (its small holes and fringe are what the coarser tolerance drops)
     outline = np.zeros_like(mask)
     cv2.ellipse(outline.view(np.uint8), (450, 300), (400, 250), 0, 0, 360, 1, -1)
-    assert iou(polygon_mask(regions), outline) > 0.85
+    filled = polygon_mask(regions)
+    assert iou(filled, outline) > 0.75 and (filled & mask).sum() > 0.8 * mask.sum()
     msgs = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
     assert any("simplified at" in m and "SAMKIT_LS_MAX_POLYGON_POINTS" in m for m in msgs), msgs
 
