@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import string
+from typing import NamedTuple
 
 import numpy as np
 
@@ -95,12 +96,12 @@ def polygon_regions(mask: np.ndarray, control: Control, label: str | None, score
     points in percent of the image size as Label Studio stores them. Their points together are
     at most about `max_points`: a ragged mask is simplified more coarsely (see capped_outlines)."""
     h, w = mask.shape
-    polygons, used = capped_outlines(mask, tolerance, min_area, max_polygons, max_points)
-    if used != tolerance:
+    polygons, used, min_hole = capped_outlines(mask, tolerance, min_area, max_polygons, max_points)
+    if used != tolerance or min_hole > max(min_area, 1):
         count = sum(len(p) for p in polygons[:max_polygons])
-        log.warning("a mask's outline needed more than %d points at %g px tolerance: simplified at %g px "
-                    "(holes under %d px filled) to %d points; raise SAMKIT_LS_MAX_POLYGON_POINTS to keep more "
-                    "detail", max_points, tolerance, used, _hole_area(used, min_area), count)
+        simplified = f", simplified at {used:g} px instead of {tolerance:g}" if used != tolerance else ""
+        log.warning("a mask's outline needed more than %d points: %d kept (holes under %d px filled%s); raise "
+                    "SAMKIT_LS_MAX_POLYGON_POINTS to keep more detail", max_points, count, min_hole, simplified)
     if len(polygons) > max_polygons:
         # never silently: a speckled mask would otherwise lose parts without anyone knowing
         kept = sum(_area(p) for p in polygons[:max_polygons])
@@ -125,16 +126,51 @@ def _hole_area(tolerance: float, min_area: int) -> int:
     return max(min_area, int(tolerance * tolerance)) if tolerance > 1 else min_area
 
 
+# Points a hole costs at least in a keyhole ring: its outline (4 or more) and the cut's two ends
+# on each side; used to keep no more holes than a point limit can hold.
+POINTS_PER_HOLE = 16
+
+
+class BackgroundParts(NamedTuple):
+    """The mask's background components (4-connected, as OpenCV's contours see them): labels
+    (H, W), area per label, and which labels are holes (off the image border)."""
+
+    labels: np.ndarray
+    areas: np.ndarray
+    is_hole: np.ndarray
+
+
+def background_parts(mask: np.ndarray) -> BackgroundParts:
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask == 0).view(np.uint8), connectivity=4)
+    is_hole = np.ones(count, bool)
+    is_hole[0] = False  # label 0: the mask's own pixels
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        is_hole[edge] = False
+    return BackgroundParts(labels, stats[:, cv2.CC_STAT_AREA], is_hole)
+
+
 def capped_outlines(mask: np.ndarray, tolerance: float, min_area: int, max_polygons: int,
-                    max_points: int) -> tuple[list[np.ndarray], float]:
-    """mask_outlines, largest part first, at `tolerance` or, when the largest `max_polygons`
-    parts then have more than `max_points` points together, at the first doubling of it that
-    stays under, then the halfway (geometric) tolerance below that if it fits too (holes under
-    tolerance^2 filled as well: every hole costs its outline and a cut). Label Studio's editor
-    slows to a crawl on polygons of tens of thousands of points, which a ragged mask with many
-    holes gives. Returns the outlines and the tolerance used."""
+                    max_points: int) -> tuple[list[np.ndarray], float, int]:
+    """mask_outlines, largest part first, with at most `max_points` points in the largest
+    `max_polygons` parts together. Label Studio's editor slows to a crawl on polygons of tens of
+    thousands of points, which a ragged mask with many holes gives (and tracing thousands of
+    holes takes ~0.1 s). So only the largest max_points / POINTS_PER_HOLE holes are kept (the
+    smaller ones filled); if the points still exceed the limit, the tolerance doubles until
+    they fit (holes under its square filled too), then steps back by sqrt(2) if that fits too.
+    Returns the outlines, the tolerance used and the smallest hole area kept."""
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    background = background_parts(mask)
+    min_hole = max(min_area, 1)
+    hole_areas = np.sort(background.areas[background.is_hole & (background.areas >= min_hole)])[::-1]
+    most_holes = max_points // POINTS_PER_HOLE
+    if len(hole_areas) > most_holes:
+        min_hole = int(hole_areas[most_holes]) + 1 if most_holes else int(hole_areas[0]) + 1
+
     def outlines(at: float) -> tuple[list[np.ndarray], bool]:
-        found = mask_outlines(mask, tolerance=at, min_area=min_area, min_hole_area=_hole_area(at, min_area))
+        found = mask_outlines(mask, tolerance=at, min_area=min_area, min_hole_area=max(min_hole, _hole_area(at, min_area)),
+                              background=background)
         found.sort(key=lambda p: -_area(p))
         return found, sum(len(p) for p in found[:max_polygons]) <= max_points
 
@@ -144,38 +180,34 @@ def capped_outlines(mask: np.ndarray, tolerance: float, min_area: int, max_polyg
         used = max(2.0 * used, 1.0)
         polygons, fits = outlines(used)
     if fits and used != tolerance and used / 2 > tolerance:
-        # a doubling can land far under the limit: one step back halfway keeps more detail
+        # a doubling can land far under the limit: one step back keeps more detail
         between = used / 2 ** 0.5
         closer, closer_fits = outlines(between)
         if closer_fits:
-            return closer, between
-    return polygons, used
+            polygons, used = closer, between
+    return polygons, used, max(min_hole, _hole_area(used, min_area))
 
 
 def mask_outlines(mask: np.ndarray, tolerance: float = 1.0, min_area: int = 0,
-                  min_hole_area: int | None = None) -> list[np.ndarray]:
+                  min_hole_area: int | None = None, background: BackgroundParts | None = None) -> list[np.ndarray]:
     """One closed outline ((K, 2) pixel-centre XY) per connected part of the mask.
 
     A Label Studio polygon is a single ring, so a part with holes becomes one "keyhole" ring: it
     runs around the outside and, along a zero-width cut, around each hole and back. The holes
     wind the other way, so both even-odd and non-zero filling (Label Studio's canvas) leave them
     empty. Parts enclosing less than `min_area` pixels are dropped and holes of fewer than
-    `min_hole_area` (default `min_area`) pixels filled; `tolerance` > 0 simplifies (Douglas-Peucker, pixels). A mask without
-    such holes gives exactly samkit.mask_utils.mask_to_polygons' outlines.
+    `min_hole_area` (default `min_area`) pixels filled; `tolerance` > 0 simplifies
+    (Douglas-Peucker, pixels). `background`: background_parts(mask), if already computed. A
+    mask without such holes gives exactly samkit.mask_utils.mask_to_polygons' outlines.
     """
     import cv2
 
     from samkit import mask_utils
 
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    # holes: background components (4-connected, as OpenCV's contours see them) off the image border
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask == 0).view(np.uint8), connectivity=4)
-    is_hole = np.ones(count, bool)
-    is_hole[0] = False  # label 0: the mask's own pixels
-    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        is_hole[edge] = False
-    big = is_hole & (stats[:, cv2.CC_STAT_AREA] >= max(min_area if min_hole_area is None else min_hole_area, 1))
-    if not big.any():
+    labels, areas, is_hole = background if background is not None else background_parts(mask)
+    big = is_hole & (areas >= max(min_area if min_hole_area is None else min_hole_area, 1))
+    if not big.any():  # outer outlines only: every hole is filled
         return [p for p in mask_utils.mask_to_polygons(mask, min_area=min_area, tolerance=tolerance) if len(p) >= 3]
     small = is_hole & ~big
     if small.any():

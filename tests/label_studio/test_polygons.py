@@ -146,7 +146,7 @@ def test_a_ragged_mask_is_simplified_under_the_point_limit_with_a_warning(caplog
     filled = polygon_mask(regions)
     assert iou(filled, outline) > 0.75 and (filled & mask).sum() > 0.8 * mask.sum()
     msgs = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
-    assert any("simplified at" in m and "SAMKIT_LS_MAX_POLYGON_POINTS" in m for m in msgs), msgs
+    assert any("holes under" in m and "simplified at" in m and "SAMKIT_LS_MAX_POLYGON_POINTS" in m for m in msgs), msgs
 
 
 def test_a_mask_under_the_point_limit_is_not_simplified_further(caplog):
@@ -157,3 +157,32 @@ def test_a_mask_under_the_point_limit_is_not_simplified_further(caplog):
         plain = polygon_regions(mask, POLY, None, None, tolerance=1.0, min_area=25, max_points=10**9)
         assert [r["value"] for r in limited] == [r["value"] for r in plain], name
     assert not [rec for rec in caplog.records if rec.levelno == logging.WARNING]
+
+
+def test_over_the_point_limit_the_largest_holes_are_kept(caplog):
+    """A mask with 240 square holes, 40 of them 20 px wide and the others 4-15 px: under a limit
+    of 800 points only the largest 800 / POINTS_PER_HOLE (50) holes stay empty, all the wide
+    ones among them; the smaller ones are filled."""
+    from samkit.label_studio.regions import POINTS_PER_HOLE
+
+    mask = np.ones((300, 520), bool)
+    sides = []
+    for i in range(240):
+        r, c = divmod(i, 20)
+        side = 20 if i % 6 == 0 else 4 + i % 12  # 4..15 px
+        y, x = 10 + r * 24, 10 + c * 25
+        mask[y:y + side, x:x + side] = False
+        sides.append((side * side, y, x))
+    with caplog.at_level(logging.WARNING, logger="samkit.label_studio"):
+        regions = polygon_regions(mask, POLY, None, None, tolerance=0.0, min_area=0, max_points=800)
+    assert sum(len(r["value"]["points"]) for r in regions) <= 800
+    filled = polygon_mask(regions)
+    kept = 800 // POINTS_PER_HOLE
+    threshold = sorted((area for area, _, _ in sides), reverse=True)[kept]  # holes of this area or less may go
+    assert threshold < 400
+    for area, y, x in sides:
+        if area > threshold:
+            assert not filled[y + 1, x + 1], (area, y, x)  # a large hole stays empty
+        elif area < threshold:
+            assert filled[y + 1, x + 1], (area, y, x)  # a small one is filled
+    assert any("holes under" in rec.getMessage() for rec in caplog.records)
