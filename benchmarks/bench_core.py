@@ -263,7 +263,9 @@ def bench_model(name, args, image, rows):
         coords = torch.as_tensor(off_pred.transform.apply_coords(pts, (h, w)), dtype=torch.float)[:, None, :]
         labels = torch.ones((n, 1), dtype=torch.int)
         # a single prompt takes milliseconds on a VM whose speed drifts: take the median of many
-        reps = max(INTERACTIVE_REPEATS, args.repeats) if n == 1 else args.repeats if n <= 64 else max(1, args.repeats // 2)
+        reps = (
+            max(INTERACTIVE_REPEATS, args.repeats) if n == 1 else args.repeats if n <= 64 else max(1, args.repeats // 2)
+        )
         (t_o, t_f), ((low_o, iou_o), (low_f, iou_f)) = timeit_pair(
             lambda: pred.decode_low_res(coords, labels, multimask_output=True),
             lambda: official_decode(coords, labels), reps,
@@ -285,7 +287,8 @@ def bench_model(name, args, image, rows):
     one = np.array([1])
     (t_o, t_f), ((m_o, _, _), (m_f, _, _)) = timeit_pair(
         lambda: pred.predict(point_coords=point, point_labels=one),
-        official_call(lambda: off_pred.predict(point_coords=point, point_labels=one)), max(INTERACTIVE_REPEATS, args.repeats),
+        official_call(lambda: off_pred.predict(point_coords=point, point_labels=one)),
+        max(INTERACTIVE_REPEATS, args.repeats),
     )
     rows.append(
         Row(label, f"one prompt, 3 masks at {w}x{h}", "fp32", t_o, t_f,
@@ -303,7 +306,8 @@ def bench_model(name, args, image, rows):
     )
     rows.append(
         Row(label, f"one click, best mask at {w}x{h}", "fp32", t_o, t_f,
-            f"{mask_agreement(m_o, m_f)}; best_only=True, return_low_res=False (the Label Studio backend's call) vs official predict + argmax",
+            f"{mask_agreement(m_o, m_f)}; best_only=True, return_low_res=False (the Label Studio backend's call) "
+            "vs official predict + argmax",
             "< 20 ms")
     )
 

@@ -111,7 +111,9 @@ def main(argv=None):
 
     rows = []
     log("   click to brush RLE")
-    (t_o, t_f), ((mask_o, click_rle), (mask_f, rle_f)) = timeit_pair(ours_click, official_call(official_click), args.repeats)
+    (t_o, t_f), ((mask_o, click_rle), (mask_f, rle_f)) = timeit_pair(
+        ours_click, official_call(official_click), args.repeats
+    )
     # Our masks are upscaled with OpenCV: a pixel whose logit is within float32 rounding of 0
     # may change sides, and then the RLE bytes differ with it.
     differ = int(np.count_nonzero(mask_o != mask_f))
@@ -121,7 +123,10 @@ def main(argv=None):
 
     click_mask = pred.predict(point_coords=point, point_labels=one, best_only=True, return_low_res=False)[0][0]
     runs = int(np.count_nonzero(click_mask.reshape(-1)[1:] != click_mask.reshape(-1)[:-1])) + 1
-    for name, mask in ((f"that click's mask ({runs} runs)", click_mask), ("a smooth mask (ellipse)", smooth_mask(h, w))):
+    for name, mask in (
+        (f"that click's mask ({runs} runs)", click_mask),
+        ("a smooth mask (ellipse)", smooth_mask(h, w)),
+    ):
         log(f"   brush RLE of {name}")
         (t_o, t_f), (rle_o, rle_f) = timeit_pair(
             lambda: brush_rle(mask), lambda: mask2rle(mask.astype(np.uint8) * np.uint8(255)), args.repeats)

@@ -26,7 +26,9 @@ from .tiny_vit import TinyViT
 
 
 def _vit(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]) -> Callable[[], nn.Module]:
-    return lambda: ImageEncoderViT(embed_dim=embed_dim, depth=depth, num_heads=num_heads, global_attn_indexes=global_attn_indexes)
+    return lambda: ImageEncoderViT(
+        embed_dim=embed_dim, depth=depth, num_heads=num_heads, global_attn_indexes=global_attn_indexes
+    )
 
 
 IMAGE_ENCODERS: dict[str, Callable[[], nn.Module]] = {
@@ -96,7 +98,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         except RuntimeError as exc:
             raise CheckpointError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
         if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise CheckpointError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use device='cpu'")
+            raise CheckpointError(
+                f"device {device!r} asked for, but this torch build sees no CUDA GPU; use device='cpu'"
+            )
         if resolved.type == "mps" and not torch.backends.mps.is_available():
             raise CheckpointError(f"device {device!r} asked for, but Apple MPS is not available; use device='cpu'")
         return resolved
@@ -196,7 +200,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     elif isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise CheckpointError(f"{path} holds no state_dict of tensors; expected an official SAM or MobileSAM checkpoint")
+        raise CheckpointError(
+            f"{path} holds no state_dict of tensors; expected an official SAM or MobileSAM checkpoint"
+        )
     if any(k.startswith("model.") for k in loaded) and not any(k.startswith("image_encoder.") for k in loaded):
         loaded = {k.removeprefix("model."): v for k, v in loaded.items()}
     return loaded
@@ -228,10 +234,16 @@ def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
         text = str(exc).strip()
         # torch's weights-only message opens with a paragraph about PyTorch 2.6; its last
         # specific line ("Unsupported operand 35") is what went wrong
-        lines = [line for line in text.splitlines() if line.strip() and not line.startswith(("Weights only", "Please file", "Check the doc"))]
+        lines = [
+            line
+            for line in text.splitlines()
+            if line.strip() and not line.startswith(("Weights only", "Please file", "Check the doc"))
+        ]
         detail = (lines[-1] if lines else text.splitlines()[0] if text else type(exc).__name__)[:200]
         reason = f"it is truncated, corrupt or not a PyTorch weights file ({detail.strip()})"
-    return CheckpointError(f"cannot read checkpoint {path}: {reason}. Download it again (samkit download MODEL) or pass the right file.")
+    return CheckpointError(
+        f"cannot read checkpoint {path}: {reason}. Download it again (samkit download MODEL) or pass the right file."
+    )
 
 
 def infer_arch(state_dict: dict[str, torch.Tensor], path: Path) -> str:
@@ -244,7 +256,9 @@ def infer_arch(state_dict: dict[str, torch.Tensor], path: Path) -> str:
         for arch, expected in (("vit_b", 768), ("vit_l", 1024), ("vit_h", 1280)):
             if width == expected:
                 return arch
-        raise CheckpointError(f"{path}: ViT image encoder of width {width} is not SAM ViT-B (768), ViT-L (1024) or ViT-H (1280)")
+        raise CheckpointError(
+            f"{path}: ViT image encoder of width {width} is not SAM ViT-B (768), ViT-L (1024) or ViT-H (1280)"
+        )
     sample = ", ".join(list(state_dict)[:3])
     raise CheckpointError(
         f"{path} is not a SAM or MobileSAM checkpoint: no image_encoder weights found (first keys: {sample}). "
@@ -311,7 +325,8 @@ def verify_checkpoint(path: Path, spec: Checkpoint) -> None:
         digest = _file_digest(path, blob)
         if digest != spec.git_blob_sha1:
             raise CheckpointError(
-                f"downloaded {spec.filename} has git blob SHA-1 {digest}, expected {spec.git_blob_sha1}: the download is corrupt"
+                f"downloaded {spec.filename} has git blob SHA-1 {digest}, expected {spec.git_blob_sha1}: "
+                "the download is corrupt"
             )
 
 

@@ -37,7 +37,9 @@ def parse_points(text: str) -> list[list[float]]:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", default="mobile_sam", help="model name (mobile_sam, vit_b, vit_l, vit_h) or checkpoint path")
+    parser.add_argument(
+        "--model", "-m", default="mobile_sam", help="model name (mobile_sam, vit_b, vit_l, vit_h) or checkpoint path"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
 
@@ -132,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", help="x,y pairs: '500,375;1125,625'")
     p.add_argument("--labels", help="one per point, 1 = object, 0 = background: '1,0'")
     p.add_argument("--box", help="x0,y0,x1,y1")
-    p.add_argument("--multimask", action="store_true", help="keep the best of three candidate masks (for one ambiguous click)")
+    p.add_argument(
+        "--multimask", action="store_true", help="keep the best of three candidate masks (for one ambiguous click)"
+    )
     p.add_argument("--output", "-o", default="samkit-out")
     add_model_options(p)
     p.set_defaults(func=cmd_predict)

@@ -95,13 +95,17 @@ class FactoredKeys(NamedTuple):
         """The (B, K, D) factor that `left` multiplies for this weight."""
         batch = self.left.shape[0]
         rows = []
-        for i, (update, (level_weight, column_sums, bias_term)) in enumerate(zip(reversed(self.updates), weight.levels)):
+        for i, (update, (level_weight, column_sums, bias_term)) in enumerate(
+            zip(reversed(self.updates), weight.levels)
+        ):
             if i > 0:
                 rows.append(bias_term.expand(batch, 1, -1))
             rows += [update.projected @ level_weight, -column_sums.expand(batch, 1, -1)]
         return torch.cat(rows, dim=1)
 
-    def times(self, weight: FactoredWeight, grid: tuple[int, int] | None = None, region: tuple[int, int] | None = None) -> torch.Tensor:
+    def times(
+        self, weight: FactoredWeight, grid: tuple[int, int] | None = None, region: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """tokens @ W + bias, (B, N, D); with region (rows, cols), only for the tokens in those
         top-left rows and columns of the (height, width) token grid, (B, rows * cols, D)."""
         batch, num_rows, num_image = self.scale.shape[0], self.left.shape[1], self.scale.shape[2]

@@ -67,7 +67,9 @@ class PatchEmbed(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; attention is windowed when window_size > 0, global otherwise."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window_size: int, input_size: tuple[int, int]) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, window_size: int, input_size: tuple[int, int]
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         attn_size = (window_size, window_size) if window_size > 0 else input_size
@@ -183,7 +185,9 @@ def gather_relative_positions(q_size: int, k_size: int, rel_pos: torch.Tensor) -
     max_rel_dist = 2 * max(q_size, k_size) - 1
     if rel_pos.shape[0] != max_rel_dist:
         # Only reached for input sizes other than the checkpoint's; interpolate the table as SAM does.
-        resized = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear")
+        resized = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear"
+        )
         rel_pos = resized.reshape(-1, max_rel_dist).permute(1, 0)
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)

@@ -33,7 +33,9 @@ def load_image(image: ImageLike) -> np.ndarray:
         return _array_to_rgb(_pil_to_array(image), source="PIL image")
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image, source="array")
-    raise ImageError(f"unsupported image type {type(image).__name__}: pass a file path, a PIL image or an HxWx3 uint8 array")
+    raise ImageError(
+        f"unsupported image type {type(image).__name__}: pass a file path, a PIL image or an HxWx3 uint8 array"
+    )
 
 
 def too_large_message(exc: Exception) -> str:
@@ -93,7 +95,9 @@ def _to_uint8(array: np.ndarray, source: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.integer):
         low, high = int(array.min()), int(array.max())
         if low < 0 or high > 65535:
-            raise ImageError(f"{source}: integer values {low}..{high} do not fit 8 or 16 bits; scale the image to uint8 first")
+            raise ImageError(
+                f"{source}: integer values {low}..{high} do not fit 8 or 16 bits; scale the image to uint8 first"
+            )
         if array.dtype.itemsize == 1 or high <= 255 and array.dtype != np.uint16:
             return array.astype(np.uint8)
         return np.round(array.astype(np.float32) / 257.0).astype(np.uint8)
@@ -105,5 +109,8 @@ def _to_uint8(array: np.ndarray, source: str) -> np.ndarray:
             return np.round(array * 255.0).astype(np.uint8)
         if low >= 0.0 and high <= 255.0:
             return np.round(array).astype(np.uint8)
-        raise ImageError(f"{source}: float values {low:g}..{high:g} are neither in [0, 1] nor [0, 255]; stretch the image to uint8 first")
+        raise ImageError(
+            f"{source}: float values {low:g}..{high:g} are neither in [0, 1] nor [0, 255]; "
+            "stretch the image to uint8 first"
+        )
     raise ImageError(f"{source}: unsupported pixel type {array.dtype}")

@@ -143,9 +143,20 @@ class MaskDecoder(nn.Module):
         masks, iou_pred = [], []
         for start in range(0, num_prompts, chunk):
             stop = min(start + chunk, num_prompts)
-            dense = dense_prompt_embeddings if dense_prompt_embeddings.shape[0] == 1 else dense_prompt_embeddings[start:stop]
+            dense = (
+                dense_prompt_embeddings
+                if dense_prompt_embeddings.shape[0] == 1
+                else dense_prompt_embeddings[start:stop]
+            )
             chunk_masks, chunk_iou = self.predict_masks(
-                image_embeddings, image_pe, sparse_prompt_embeddings[start:stop], dense, prepared, selected, best_only, region
+                image_embeddings,
+                image_pe,
+                sparse_prompt_embeddings[start:stop],
+                dense,
+                prepared,
+                selected,
+                best_only,
+                region,
             )
             masks.append(chunk_masks)
             iou_pred.append(chunk_iou)
@@ -153,7 +164,9 @@ class MaskDecoder(nn.Module):
         iou_all = torch.cat(iou_pred) if len(iou_pred) > 1 else iou_pred[0]
         return masks_all, iou_all
 
-    def prepare_image(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor) -> DecoderImage:
+    def prepare_image(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+    ) -> DecoderImage:
         """The decoder's image-only work for image_embeddings (1, C, H, W) with one dense prompt
         embedding (1, C, H, W), valid for any sparse prompts on them.
 
@@ -180,7 +193,9 @@ class MaskDecoder(nn.Module):
         upscaling = None
         if factored:
             weight, bias = self.first_conv_weights()
-            upscaling = factor_weight(transformer.keys[0], weight, bias, [layer.norm4 for layer in self.transformer.layers])
+            upscaling = factor_weight(
+                transformer.keys[0], weight, bias, [layer.norm4 for layer in self.transformer.layers]
+            )
         prepared = DecoderImage(transformer, upscaling)
         if cacheable:
             self._prepared_cache = (
@@ -273,7 +288,11 @@ class MaskDecoder(nn.Module):
         # and activations.
         for start in range(0, batch * pixels, pixels):
             for piece in first[start : start + pixels].split(UPSCALE_ROWS):
-                x = F.gelu(F.layer_norm(piece.reshape(-1, conv1.out_channels), (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
+                x = F.gelu(
+                    F.layer_norm(
+                        piece.reshape(-1, conv1.out_channels), (conv1.out_channels,), norm.weight, norm.bias, norm.eps
+                    )
+                )
                 x = F.gelu(torch.addmm(bias2, x, weight2))  # (tokens * 4, 4 * C2), ordered (ei, ej, out)
                 # x is indexed [i, j, di, dj, ei, ej, c]; contract c with each mask's hypernetwork vector
                 pieces.append(x.view(-1, conv2.out_channels) @ hyper_t[start // pixels].to(x.dtype))

@@ -113,12 +113,16 @@ class MaskGenerator:
         data = concat_data(parts)
         if len(crop_boxes) > 1 and len(data["rles"]):
             # Between crops prefer masks from smaller crops (they saw the object at higher resolution).
-            crop_areas = (data["crop_boxes"][:, 2] - data["crop_boxes"][:, 0]) * (data["crop_boxes"][:, 3] - data["crop_boxes"][:, 1])
+            crop_areas = (data["crop_boxes"][:, 2] - data["crop_boxes"][:, 0]) * (
+                data["crop_boxes"][:, 3] - data["crop_boxes"][:, 1]
+            )
             keep = mask_utils.nms(data["boxes"], 1.0 / crop_areas, self.crop_nms_thresh)
             data = filter_data(data, keep)
         return data
 
-    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, int]) -> dict[str, Any]:
+    def _process_crop(
+        self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, int]
+    ) -> dict[str, Any]:
         x0, y0, x1, y1 = crop_box
         cropped = np.ascontiguousarray(image[y0:y1, x0:x1, :])
         crop_h, crop_w = cropped.shape[:2]
@@ -136,7 +140,9 @@ class MaskGenerator:
         data["crop_boxes"] = np.tile(np.array(crop_box), (len(data["rles"]), 1))
         return data
 
-    def _process_batch(self, points: np.ndarray, im_size: tuple[int, int], crop_box: list[int], orig_size: tuple[int, int]) -> dict[str, Any]:
+    def _process_batch(
+        self, points: np.ndarray, im_size: tuple[int, int], crop_box: list[int], orig_size: tuple[int, int]
+    ) -> dict[str, Any]:
         device = self.model.device
         coords = torch.as_tensor(scale_coords(points, im_size, self.model.image_size), dtype=torch.float, device=device)
         labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=device)
@@ -168,7 +174,9 @@ class MaskGenerator:
             stability.append(score)
             # Thresholded straight into column-major order (N, W, H), the order of COCO RLE:
             # as fast as a plain comparison, and no transposed copy of the masks later.
-            column_major = torch.empty((len(chunk), logits.shape[2], logits.shape[1]), dtype=torch.bool, device=logits.device)
+            column_major = torch.empty(
+                (len(chunk), logits.shape[2], logits.shape[1]), dtype=torch.bool, device=logits.device
+            )
             masks.append(torch.gt(logits.transpose(1, 2), threshold, out=column_major))
         if kept_index:
             index = torch.cat(kept_index)
@@ -233,7 +241,9 @@ def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer:
     return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
 
 
-def generate_crop_boxes(im_size: tuple[int, int], n_layers: int, overlap_ratio: float) -> tuple[list[list[int]], list[int]]:
+def generate_crop_boxes(
+    im_size: tuple[int, int], n_layers: int, overlap_ratio: float
+) -> tuple[list[list[int]], list[int]]:
     """XYXY crop boxes: the whole image, then 2^i x 2^i overlapping crops in layer i."""
     im_h, im_w = im_size
     short_side = min(im_h, im_w)
@@ -260,7 +270,9 @@ def calculate_stability_score(logits: torch.Tensor, mask_threshold: float, offse
     return intersections / unions
 
 
-def is_box_near_crop_edge(boxes: torch.Tensor, crop_box: list[int], orig_box: list[int], atol: float = 20.0) -> torch.Tensor:
+def is_box_near_crop_edge(
+    boxes: torch.Tensor, crop_box: list[int], orig_box: list[int], atol: float = 20.0
+) -> torch.Tensor:
     """Boxes (crop frame) touching a crop edge that is not also an image edge."""
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.bool)

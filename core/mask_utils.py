@@ -72,7 +72,10 @@ def area(mask: np.ndarray | dict) -> int:
     if isinstance(mask, dict):
         if isinstance(mask["counts"], list):
             return int(sum(mask["counts"][1::2]))
-        rle = {"size": mask["size"], "counts": mask["counts"].encode("ascii") if isinstance(mask["counts"], str) else mask["counts"]}
+        rle = {
+            "size": mask["size"],
+            "counts": mask["counts"].encode("ascii") if isinstance(mask["counts"], str) else mask["counts"],
+        }
         return int(coco_mask.area(rle))
     return int(np.count_nonzero(mask))
 
@@ -114,7 +117,9 @@ def box_xyxy_to_xywh(box: torch.Tensor | np.ndarray | list) -> list:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
-def mask_to_polygons(mask: np.ndarray, min_area: float = 0.0, tolerance: float = 0.0, holes: bool = False) -> list[np.ndarray]:
+def mask_to_polygons(
+    mask: np.ndarray, min_area: float = 0.0, tolerance: float = 0.0, holes: bool = False
+) -> list[np.ndarray]:
     """HxW binary mask -> outer outlines as (K, 2) float XY arrays in pixel coordinates.
 
     Outlines follow pixel centres (OpenCV contours). `tolerance` > 0 simplifies each outline

@@ -46,7 +46,9 @@ class EmbeddingCache:
     covers the pixels and the model, so two models never share entries.
     """
 
-    def __init__(self, max_items: int = 8, directory: str | Path | None = None, max_disk_bytes: int = DISK_CACHE_BYTES) -> None:
+    def __init__(
+        self, max_items: int = 8, directory: str | Path | None = None, max_disk_bytes: int = DISK_CACHE_BYTES
+    ) -> None:
         if max_disk_bytes <= 0:
             raise ValueError(f"max_disk_bytes must be positive, got {max_disk_bytes}")
         self.max_items = max_items
@@ -94,7 +96,11 @@ class EmbeddingCache:
                 self._items.popitem(last=False)
         if write_disk and self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            data = {"features": state.features.cpu(), "original_size": list(state.original_size), "input_size": list(state.input_size)}
+            data = {
+                "features": state.features.cpu(),
+                "original_size": list(state.original_size),
+                "input_size": list(state.input_size),
+            }
             with atomic_output(self.directory / f"{key}.pt") as tmp:
                 torch.save(data, tmp)
             self._trim_disk()
@@ -157,7 +163,9 @@ class Predictor:
     were seen before; `predict` and `predict_batch` then only run the light decoder.
     """
 
-    def __init__(self, model: Sam, cache_size: int = 8, cache_dir: str | Path | None = None, cache: EmbeddingCache | None = None) -> None:
+    def __init__(
+        self, model: Sam, cache_size: int = 8, cache_dir: str | Path | None = None, cache: EmbeddingCache | None = None
+    ) -> None:
         self.model = model
         if model.device.type == "cpu":
             keep_freed_memory()  # else every prompt takes its temporaries back through page faults
@@ -274,7 +282,8 @@ class Predictor:
         masks_in = self._check_mask_input(mask_input)
         masks, scores, low_res = self._decode(
             None if coords is None else coords[None], None if labels is None else labels[None],
-            None if boxes is None else boxes, masks_in, multimask_output, return_logits, state, best_only, return_low_res,
+            None if boxes is None else boxes, masks_in, multimask_output, return_logits,
+            state, best_only, return_low_res,
         )
         return masks[0], scores[0], None if low_res is None else low_res[0]
 
@@ -296,10 +305,14 @@ class Predictor:
         coords, labels = self._check_points(point_coords, point_labels, state, batched=True)
         box_array = self._check_boxes(boxes, state, batched=True)
         if coords is not None and box_array is not None and coords.shape[0] != box_array.shape[0]:
-            raise PromptError(f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box")
+            raise PromptError(
+                f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box"
+            )
         if coords is None and box_array is None:
             raise PromptError("predict_batch needs point_coords/point_labels or boxes")
-        return self._decode(coords, labels, box_array, None, multimask_output, return_logits, state, False, return_low_res)
+        return self._decode(
+            coords, labels, box_array, None, multimask_output, return_logits, state, False, return_low_res
+        )
 
     @torch.inference_mode()
     def predict_torch(
@@ -341,7 +354,10 @@ class Predictor:
         if region is not None:
             grid = tuple(model.prompt_encoder.image_embedding_size)
             if len(region) != 2 or not all(1 <= int(n) <= size for n, size in zip(region, grid)):
-                raise PromptError(f"region must be (rows, cols) of image tokens within the {grid[0]}x{grid[1]} grid, got {tuple(region)}")
+                raise PromptError(
+                    f"region must be (rows, cols) of image tokens within the {grid[0]}x{grid[1]} grid, "
+                    f"got {tuple(region)}"
+                )
             region = None if tuple(region) == grid else (int(region[0]), int(region[1]))
         with model.autocast():
             sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
@@ -380,18 +396,33 @@ class Predictor:
         rows, cols = low_res_extent(state.input_size, self.model.mask_scale, (low_h, low_w))
         return -(-rows * grid_h // low_h), -(-cols * grid_w // low_w)
 
-    def _decode(self, coords, labels, boxes, mask_input, multimask_output, return_logits, state, best_only=False, return_low_res=True):
+    def _decode(
+        self,
+        coords,
+        labels,
+        boxes,
+        mask_input,
+        multimask_output,
+        return_logits,
+        state,
+        best_only=False,
+        return_low_res=True,
+    ):
         device = self.model.device
         size = self.model.image_size
         coords_t = labels_t = boxes_t = mask_t = None
         if coords is not None:
-            coords_t = torch.as_tensor(scale_coords(coords, state.original_size, size), dtype=torch.float, device=device)
+            coords_t = torch.as_tensor(
+                scale_coords(coords, state.original_size, size), dtype=torch.float, device=device
+            )
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=device)
         if boxes is not None:
             boxes_t = torch.as_tensor(scale_boxes(boxes, state.original_size, size), dtype=torch.float, device=device)
         if mask_input is not None:
             mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=device)[None]
-            num_prompts = coords_t.shape[0] if coords_t is not None else (boxes_t.shape[0] if boxes_t is not None else 1)
+            num_prompts = (
+                coords_t.shape[0] if coords_t is not None else (boxes_t.shape[0] if boxes_t is not None else 1)
+            )
             mask_t = mask_t.expand(num_prompts, -1, -1, -1)
         region = None if return_low_res else self.mask_region()
         low_res, scores = self.decode_low_res(coords_t, labels_t, boxes_t, mask_t, multimask_output, best_only, region)
@@ -411,7 +442,9 @@ class Predictor:
         # Upscale a few prompts at a time: full-size float logits of every prompt at once can take GBs.
         with torch.inference_mode():
             for start in range(0, low_res.shape[0], UPSCALE_CHUNK):
-                logits = self.model.postprocess_masks(low_res[start : start + UPSCALE_CHUNK], state.input_size, state.original_size)
+                logits = self.model.postprocess_masks(
+                    low_res[start : start + UPSCALE_CHUNK], state.input_size, state.original_size
+                )
                 target = masks[start : start + UPSCALE_CHUNK]
                 if return_logits:
                     target[...] = logits.cpu().numpy()
@@ -425,7 +458,9 @@ class Predictor:
         if point_coords is None and point_labels is None:
             return None, None
         if point_coords is None or point_labels is None:
-            raise PromptError("point_coords and point_labels go together: give both (labels 1 = foreground, 0 = background)")
+            raise PromptError(
+                "point_coords and point_labels go together: give both (labels 1 = foreground, 0 = background)"
+            )
         coords = np.asarray(point_coords, dtype=np.float64)
         labels = np.asarray(point_labels)
         want = 3 if batched else 2
@@ -433,16 +468,22 @@ class Predictor:
             shape = "(B, N, 2)" if batched else "(N, 2)"
             raise PromptError(f"point_coords must have shape {shape} (XY pixels), got {coords.shape}")
         if labels.shape != coords.shape[:-1]:
-            raise PromptError(f"{coords.shape[-2]} points but point_labels has shape {labels.shape}: give one label per point")
+            raise PromptError(
+                f"{coords.shape[-2]} points but point_labels has shape {labels.shape}: give one label per point"
+            )
         if not np.isfinite(coords).all():
             raise PromptError("point_coords contain NaN or infinite values")
         if not np.isin(labels, (0, 1)).all():
-            raise PromptError(f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}")
+            raise PromptError(
+                f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}"
+            )
         height, width = state.original_size
         outside = (coords[..., 0] < 0) | (coords[..., 0] > width) | (coords[..., 1] < 0) | (coords[..., 1] > height)
         if outside.any():
             x, y = coords[outside][0]
-            raise PromptError(f"point ({x:g}, {y:g}) lies outside the {width}x{height} image; coordinates are XY pixels")
+            raise PromptError(
+                f"point ({x:g}, {y:g}) lies outside the {width}x{height} image; coordinates are XY pixels"
+            )
         return coords, labels.astype(np.int64)
 
     @staticmethod
@@ -462,7 +503,9 @@ class Predictor:
         bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
         if bad.any():
             b = boxes[bad][0]
-            raise PromptError(f"box {b.tolist()} has x1 < x0 or y1 < y0; boxes are [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1")
+            raise PromptError(
+                f"box {b.tolist()} has x1 < x0 or y1 < y0; boxes are [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1"
+            )
         height, width = state.original_size
         disjoint = (boxes[:, 0] > width) | (boxes[:, 1] > height) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
         if disjoint.any():
@@ -481,5 +524,7 @@ class Predictor:
         if mask.shape == (256, 256):
             mask = mask[None]
         if mask.shape != (1, 256, 256):
-            raise PromptError(f"mask_input must be the (1, 256, 256) low-res logits of an earlier call, got shape {mask.shape}")
+            raise PromptError(
+                f"mask_input must be the (1, 256, 256) low-res logits of an earlier call, got shape {mask.shape}"
+            )
         return mask

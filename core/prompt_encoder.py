@@ -95,7 +95,9 @@ class PromptEncoder(nn.Module):
         if pad:
             # Without a box the decoder expects a padding point labelled -1 ("not a point").
             points = torch.cat([points, torch.zeros((points.shape[0], 1, 2), device=points.device)], dim=1)
-            labels = torch.cat([labels, -torch.ones((labels.shape[0], 1), device=labels.device, dtype=labels.dtype)], dim=1)
+            labels = torch.cat(
+                [labels, -torch.ones((labels.shape[0], 1), device=labels.device, dtype=labels.dtype)], dim=1
+            )
         embedding = self.pe_layer.forward_with_coords(points, self.input_image_size)
         labels = labels[..., None]
         embedding = torch.where(labels == -1, self.not_a_point_embed.weight, embedding)

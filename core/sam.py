@@ -26,7 +26,9 @@ class Sam(nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
 
-    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, arch: str) -> None:
+    def __init__(
+        self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, arch: str
+    ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
@@ -81,7 +83,9 @@ class Sam(nn.Module):
             _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
             self.mask_decoder.prepare_image(image_embeddings, self.prompt_encoder.get_dense_pe(), dense)
 
-    def postprocess_masks(self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
         """Low-res logits (B, M, 256, 256), or their top-left part covering the resized image
         (see MaskDecoder's region), -> logits at the original image size (B, M, H, W).
 
@@ -93,7 +97,9 @@ class Sam(nn.Module):
         scale = self.mask_scale
         if scale * self.prompt_encoder.mask_input_size[1] == self.image_size:
             rows, cols = low_res_extent(input_size, scale, masks.shape[-2:])
-            masks = F.interpolate(masks[..., :rows, :cols], (rows * scale, cols * scale), mode="bilinear", align_corners=False)
+            masks = F.interpolate(
+                masks[..., :rows, :cols], (rows * scale, cols * scale), mode="bilinear", align_corners=False
+            )
         else:
             masks = F.interpolate(masks, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
@@ -103,7 +109,9 @@ class Sam(nn.Module):
         """Parameter count; MobileSAM's unused classifier head is excluded unless asked for."""
         total = 0
         for name, param in self.named_parameters():
-            if not include_unused_head and (name.startswith("image_encoder.head.") or name.startswith("image_encoder.norm_head.")):
+            if not include_unused_head and (
+                name.startswith("image_encoder.head.") or name.startswith("image_encoder.norm_head.")
+            ):
                 continue
             total += param.numel()
         return total

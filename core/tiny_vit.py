@@ -12,7 +12,9 @@ from .common import LayerNorm2d
 class Conv2dBN(nn.Sequential):
     """A bias-free Conv2d followed by BatchNorm2d (checkpoint keys `.c.*` and `.bn.*`)."""
 
-    def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1, padding: int = 0, groups: int = 1) -> None:
+    def __init__(
+        self, in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1, padding: int = 0, groups: int = 1
+    ) -> None:
         super().__init__()
         self.add_module("c", nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(out_chans))
@@ -92,7 +94,9 @@ class PatchMerging(nn.Module):
 class ConvLayer(nn.Module):
     """Stage 0: MBConv blocks on the feature map, then a patch merging to tokens."""
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, out_dim: int, expand_ratio: float = 4.0) -> None:
+    def __init__(
+        self, dim: int, input_resolution: tuple[int, int], depth: int, out_dim: int, expand_ratio: float = 4.0
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(MBConv(dim, expand_ratio) for _ in range(depth))
         self.downsample = PatchMerging(input_resolution, dim, out_dim)
@@ -147,7 +151,9 @@ class Attention(nn.Module):
 class TinyViTBlock(nn.Module):
     """Window attention (residual), depthwise 3x3 conv on the token grid, MLP (residual)."""
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int, mlp_ratio: float = 4.0
+    ) -> None:
         super().__init__()
         self.input_resolution = input_resolution
         self.window_size = window_size
@@ -168,7 +174,9 @@ class TinyViTBlock(nn.Module):
             grid = F.pad(grid, (0, 0, 0, pad_r, 0, pad_b))
         ph, pw = height + pad_b, width + pad_r
         nh, nw = ph // window, pw // window
-        windows = grid.view(batch, nh, window, nw, window, channels).transpose(2, 3).reshape(-1, window * window, channels)
+        windows = (
+            grid.view(batch, nh, window, nw, window, channels).transpose(2, 3).reshape(-1, window * window, channels)
+        )
         windows = self.attn(windows)
         grid = windows.view(batch, nh, nw, window, window, channels).transpose(2, 3).reshape(batch, ph, pw, channels)
         if pad_b or pad_r:
@@ -183,7 +191,15 @@ class TinyViTBlock(nn.Module):
 class BasicLayer(nn.Module):
     """Stages 1-3: TinyViT blocks, then a patch merging unless it is the last stage."""
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int, out_dim: int | None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        out_dim: int | None,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(TinyViTBlock(dim, input_resolution, num_heads, window_size) for _ in range(depth))
         self.downsample = PatchMerging(input_resolution, dim, out_dim) if out_dim is not None else None

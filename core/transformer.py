@@ -24,7 +24,16 @@ import torch
 from torch import nn
 
 from .common import MLPBlock
-from .factored import FactoredKeys, FactoredWeight, KeysUpdate, add_batched_product_, factor_keys, factor_weight, factored_logits, factored_mix
+from .factored import (
+    FactoredKeys,
+    FactoredWeight,
+    KeysUpdate,
+    add_batched_product_,
+    factor_keys,
+    factor_weight,
+    factored_logits,
+    factored_mix,
+)
 
 
 class TwoWayTransformer(nn.Module):
@@ -34,16 +43,22 @@ class TwoWayTransformer(nn.Module):
     image projections computed once for all prompts (see prepare_image).
     """
 
-    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, attention_downsample_rate: int = 2) -> None:
+    def __init__(
+        self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, attention_downsample_rate: int = 2
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, attention_downsample_rate, skip_first_layer_pe=(i == 0))
+            TwoWayAttentionBlock(
+                embedding_dim, num_heads, mlp_dim, attention_downsample_rate, skip_first_layer_pe=(i == 0)
+            )
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def prepare_image(self, image_embedding: torch.Tensor, image_pe: torch.Tensor, factored: bool = False) -> "PreparedImage":
+    def prepare_image(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, factored: bool = False
+    ) -> "PreparedImage":
         """Everything the transformer computes from the image alone (batch 1): the image tokens,
         their positional encoding and the first block's per-head projections of them; with
         `factored`, also the later attentions' weights in factored form. Valid for any prompts
@@ -53,7 +68,9 @@ class TwoWayTransformer(nn.Module):
         factors = None
         if factored:
             norms = [layer.norm4 for layer in self.layers]
-            blocks = [None] + [layer.factor_image_side(keys[0], key_pe[0], norms[:i]) for i, layer in enumerate(self.layers) if i > 0]
+            blocks = [None] + [
+                layer.factor_image_side(keys[0], key_pe[0], norms[:i]) for i, layer in enumerate(self.layers) if i > 0
+            ]
             final = self.final_attn_token_to_image.factor_keys_values(keys[0], key_pe[0], norms)
             factors = TransformerFactors(blocks, final)
         return PreparedImage(keys, key_pe, self.layers[0].project_image(keys[0], key_pe[0]), factors)
@@ -146,7 +163,14 @@ class PreparedImage(NamedTuple):
 class TwoWayAttentionBlock(nn.Module):
     """Self-attention of tokens, tokens -> image, MLP on tokens, image -> tokens."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int, attention_downsample_rate: int, skip_first_layer_pe: bool) -> None:
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int,
+        skip_first_layer_pe: bool,
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
@@ -349,7 +373,9 @@ class Attention(nn.Module):
         v = factor_weight(keys, self.v_proj.weight.T, self.v_proj.bias, norms)
         return ImageFactors(k, key_pe @ self.k_proj.weight.T, v)
 
-    def tokens_to_factored_image(self, tokens: torch.Tensor, image: FactoredKeys, factors: ImageFactors) -> torch.Tensor:
+    def tokens_to_factored_image(
+        self, tokens: torch.Tensor, image: FactoredKeys, factors: ImageFactors
+    ) -> torch.Tensor:
         """tokens_to_image for prompt tokens (B, T, C) and image tokens in factored form."""
         heads = self.num_heads
         q = self.scaled_heads(self.q_proj, tokens)  # (B, h, T, d)

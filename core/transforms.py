@@ -48,7 +48,11 @@ def low_res_extent(input_size: tuple[int, int], scale: int, limit: tuple[int, in
 
 
 def upscale_logits(
-    low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], scale: int = 4, out: np.ndarray | None = None
+    low_res: np.ndarray,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    scale: int = 4,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Low-res mask logits (h, w) float32 -> logits at original_size (H, W), written to `out` if given.
 

@@ -72,7 +72,15 @@ class Result:
         for i, (mask, score) in enumerate(zip(self.masks, self.scores)):
             rle = mask_utils.mask_to_rle(mask)
             x0, y0, x1, y1 = (float(v) for v in self.boxes[i])
-            out.append({"id": i + 1, "segmentation": rle, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": mask_utils.area(mask), "score": float(score)})
+            out.append(
+                {
+                    "id": i + 1,
+                    "segmentation": rle,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": mask_utils.area(mask),
+                    "score": float(score),
+                }
+            )
         return out
 
     def save_json(self, filename: str | os.PathLike) -> str:
@@ -86,7 +94,13 @@ class Result:
 class SAM:
     """A SAM-family model called like Ultralytics' `SAM`: prompts in, `Result` objects out."""
 
-    def __init__(self, model: str | os.PathLike = "mobile_sam.pt", device: str | None = None, dtype: str | None = None, **generator_options: Any) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike = "mobile_sam.pt",
+        device: str | None = None,
+        dtype: str | None = None,
+        **generator_options: Any,
+    ) -> None:
         self.model = load_model(model, device=device, dtype=dtype)
         self.predictor = Predictor(self.model)
         self.generator_options = generator_options
@@ -109,10 +123,16 @@ class SAM:
             )
         return info
 
-    def __call__(self, source: ImageLike | Sequence[ImageLike], bboxes=None, points=None, labels=None, multimask_output: bool = False) -> list[Result]:
+    def __call__(
+        self, source: ImageLike | Sequence[ImageLike], bboxes=None, points=None, labels=None,
+        multimask_output: bool = False,
+    ) -> list[Result]:
         return self.predict(source, bboxes=bboxes, points=points, labels=labels, multimask_output=multimask_output)
 
-    def predict(self, source: ImageLike | Sequence[ImageLike], bboxes=None, points=None, labels=None, multimask_output: bool = False) -> list[Result]:
+    def predict(
+        self, source: ImageLike | Sequence[ImageLike], bboxes=None, points=None, labels=None,
+        multimask_output: bool = False,
+    ) -> list[Result]:
         """Segment each source. Without prompts every object is segmented (segment everything)."""
         sources = list(source) if isinstance(source, (list, tuple)) else [source]
         results = []
@@ -178,8 +198,12 @@ def nest_prompts(bboxes, points, labels) -> tuple[np.ndarray | None, np.ndarray 
     if point_array.ndim == 1:
         point_array = point_array[None]
     if point_array.ndim not in (2, 3) or point_array.shape[-1] != 2:
-        raise PromptError(f"points must be [x, y], a list of [x, y], or a list of lists of [x, y]; got shape {point_array.shape}")
-    label_array = np.ones(point_array.shape[:-1], dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        raise PromptError(
+            f"points must be [x, y], a list of [x, y], or a list of lists of [x, y]; got shape {point_array.shape}"
+        )
+    label_array = (
+        np.ones(point_array.shape[:-1], dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    )
     if label_array.ndim == 0:
         label_array = label_array[None]
     if point_array.shape[-2] != label_array.shape[-1] or label_array.size != point_array.size // 2:

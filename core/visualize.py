@@ -14,7 +14,9 @@ def mask_colors(count: int, seed: int = 0) -> np.ndarray:
     """`count` distinct, saturated RGB colours (uint8), the same for the same count and seed."""
     rng = np.random.default_rng(seed)
     hues = (np.arange(count) * 0.618033988749895 + rng.random()) % 1.0
-    return np.array([[int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)] for h in hues], dtype=np.uint8).reshape(-1, 3)
+    return np.array(
+        [[int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)] for h in hues], dtype=np.uint8
+    ).reshape(-1, 3)
 
 
 def overlay_masks(

@@ -28,6 +28,10 @@ print(f"{len(records)} masks in {time.perf_counter() - start:.1f} s")
 
 Path("everything.json").write_text(json.dumps(records))
 image = samkit.load_image(args.image)
-masks = np.stack([mask_utils.rle_to_mask(r["segmentation"]) for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
+masks = (
+    np.stack([mask_utils.rle_to_mask(r["segmentation"]) for r in records])
+    if records
+    else np.zeros((0, *image.shape[:2]), bool)
+)
 save_png("everything.png", overlay_masks(image, masks))
 print("wrote everything.json and everything.png")

@@ -32,7 +32,9 @@ save_png("prompts_click.png", overlay_masks(image, masks[best : best + 1], point
 
 # Refine with a background click, feeding the previous low-res logits back in.
 points = np.array([[width / 2, height / 2], [width / 8, height / 8]])
-masks, scores, _ = predictor.predict(points, np.array([1, 0]), mask_input=logits[best : best + 1], multimask_output=False)
+masks, scores, _ = predictor.predict(
+    points, np.array([1, 0]), mask_input=logits[best : best + 1], multimask_output=False
+)
 save_png("prompts_refined.png", overlay_masks(image, masks, points=points, point_labels=[1, 0]))
 
 # A box around the centre half of the image.

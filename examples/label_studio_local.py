@@ -62,7 +62,8 @@ def connect(url: str, api_key: str, backend: str, images: list[Path], title: str
     project = r.json()["id"]
     for path in images:
         with open(path, "rb") as f:
-            s.post(f"{url}/api/projects/{project}/import", files={"file": (path.name, f)}, timeout=120).raise_for_status()
+            s.post(f"{url}/api/projects/{project}/import", files={"file": (path.name, f)},
+                   timeout=120).raise_for_status()
     r = s.post(f"{url}/api/ml", json={"url": backend, "project": project, "title": "samkit SAM",
                                       "is_interactive": True}, timeout=120)
     if r.status_code >= 300:
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     con = sub.add_parser("connect", help="create a project and connect a running backend to a running Label Studio")
     con.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL", "http://127.0.0.1:8080"))
-    con.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), required=not os.environ.get("LABEL_STUDIO_API_KEY"))
+    con.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"),
+                     required=not os.environ.get("LABEL_STUDIO_API_KEY"))
     con.add_argument("--backend", default="http://127.0.0.1:9090", help="the backend's URL as Label Studio reaches it")
     con.add_argument("--images", type=Path, help="a folder of images to upload")
     con.add_argument("--title", default="SAM pre-labelling")

@@ -260,7 +260,8 @@ class _SamOperator(foo.Operator):
         return summary.to_dict()
 
     def _stream(self, ctx, job):
-        summary = yield from _mapped(_throttled(job), lambda u: ctx.ops.set_progress(label=u.label, progress=u.fraction))
+        summary = yield from _mapped(_throttled(job),
+                                     lambda u: ctx.ops.set_progress(label=u.label, progress=u.fraction))
         yield ctx.ops.set_progress(label=summary.message, progress=1.0)
         yield ctx.ops.reload_dataset()
         yield ctx.ops.notify(summary.message,

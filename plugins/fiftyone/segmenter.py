@@ -292,7 +292,9 @@ class Segmenter:
             for start in range(0, len(todo), self.box_batch_size):
                 chunk = todo[start : start + self.box_batch_size]
                 boxes = np.stack([prompt for _, prompt in chunk])
-                masks, scores, _ = self.predictor.predict_batch(boxes=boxes, multimask_output=False, return_low_res=False)
+                masks, scores, _ = self.predictor.predict_batch(
+                    boxes=boxes, multimask_output=False, return_low_res=False
+                )
                 for offset, (det, _) in enumerate(chunk):
                     results[id(det)] = (np.asarray(masks[offset, 0], dtype=bool), float(scores[offset, 0]))
 
@@ -346,7 +348,9 @@ class Segmenter:
             best = int(np.argmax(scores))
             new = self._new_detection(kp, np.asarray(masks[best], dtype=bool), float(scores[best]))
             if new is None:
-                self.last_problems.append(f"{_named('keypoint', kp)} gave an empty mask (no object found at its points)")
+                self.last_problems.append(
+                    f"{_named('keypoint', kp)} gave an empty mask (no object found at its points)"
+                )
             else:
                 out.append(new)
         self.last_masks = len(out)

@@ -108,7 +108,8 @@ def add_commands(subparsers) -> None:
                                           " (EPSG:4326, ..., or 'raster')")
     src.add_argument("--skip-outside", action="store_true", help="drop prompts outside the raster instead of"
                                                                    " failing")
-    src.add_argument("--window-size", type=_positive_int, default=1024, help="window read around prompts (default 1024)")
+    src.add_argument("--window-size", type=_positive_int, default=1024,
+                     help="window read around prompts (default 1024)")
     _common_output(p)
     _common_raster(p)
     _model(p)

@@ -410,7 +410,9 @@ def compute_stretch(ds, spec: RasterSpec, stretch="auto") -> tuple[tuple[float, 
             try:
                 pct = tuple(float(v) for v in s.split(","))
             except ValueError:
-                raise GeoError(f"stretch must be auto, none, minmax or 'P_LOW,P_HIGH' percentiles, got {stretch!r}") from None
+                raise GeoError(
+                    f"stretch must be auto, none, minmax or 'P_LOW,P_HIGH' percentiles, got {stretch!r}"
+                ) from None
             if len(pct) != 2:
                 raise GeoError(f"stretch percentiles need two numbers like '2,98', got {stretch!r}")
     else:

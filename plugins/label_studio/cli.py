@@ -43,7 +43,8 @@ def add_commands(subparsers) -> None:
                        help="legacy token or personal access token (env LABEL_STUDIO_API_KEY)")
     serve.add_argument("--basic-auth-user", dest="basic_auth_user", help="env SAMKIT_LS_BASIC_AUTH_USER")
     serve.add_argument("--basic-auth-pass", dest="basic_auth_pass", help="env SAMKIT_LS_BASIC_AUTH_PASS")
-    serve.add_argument("--cache-size", dest="cache_size", type=int, help="embeddings in memory (env SAMKIT_LS_CACHE_SIZE)")
+    serve.add_argument("--cache-size", dest="cache_size", type=int,
+                       help="embeddings in memory (env SAMKIT_LS_CACHE_SIZE)")
     serve.add_argument("--cache-dir", dest="cache_dir", help="also keep embeddings on disk (env SAMKIT_LS_CACHE_DIR)")
     serve.add_argument("--cache-dir-mb", dest="cache_dir_mb", type=float,
                        help="most disk space of the embeddings there, MiB (env SAMKIT_LS_CACHE_DIR_MB, default 2048)")
@@ -87,8 +88,9 @@ def _serve(args) -> int:
     import logging
 
     overrides = {k: getattr(args, k, None) for k in (
-        "model", "checkpoint", "device", "dtype", "threads", "label_studio_url", "label_studio_api_key", "basic_auth_user",
-        "basic_auth_pass", "cache_size", "cache_dir", "cache_dir_mb", "output", "model_version", "log_level")}
+        "model", "checkpoint", "device", "dtype", "threads", "label_studio_url", "label_studio_api_key",
+        "basic_auth_user", "basic_auth_pass", "cache_size", "cache_dir", "cache_dir_mb", "output", "model_version",
+        "log_level")}
     settings = Settings.from_env(**overrides)
     port = args.port if args.port is not None else env_number("SAMKIT_LS_PORT", int, 9090)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -169,8 +169,8 @@ def capped_outlines(mask: np.ndarray, tolerance: float, min_area: int, max_polyg
         min_hole = int(hole_areas[most_holes]) + 1 if most_holes else int(hole_areas[0]) + 1
 
     def outlines(at: float) -> tuple[list[np.ndarray], bool]:
-        found = mask_outlines(mask, tolerance=at, min_area=min_area, min_hole_area=max(min_hole, _hole_area(at, min_area)),
-                              background=background)
+        found = mask_outlines(mask, tolerance=at, min_area=min_area,
+                              min_hole_area=max(min_hole, _hole_area(at, min_area)), background=background)
         found.sort(key=lambda p: -_area(p))
         return found, sum(len(p) for p in found[:max_polygons]) <= max_points
 

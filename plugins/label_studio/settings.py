@@ -32,7 +32,7 @@
 | SAMKIT_LS_INTERACTIVE_THREADS | 4 | interactive requests worked on at once (more wait) |
 | SAMKIT_LS_BATCH_THREADS | 1 | batch pre-labelling requests worked on at once |
 | SAMKIT_LS_LOG_LEVEL | INFO | logging level |
-"""
+"""  # noqa: E501 (a markdown table: each row must stay one line; `serve --help` prints it)
 
 from __future__ import annotations
 
@@ -180,7 +180,8 @@ class Settings:
                 os.remove(probe)
             except OSError as exc:
                 raise SamkitError(f"SAMKIT_LS_CACHE_DIR {self.cache_dir!r} cannot be used ({exc.strerror or exc}); "
-                                  "give a writable folder, or leave it unset to keep embeddings in memory only") from None
+                                  "give a writable folder, "
+                                  "or leave it unset to keep embeddings in memory only") from None
 
     def _check_dtype(self) -> None:
         import torch

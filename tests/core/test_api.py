@@ -144,7 +144,9 @@ def test_predict_batch_equals_single_predictions(dog_predictor):
 
 
 def test_return_logits(dog_predictor):
-    logits, _, _ = dog_predictor.predict(point_coords=np.array([[400, 260]]), point_labels=np.array([1]), return_logits=True)
+    logits, _, _ = dog_predictor.predict(
+        point_coords=np.array([[400, 260]]), point_labels=np.array([1]), return_logits=True
+    )
     masks, _, _ = dog_predictor.predict(point_coords=np.array([[400, 260]]), point_labels=np.array([1]))
     assert logits.dtype == np.float32
     assert np.array_equal(logits > 0, masks)
@@ -159,7 +161,9 @@ def test_upscale_logits_matches_sam_postprocessing(mobile_sam, original_size):
     low_res = (rng.standard_normal((256, 256)) * 5).astype(np.float32)
     input_size = preprocess_shape(*original_size, 1024)
     with torch.inference_mode():
-        official = mobile_sam.postprocess_masks(torch.from_numpy(low_res)[None, None], input_size, original_size)[0, 0].numpy()
+        official = mobile_sam.postprocess_masks(
+            torch.from_numpy(low_res)[None, None], input_size, original_size
+        )[0, 0].numpy()
     ours = upscale_logits(low_res, input_size, original_size, 4)
     assert ours.shape == original_size and ours.dtype == np.float32
     # float32 rounding of source positions only: ~2e-5 of the range (a shifted row or column
@@ -214,7 +218,11 @@ def test_without_low_res_only_the_image_area_is_decoded(mobile_sam, images_dir, 
     # 534 / 800 * 1024 -> 684 input rows; upscaling reads low-res rows 0..172 (684 // 4 + 1), 4 per token
     assert region == ((64, 44) if portrait else (44, 64))
 
-    coords = torch.tensor([[[300.0, 200.0]], [[100.0, 600.0]]]).flip(-1) if portrait else torch.tensor([[[300.0, 200.0]], [[600.0, 100.0]]])
+    coords = (
+        torch.tensor([[[300.0, 200.0]], [[100.0, 600.0]]]).flip(-1)
+        if portrait
+        else torch.tensor([[[300.0, 200.0]], [[600.0, 100.0]]])
+    )
     labels = torch.ones(2, 1, dtype=torch.int)
     full, full_scores = predictor.decode_low_res(coords, labels)
     part, part_scores = predictor.decode_low_res(coords, labels, region=region)
@@ -303,14 +311,21 @@ def test_nms_matches_greedy_rule():
 @pytest.mark.parametrize("mode", ["binary_mask", "coco_rle", "uncompressed_rle"])
 def test_mask_generator_record_format(mobile_sam, dog_predictor, images_dir, mode):
     generator = samkit.MaskGenerator(
-        mobile_sam, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, output_mode=mode, predictor=dog_predictor
+        mobile_sam,
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        output_mode=mode,
+        predictor=dog_predictor,
     )
     before = dog_predictor.current_state
     records = generator.generate(images_dir / "dog.jpg")
     assert dog_predictor.current_state is before, "a shared predictor keeps its image"
     assert records, "thresholds at 0 keep at least one mask"
     for record in records:
-        assert set(record) == {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
+        assert set(record) == {
+            "segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"
+        }
         mask = record["segmentation"] if mode == "binary_mask" else mask_utils.rle_to_mask(record["segmentation"])
         assert mask.shape == (534, 800)
         assert record["area"] == int(mask.sum())
@@ -333,7 +348,9 @@ def test_prompt_nesting_rules():
 
 
 def test_sam_facade_prompts_and_everything(mobile_sam_checkpoint, images_dir, tmp_path, capsys):
-    model = samkit.SAM(str(mobile_sam_checkpoint), device="cpu", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    model = samkit.SAM(
+        str(mobile_sam_checkpoint), device="cpu", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
     info = model.info()
     assert info["parameters"] == 9_808_452 and "mobile_sam" in capsys.readouterr().out
     image = images_dir / "dog.jpg"

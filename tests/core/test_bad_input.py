@@ -124,7 +124,9 @@ def test_verified_download_is_cached_and_loaded(tmp_path, monkeypatch, mobile_sa
     import hashlib
 
     blob_sha1 = hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
-    spec = build.Checkpoint("mobile_sam", "mobile_sam.pt", "https://example.invalid/mobile_sam.pt", git_blob_sha1=blob_sha1)
+    spec = build.Checkpoint(
+        "mobile_sam", "mobile_sam.pt", "https://example.invalid/mobile_sam.pt", git_blob_sha1=blob_sha1
+    )
     monkeypatch.setitem(build.CHECKPOINTS, "mobile_sam", spec)
     calls = []
 
@@ -184,7 +186,9 @@ def test_box_overhanging_the_image_is_clipped(dog_predictor):
 
 def test_wrong_mask_input_shape(dog_predictor):
     with pytest.raises(samkit.PromptError, match="256, 256"):
-        dog_predictor.predict(point_coords=np.array([[10, 10]]), point_labels=np.array([1]), mask_input=np.zeros((64, 64)))
+        dog_predictor.predict(
+            point_coords=np.array([[10, 10]]), point_labels=np.array([1]), mask_input=np.zeros((64, 64))
+        )
 
 
 def test_nan_point(dog_predictor):

@@ -18,7 +18,8 @@ def read_masks(out_dir):
     return doc, [mask_utils.rle_to_mask(a["segmentation"]) for a in doc["annotations"]]
 
 
-def test_predict_points_writes_what_the_predictor_gives(mobile_sam, mobile_sam_checkpoint, images_dir, tmp_path, capsys):
+def test_predict_points_writes_what_the_predictor_gives(mobile_sam, mobile_sam_checkpoint, images_dir, tmp_path,
+                                                         capsys):
     image = images_dir / "dog.jpg"
     rc = main(["predict", str(image), "--points", "300,250;500,300", "--labels", "1,0",
                "--model", str(mobile_sam_checkpoint), "--device", "cpu", "-o", str(tmp_path)])
@@ -54,7 +55,8 @@ def test_everything_writes_the_generators_records(mobile_sam, mobile_sam_checkpo
     assert main(["everything", str(image), "--points-per-side", "4", "--pred-iou-thresh", "0",
                  "--stability-score-thresh", "0", "--png-masks", "--model", str(mobile_sam_checkpoint),
                  "--device", "cpu", "-o", str(tmp_path)]) == 0
-    records = samkit.MaskGenerator(mobile_sam, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0).generate(image)
+    records = samkit.MaskGenerator(mobile_sam, points_per_side=4, pred_iou_thresh=0,
+                                   stability_score_thresh=0).generate(image)
     doc, masks = read_masks(tmp_path)
     # (random weights: NMS leaves few masks, so compare every one exactly)
     assert records and len(masks) == len(records) == len(list((tmp_path / "masks").glob("*.png")))
@@ -87,7 +89,8 @@ def test_info_prints_the_architecture(mobile_sam_checkpoint, capsys):
 def test_errors_are_one_line_and_exit_2(args, message, mobile_sam_checkpoint, images_dir, tmp_path, capsys):
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("not an image")
-    names = {"missing": str(tmp_path / "missing.jpg"), "image": str(images_dir / "dog.jpg"), "not_image": str(not_image)}
+    names = {"missing": str(tmp_path / "missing.jpg"), "image": str(images_dir / "dog.jpg"),
+             "not_image": str(not_image)}
     argv = [a.format(**names) for a in args]
     if "--model" not in argv:
         argv += ["--model", str(mobile_sam_checkpoint)]

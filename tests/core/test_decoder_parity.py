@@ -126,7 +126,9 @@ def test_best_only_is_the_best_of_the_masks(decoders, multimask):
     for token in best.unique().tolist():
         k = int((best == token).nonzero()[0])
         with torch.inference_mode():
-            one_mask, one_iou = ours(image, pe, sparse[k : k + 1], dense[k : k + 1], multimask_output=multimask, best_only=True)
+            one_mask, one_iou = ours(
+                image, pe, sparse[k : k + 1], dense[k : k + 1], multimask_output=multimask, best_only=True
+            )
         assert one_mask.shape == (1, 1, 256, 256) and torch.allclose(one_iou[0, 0], iou[k, token], atol=1e-6, rtol=0)
         assert torch.allclose(one_mask[0, 0], masks[k, token], atol=1e-5, rtol=0)
 

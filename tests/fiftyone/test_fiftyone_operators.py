@@ -238,7 +238,9 @@ def test_segment_prompts_keypoints_positive_negative(make_dataset, photos, check
                      sam_labels=[1, 1, 0]),
     ])
     truck.save()
-    dog["kp"] = fol.Keypoints(keypoints=[fol.Keypoint(label="dog", points=[[0.35, 0.5], [0.9, 0.9]], sam_labels=[1, 0])])
+    dog["kp"] = fol.Keypoints(keypoints=[
+        fol.Keypoint(label="dog", points=[[0.35, 0.5], [0.9, 0.9]], sam_labels=[1, 0]),
+    ])
     dog.save()
 
     params = {"prompt_field": "kp", "output_field": "kp_sam", "model": checkpoint}
@@ -485,7 +487,8 @@ def test_delegated_run_marked_failed_is_asked_to_stop(make_dataset, photos, monk
                                                    "request_delegation": True})
     op_id = queued.result["id"]
     monkeypatch.setattr(operators, "STOP_CHECK_INTERVAL_S", 0.0)
-    ctx = ExecutionContext(request_params={"delegated": True, "dataset_name": dataset.name}, delegated_operation_id=op_id)
+    ctx = ExecutionContext(request_params={"delegated": True, "dataset_name": dataset.name},
+                           delegated_operation_id=op_id)
     stop_requested = operators._stop_requested(ctx)
     assert stop_requested is not None and stop_requested() is False
     DelegatedOperationService().set_failed(op_id)

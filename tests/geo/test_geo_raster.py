@@ -7,7 +7,14 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from geo_helpers import ATLANTA, codes_to_rgb, match_polygons, reference_regions, synthetic_raster, write_truncated_raster
+from geo_helpers import (
+    ATLANTA,
+    codes_to_rgb,
+    match_polygons,
+    reference_regions,
+    synthetic_raster,
+    write_truncated_raster,
+)
 from rasterio.features import rasterize
 
 import samkit.geo as sg

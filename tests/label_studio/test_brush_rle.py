@@ -73,8 +73,8 @@ def test_label_studio_click_benchmark_runs(tmp_path, mobile_sam_checkpoint, imag
     table = tmp_path / "click.md"
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_label_studio.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--checkpoint", str(mobile_sam_checkpoint), "--image", str(images_dir / "dog.jpg"),
-         "--repeats", "1", "--markdown", str(table)],
+        [sys.executable, str(script), "--checkpoint", str(mobile_sam_checkpoint),
+         "--image", str(images_dir / "dog.jpg"), "--repeats", "1", "--markdown", str(table)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -166,7 +166,8 @@ def test_local_files_through_label_studio_with_a_personal_access_token(label_stu
     ls.import_tasks(pid, [{"image": "/data/local-files/?d=images/dog.jpg"}])
     task = ls.tasks(pid)[0]
     client, backend = make_client(label_studio_url=ls.url, label_studio_api_key=personal_access_token)
-    body = {"tasks": [task], "project": f"{pid}.1", "label_config": ls.ok("GET", f"/api/projects/{pid}")["label_config"],
+    body = {"tasks": [task], "project": f"{pid}.1",
+            "label_config": ls.ok("GET", f"/api/projects/{pid}")["label_config"],
             "params": {"login": None, "password": None, "context": {"result": [kp(30, 60)]}}}
     r = client.post("/predict", json=body)
     assert r.status_code == 200, r.text

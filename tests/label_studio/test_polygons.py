@@ -29,7 +29,8 @@ def winding_fill(regions: list[dict]) -> np.ndarray:
         wind = np.zeros((h, w), int)
         for (x0, y0), (x1, y1) in zip(pts, np.roll(pts, -1, axis=0)):
             side = (x1 - x0) * (yy - y0) - (xx - x0) * (y1 - y0)
-            wind += ((y0 <= yy) & (y1 > yy) & (side > 0)).astype(int) - ((y1 <= yy) & (y0 > yy) & (side < 0)).astype(int)
+            wind += (((y0 <= yy) & (y1 > yy) & (side > 0)).astype(int)
+                     - ((y1 <= yy) & (y0 > yy) & (side < 0)).astype(int))
         inside |= wind != 0
     return inside
 

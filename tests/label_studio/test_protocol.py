@@ -57,7 +57,8 @@ def test_health_setup_versions_webhook_in_any_order(make_client, payloads):
 def test_interactive_keypoint_matches_the_predictor(make_client, payloads, image_server, ref):
     client, _ = make_client()
     name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1",
+                            f"{image_server.url}/public/{name}", (w, h))
     r = client.post("/predict", json=body)  # no /setup first: the request carries what is needed
     assert r.status_code == 200, r.text
     results = r.json()["results"]
@@ -116,7 +117,8 @@ def test_negative_click_hole_stays_empty_in_the_polygon(make_client, payloads, i
     back to the mask with its holes empty, up to boundary pixels, holes and parts under
     SAMKIT_LS_MIN_AREA (and, simplified, within the polygon tolerance of the outline)."""
     name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3", f"{image_server.url}/public/{name}", (w, h))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3",
+                            f"{image_server.url}/public/{name}", (w, h))
     ctx = body["params"]["context"]["result"]
     expected, _ = ref(name, np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx]),
                       np.array([1, 0, 1]))
@@ -138,7 +140,8 @@ def test_polygon_parts_over_the_limit_are_dropped_with_a_warning(make_client, pa
 
     client, _ = make_client(max_polygons=2, max_polygon_points=10**6)  # SAMKIT_LS_MAX_POLYGONS, no point limit
     name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3", f"{image_server.url}/public/{name}", (w, h))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3",
+                            f"{image_server.url}/public/{name}", (w, h))
     ctx = body["params"]["context"]["result"]
     expected, _ = ref(name, np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx]),
                       np.array([1, 0, 1]))
@@ -157,7 +160,8 @@ def test_several_rectangles_keep_their_labels(make_client, payloads, image_serve
     """Two rectangles in one interactive request: a mask each, each with its own label."""
     client, _ = make_client()
     name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_rect", f"{image_server.url}/public/{name}", (w, h))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_rect",
+                            f"{image_server.url}/public/{name}", (w, h))
     body["label_config"] = CONFIG_ALL
     first = body["params"]["context"]["result"][0]
     first["value"].update(x=5.0, y=10.0, width=40.0, height=50.0, rectanglelabels=["Dog"])
@@ -181,7 +185,8 @@ def test_rectangle_outside_the_image(make_client, payloads, image_server):
     flat box); a batch task with one skips it and keeps its other rectangle."""
     client, _ = make_client()
     name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_rect", f"{image_server.url}/public/{name}", (w, h))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_rect",
+                            f"{image_server.url}/public/{name}", (w, h))
     body["label_config"] = CONFIG_ALL
     body["params"]["context"]["result"][0]["value"].update(x=120.0, y=10.0, width=20.0, height=20.0)
     r = client.post("/predict", json=body)
@@ -211,7 +216,8 @@ def test_image_too_large_for_pillow_is_a_task_error(make_client, payloads, image
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # Pillow refuses above twice this
     client, _ = make_client()
     name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1",
+                            f"{image_server.url}/public/{name}", (w, h))
     r = client.post("/predict", json=body)
     assert r.status_code != 500 and "internal error" not in r.text, r.text
     assert "MAX_IMAGE_PIXELS" in r.text
@@ -219,14 +225,17 @@ def test_image_too_large_for_pillow_is_a_task_error(make_client, payloads, image
 
 def test_output_follows_the_config_and_setting(make_client, payloads, image_server):
     name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1",
+                            f"{image_server.url}/public/{name}", (w, h))
     body["label_config"] = body["label_config"].replace(
-        '<BrushLabels name="brush" toName="image">\n    <Label value="Object" background="#FF0000"/>\n  </BrushLabels>', "")
+        '<BrushLabels name="brush" toName="image">\n    <Label value="Object" background="#FF0000"/>\n'
+        '  </BrushLabels>', "")
     client, _ = make_client()
     types = {r["type"] for r in client.post("/predict", json=body).json()["results"][0]["result"]}
     assert types == {"polygonlabels"}
     client, _ = make_client(output="brush")
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1",
+                            f"{image_server.url}/public/{name}", (w, h))
     types = {r["type"] for r in client.post("/predict", json=body).json()["results"][0]["result"]}
     assert types == {"brushlabels"}
 
@@ -256,7 +265,8 @@ def test_second_click_runs_only_the_decoder(make_client, payloads, image_server,
 
 def test_embeddings_on_disk_survive_a_restart(make_client, payloads, image_server, tmp_path):
     name, w, h = GROCERIES
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1",
+                            f"{image_server.url}/public/{name}", (w, h))
     client, backend = make_client(fresh_cache=True, cache_dir=str(tmp_path))
     first = client.post("/predict", json=body).json()
     assert backend.encoder_calls == 1 and list(tmp_path.glob("*.pt"))
@@ -268,7 +278,8 @@ def test_embeddings_on_disk_survive_a_restart(make_client, payloads, image_serve
 
 
 def test_embeddings_on_disk_are_bounded(make_client, payloads, image_server, tmp_path):
-    bodies = [interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/{name}", (w, h))
+    bodies = [interactive_body(payloads, "ls_to_backend_predict_interactive_kp1",
+                               f"{image_server.url}/public/{name}", (w, h))
               for name, w, h in (GROCERIES, DOG)]
     # one embedding file is ~4 MiB: a 6 MiB bound keeps the latest only
     client, backend = make_client(fresh_cache=True, cache_dir=str(tmp_path), cache_dir_mb=6)
@@ -430,10 +441,12 @@ def test_precompute_with_label_studio_unreachable_is_one_line(make_client, image
 
 def test_config_without_supported_tool(make_client, payloads, image_server):
     client, _ = make_client()
-    config = '<View><Image name="image" value="$image"/><Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
+    config = ('<View><Image name="image" value="$image"/>'
+              '<Choices name="c" toName="image"><Choice value="a"/></Choices></View>')
     r = client.post("/setup", json={**payloads["ls_to_backend_setup"]["body"], "schema": config})
     assert r.status_code == 422 and "BrushLabels" in r.json()["error"]
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/dog.jpg", (800, 534))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1",
+                            f"{image_server.url}/public/dog.jpg", (800, 534))
     body["label_config"] = config
     r = client.post("/predict", json=body)
     assert r.status_code == 422 and "PolygonLabels" in r.json()["error"]
@@ -443,7 +456,8 @@ def test_config_without_supported_tool(make_client, payloads, image_server):
 
 def test_request_size_limit(make_client, payloads, image_server):
     client, _ = make_client(max_request_mb=0.05)
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/dog.jpg", (800, 534))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1",
+                            f"{image_server.url}/public/dog.jpg", (800, 534))
     body["tasks"][0]["annotations"][0]["result"].append(
         {"type": "brushlabels", "value": {"rle": list(range(20000))}})
     r = client.post("/predict", content=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
@@ -460,7 +474,8 @@ def test_request_size_limit(make_client, payloads, image_server):
 
 def test_big_task_history_is_skipped_not_parsed(make_client, payloads, image_server):
     client, _ = make_client()
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1", f"{image_server.url}/public/dog.jpg", (800, 534))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp1",
+                            f"{image_server.url}/public/dog.jpg", (800, 534))
     huge = {"format": "rle", "rle": [255] * 300_000, "brushlabels": ["Object"]}
     body["tasks"][0]["annotations"] += [{"result": [{"type": "brushlabels", "from_name": "brush", "to_name": "image",
                                                       "value": huge}]}] * 10
@@ -493,7 +508,8 @@ def test_a_ragged_mask_comes_back_under_the_point_limit(make_client, payloads, i
     until they have at most SAMKIT_LS_MAX_POLYGON_POINTS points together, and still cover the mask."""
     client, _ = make_client(max_polygon_points=1500)
     name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3", f"{image_server.url}/public/{name}", (w, h))
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3",
+                            f"{image_server.url}/public/{name}", (w, h))
     ctx = body["params"]["context"]["result"]
     expected, _ = ref(name, np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx]),
                       np.array([1, 0, 1]))
