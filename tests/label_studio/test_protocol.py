@@ -27,6 +27,18 @@ def interactive_body(payloads, name: str, url: str, size: tuple[int, int]) -> di
     return body
 
 
+def three_click_request(payloads, image_server, ref) -> tuple[dict, np.ndarray]:
+    """The real 3-click request (positive, negative, positive) on dog.jpg, and the official
+    predictor's mask for those clicks."""
+    name, w, h = DOG
+    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3",
+                            f"{image_server.url}/public/{name}", (w, h))
+    ctx = body["params"]["context"]["result"]
+    expected, _ = ref(name, np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx]),
+                      np.array([1, 0, 1]))
+    return body, expected
+
+
 def regions_by_type(result: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in result:
@@ -116,12 +128,7 @@ def test_negative_click_hole_stays_empty_in_the_polygon(make_client, payloads, i
     """A mask with holes (the 3-click request with a negative click): the polygon regions fill
     back to the mask with its holes empty, up to boundary pixels, holes and parts under
     SAMKIT_LS_MIN_AREA (and, simplified, within the polygon tolerance of the outline)."""
-    name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3",
-                            f"{image_server.url}/public/{name}", (w, h))
-    ctx = body["params"]["context"]["result"]
-    expected, _ = ref(name, np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx]),
-                      np.array([1, 0, 1]))
+    body, expected = three_click_request(payloads, image_server, ref)
     big, small = holes(expected, 25)
     assert big.any(), "this click's mask has no hole to test with"
     for tolerance, band in ((0.0, 0), (1.0, 2)):  # SAMKIT_LS_POLYGON_TOLERANCE
@@ -139,12 +146,7 @@ def test_polygon_parts_over_the_limit_are_dropped_with_a_warning(make_client, pa
     import cv2
 
     client, _ = make_client(max_polygons=2, max_polygon_points=10**6)  # SAMKIT_LS_MAX_POLYGONS, no point limit
-    name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3",
-                            f"{image_server.url}/public/{name}", (w, h))
-    ctx = body["params"]["context"]["result"]
-    expected, _ = ref(name, np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx]),
-                      np.array([1, 0, 1]))
+    body, expected = three_click_request(payloads, image_server, ref)
     outlines = cv2.findContours(expected.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
     parts = sum(cv2.contourArea(cv2.approxPolyDP(c, 1.0, True)) >= 25 for c in outlines)
     assert parts > 2, "this click's mask has too few parts to test with"
@@ -507,12 +509,7 @@ def test_a_ragged_mask_comes_back_under_the_point_limit(make_client, payloads, i
     """Random weights' 3-click mask has hundreds of holes: by default its polygons are simplified
     until they have at most SAMKIT_LS_MAX_POLYGON_POINTS points together, and still cover the mask."""
     client, _ = make_client(max_polygon_points=1500)
-    name, w, h = DOG
-    body = interactive_body(payloads, "ls_to_backend_predict_interactive_kp3",
-                            f"{image_server.url}/public/{name}", (w, h))
-    ctx = body["params"]["context"]["result"]
-    expected, _ = ref(name, np.array([[c["value"]["x"] / 100 * w, c["value"]["y"] / 100 * h] for c in ctx]),
-                      np.array([1, 0, 1]))
+    body, expected = three_click_request(payloads, image_server, ref)
     with caplog.at_level(logging.WARNING, logger="samkit.label_studio"):
         r = client.post("/predict", json=body)
     assert r.status_code == 200, r.text
