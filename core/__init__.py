@@ -28,7 +28,7 @@ _LAZY_EXPORTS = {
 }
 _SUBMODULES = {
     "build", "cli", "common", "errors", "files", "image_encoder", "image_io", "mask_decoder", "mask_generator",
-    "mask_utils", "predictor", "prompt_encoder", "sam", "tiny_vit", "transformer", "transforms",
+    "mask_utils", "predictor", "prefetch", "prompt_encoder", "sam", "tiny_vit", "transformer", "transforms",
     "ultralytics_api", "visualize",
 }
 

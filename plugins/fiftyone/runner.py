@@ -16,12 +16,15 @@ the :class:`RunSummary` (the operators stream progress to the App from it);
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Generator, Iterable, Optional
+
+import numpy as np
 
 import fiftyone as fo
 import fiftyone.core.fields as fof
@@ -30,6 +33,7 @@ import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
 import samkit
+from samkit.prefetch import prefetch
 
 from samkit.fiftyone.segmenter import (
     DEFAULT_BOX_BATCH_SIZE,
@@ -238,12 +242,21 @@ def _describe(exc: BaseException) -> str:
     return message
 
 
+def _todo_samples(samples, todo_ids: list[str], select: list[str]) -> Iterable[Any]:
+    """The samples to process, _CHUNK per query, from the target view itself, so that its
+    label filters apply (prompts the user filtered out are not used, and saving merges the
+    visible labels back)."""
+    for start in range(0, len(todo_ids), _CHUNK):
+        yield from samples.select(todo_ids[start : start + _CHUNK], ordered=True).select_fields(select)
+
+
 def _process(
     summary: RunSummary,
     samples,
     todo_ids: list[str],
     select: list[str],
-    compute: Callable[[Any], _Result],  # sample -> its new labels (it loads the image if it needs it)
+    wants_image: Callable[[Any], bool],  # sample -> whether compute needs its image
+    compute: Callable[[Any, Optional[np.ndarray]], _Result],  # (sample, its image or None) -> its new labels
     write: Callable[[Any, "fol.Detections"], None],
     error_field: str,
     stop_requested: Optional[Callable[[], bool]] = None,
@@ -255,17 +268,26 @@ def _process(
     select = [f for f in dict.fromkeys(select + ([error_field] if error_in_view else [])) if samples.has_field(f)]
     total = summary.total
     done = total - len(todo_ids)
-    for start in range(0, len(todo_ids), _CHUNK):
-        chunk = todo_ids[start : start + _CHUNK]
-        cleared = []
-        # from the target view itself, so its label filters apply (prompts the user filtered out
-        # are not used, and saving merges the visible labels back)
-        for sample in samples.select(chunk, ordered=True).select_fields(select):
+    cleared = []
+
+    def load(item) -> Optional[np.ndarray]:
+        _, path = item
+        return samkit.load_image(path) if path is not None else None
+
+    def clear_errors() -> None:
+        if cleared:
+            dataset.select(cleared).set_values(error_field, [None] * len(cleared))
+            cleared.clear()
+
+    # the next sample's image is read and decoded while the model works on this one
+    items = ((s, s.filepath if wants_image(s) else None) for s in _todo_samples(samples, todo_ids, select))
+    with contextlib.closing(prefetch(items, load)) as loaded:
+        for (sample, _), image in loaded:
             if stop_requested is not None and stop_requested():
                 summary.stopped = True
                 break
             try:
-                result = compute(sample)
+                result = compute(sample, image.result())
                 write(sample, result.labels)
                 if error_in_view and sample[error_field] is not None and result.problem is None:
                     sample[error_field] = None
@@ -283,12 +305,11 @@ def _process(
                 summary.failed += 1
                 _record(summary, dataset, sample, error_field, _describe(exc), failed=True)
             done += 1
+            if len(cleared) >= _CHUNK:
+                clear_errors()
             yield Progress(done, total, f"{summary.operation}: {done}/{total} samples"
                            + (f", {summary.failed} failed" if summary.failed else ""))
-        if cleared:
-            dataset.select(cleared).set_values(error_field, [None] * len(cleared))
-        if summary.stopped:
-            return
+    clear_errors()
 
 
 def _record(summary: RunSummary, dataset, sample, error_field: str, message: str, failed: bool = False) -> None:
@@ -317,10 +338,10 @@ def _plan(summary: RunSummary, todo, nothing_to_do: str) -> list[str]:
     return todo_ids
 
 
-def _run(summary: RunSummary, samples, todo_ids, select, compute, write, error_field: str,
+def _run(summary: RunSummary, samples, todo_ids, select, wants_image, compute, write, error_field: str,
          started: float, stop_requested: Optional[Callable[[], bool]] = None) -> Generator[Progress, None, RunSummary]:
     yield Progress(summary.total - len(todo_ids), summary.total, f"{summary.operation}: {len(todo_ids)} samples to do")
-    yield from _process(summary, samples, todo_ids, select, compute, write, error_field, stop_requested)
+    yield from _process(summary, samples, todo_ids, select, wants_image, compute, write, error_field, stop_requested)
     return _finish(summary, samples, summary.label_field, started)
 
 
@@ -413,11 +434,12 @@ def iter_segment_everything(
             summary.mask_dir = writer.mask_dir
         sample[label_field] = labels
 
-    def compute(sample):
-        labels = segmenter.everything(samkit.load_image(sample.filepath))
+    def compute(sample, image):
+        labels = segmenter.everything(image)
         return _Result(labels, segmenter.last_masks)
 
-    return _run(summary, samples, todo_ids, [label_field], compute, write, error_field, started, stop_requested)
+    return _run(summary, samples, todo_ids, [label_field], lambda sample: True, compute, write, error_field, started,
+                stop_requested)
 
 
 def segment_everything(samples, label_field: str = "sam", model: Any = None, *,
@@ -507,12 +529,14 @@ def iter_segment_prompts(
 
     segmenter = Segmenter(model, device, box_batch_size=batch_size, point_labels_attr=point_labels_attr)
 
-    def compute(sample):
+    def prompts_of(sample):
         value = sample[prompt_field]
-        prompts = getattr(value, "detections" if kind == "boxes" else "keypoints", None) if value is not None else None
-        if not prompts:
+        return getattr(value, "detections" if kind == "boxes" else "keypoints", None) if value is not None else None
+
+    def compute(sample, image):
+        if not prompts_of(sample):
             return _Result(fol.Detections(), 0, no_prompts=True)
-        image = samkit.load_image(sample.filepath)
+        value = sample[prompt_field]
         labels = segmenter.prompts(image, value, in_place=in_place, only_missing=skip_existing)
         problems = segmenter.last_problems
         problem = describe_problems(problems, sample.id, prompt_field) if problems else None
@@ -524,8 +548,8 @@ def iter_segment_prompts(
             summary.mask_dir = writer.mask_dir
         sample[target] = labels
 
-    return _run(summary, samples, todo_ids, [prompt_field, target], compute, write, error_field, started,
-                stop_requested)
+    return _run(summary, samples, todo_ids, [prompt_field, target], lambda sample: bool(prompts_of(sample)), compute,
+                write, error_field, started, stop_requested)
 
 
 def segment_prompts(samples, prompt_field: str, label_field: Optional[str] = None, model: Any = None, *,

@@ -11,6 +11,7 @@ instead). Downloads, RLE encoding and polygon tracing happen outside the locks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import requests
+
+from samkit.prefetch import prefetch
 
 from .errors import BackendError, ImageFetchError, LabelConfigError, LabelStudioUnreachable, TaskError
 from .images import ImageFetcher, Source, unreachable_message
@@ -323,13 +326,15 @@ class SamBackend:
             log.warning("task %s: %s", task.id, e)
             return {"error": str(e), "task": task.id, "model_version": self.model_version}
 
-    def _batch_task(self, task: Task, config: LabelConfig, source: Source) -> dict:
+    def _batch_task(self, task: Task, config: LabelConfig, source: Source, image: np.ndarray | None = None) -> dict:
+        """The task's batch prediction; `image`: its image when already read."""
         image_name = config.default_image
         outputs = self._outputs(config, image_name)
         rects = self._task_rectangles(task, config, image_name)
         if not rects and self.settings.batch == "boxes":
             raise TaskError(f"task {task.id} has no rectangles to segment and SAMKIT_LS_BATCH=boxes")
-        image = self.task_image(task, config, image_name, source)
+        if image is None:
+            image = self.task_image(task, config, image_name, source)
         predictor = self._predictor()
         # Label Studio asks again for the same task each time it is opened while it has no
         # prediction; the same pixels, prompts and tools give the same answer, so compute it once
@@ -431,22 +436,35 @@ class SamBackend:
             config = self.label_config(xml or req.label_config, req.project)
             image_name = config.default_image
             job.total = len(tasks)
-            for task in tasks:
-                try:
-                    if req.predictions:
-                        self._prelabel(job, task, config, source)
-                    else:
-                        image = self.task_image(task, config, image_name, source)
-                        predictor = self._predictor()
-                        with self._batch_lock:
-                            predictor.set_image(image)
-                        job.computed += predictor.encoder_calls
-                        self._count(predictor)
-                except LabelStudioUnreachable:
-                    raise  # the same for every task that is left
-                except BackendError as e:
-                    job.errors.append(f"task {task.id}: {e}")
-                job.done += 1
+
+            def load(task: Task) -> tuple[Task, np.ndarray] | None:
+                """A task's inputs, read in the background while the task before it is computed;
+                None for a task that already has this model's prediction."""
+                if req.predictions:
+                    task = self._unpredicted_task(task, source)
+                    if task is None:
+                        return None
+                return task, self.task_image(task, config, image_name, source)
+
+            with contextlib.closing(prefetch(tasks, load)) as loaded:
+                for task, inputs in loaded:
+                    try:
+                        ready = inputs.result()
+                        if ready is None:
+                            job.skipped += 1
+                        elif req.predictions:
+                            self._prelabel(job, *ready, config, source)
+                        else:
+                            predictor = self._predictor()
+                            with self._batch_lock:
+                                predictor.set_image(ready[1])
+                            job.computed += predictor.encoder_calls
+                            self._count(predictor)
+                    except LabelStudioUnreachable:
+                        raise  # the same for every task that is left
+                    except BackendError as e:
+                        job.errors.append(f"task {task.id}: {e}")
+                    job.done += 1
             job.state = "done"
         except BackendError as e:  # says what to fix; a traceback would only bury it
             job.state, job.error = "failed", str(e)
@@ -485,8 +503,9 @@ class SamBackend:
             return ImageFetchError(msg + ": check the project id, and that LABEL_STUDIO_URL is Label Studio's address")
         return ImageFetchError(msg)
 
-    def _prelabel(self, job: PrecomputeJob, task: Task, config: LabelConfig, source: Source) -> None:
-        """One task's batch prediction, stored in Label Studio (no 100 s request timeout to beat)."""
+    def _unpredicted_task(self, task: Task, source: Source) -> Task | None:
+        """The task with its annotations (whose rectangles get masks), or None when it already
+        has this model's prediction."""
 
         def get(path: str, **params) -> list:
             # (not /api/tasks/<id>/: opening a task makes Label Studio ask this backend for a prediction)
@@ -497,13 +516,16 @@ class SamBackend:
 
         predictions = get("/api/predictions/", task=task.id)
         if any(p.get("model_version") == self.model_version for p in predictions):
-            job.skipped += 1
-            return
-        # its annotations' rectangles get masks; without any, segment everything
-        task = Task(id=task.id, data=task.data, annotations=get(f"/api/tasks/{task.id}/annotations/"),
+            return None
+        return Task(id=task.id, data=task.data, annotations=get(f"/api/tasks/{task.id}/annotations/"),
                     predictions=predictions)
+
+    def _prelabel(self, job: PrecomputeJob, task: Task, image: np.ndarray, config: LabelConfig,
+                  source: Source) -> None:
+        """One task's batch prediction (masks for its annotations' rectangles; without any,
+        segment everything), stored in Label Studio (no 100 s request timeout to beat)."""
         before = self.encoder_calls
-        prediction = self._batch_task(task, config, source)
+        prediction = self._batch_task(task, config, source, image)
         if "result" not in prediction:
             raise TaskError(prediction.get("error", "no prediction"))
         job.computed += self.encoder_calls - before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -689,3 +690,48 @@ def test_bad_prompts_are_recorded_and_the_good_ones_still_get_masks(make_dataset
     dogs = dataset[dogs.id]
     assert [d.mask is not None for d in dogs.gt.detections] == [True, False, False]
     assert "2 prompts in 'gt' got no mask" in dogs.gt_error
+
+
+def test_the_next_image_is_read_while_the_model_works(make_dataset, photos, checkpoint, monkeypatch):
+    """While SAM segments one sample, the next sample's image is already being read and decoded
+    in the background (on a GPU the read can take as long as the model). A sample without prompts
+    never has its image read; results are those of the predictor, as in the other tests."""
+    from samkit.fiftyone import segmenter
+
+    files = [photos["dog.jpg"], photos["picture1.jpg"], photos["bus.jpg"], photos["picture2.jpg"]]
+    dataset = make_dataset(files, boxes=True)
+    last = dataset.select_by("filepath", [photos["picture2.jpg"]]).first()
+    last.gt = None
+    last.save()
+
+    read = {path: threading.Event() for path in files}
+    readers = set()
+    real_load_image = samkit.load_image
+
+    def load_image(path):
+        readers.add(threading.current_thread().name)
+        read[path].set()
+        return real_load_image(path)
+
+    monkeypatch.setattr(samkit, "load_image", load_image)
+    real_prompts = segmenter.Segmenter.prompts
+    overlapped = []
+
+    def prompts(self, image, value, **kwargs):
+        k = len(overlapped)
+        if k + 1 < 3:  # the next sample with prompts is being read before this one is segmented
+            overlapped.append(read[files[k + 1]].wait(30))
+        else:
+            overlapped.append(True)
+        return real_prompts(self, image, value, **kwargs)
+
+    monkeypatch.setattr(segmenter.Segmenter, "prompts", prompts)
+    summary = foo.execute_operator(PROMPTS, ctx={"dataset": dataset, "params": {
+        "prompt_field": "gt", "output_field": "out", "model": checkpoint}}).result
+    assert summary["processed"] == 4 and summary["no_prompts"] == 1 and summary["failed"] == 0
+    assert overlapped == [True, True, True]
+    assert not read[photos["picture2.jpg"]].is_set()
+    assert readers and all(name.startswith("samkit-prefetch") for name in readers)
+    predictor = samkit.Predictor(samkit.load_model(checkpoint))
+    for sample in dataset.select_by("filepath", files[:3]):
+        _check_prompt_masks(sample, predictor, field="out")

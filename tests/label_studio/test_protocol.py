@@ -441,6 +441,50 @@ def test_precompute_with_label_studio_unreachable_is_one_line(make_client, image
                             "id, and that LABEL_STUDIO_URL is Label Studio's address")
 
 
+def test_precompute_reads_the_next_image_while_the_encoder_runs(make_client, image_server, monkeypatch):
+    """A precompute job downloads and decodes the next task's image in the background while the
+    encoder works on this one; a task whose image cannot be read is reported and the rest done."""
+    import threading
+
+    from samkit.predictor import Predictor
+
+    client, backend = make_client(fresh_cache=True)
+    names = ["dog.jpg", "groceries.jpg", "missing.jpg", "picture1.jpg"]
+    urls = [f"{image_server.url}/public/{name}" for name in names]
+    fetched = {url: threading.Event() for url in urls}
+    fetchers = set()
+    real_get = backend.fetcher.get
+
+    def get(ref, source, task_id=None):
+        fetchers.add(threading.current_thread().name)
+        fetched[ref].set()
+        return real_get(ref, source, task_id)
+
+    monkeypatch.setattr(backend.fetcher, "get", get)
+    real_set_image = Predictor.set_image
+    overlapped = []
+
+    def set_image(self, image):
+        if threading.current_thread().name.startswith("precompute-"):
+            # this image is dog (0), groceries (1) or picture1 (3): the next task's is on its way
+            following = {0: 1, 1: 2}.get(len(overlapped))
+            overlapped.append(following is None or fetched[urls[following]].wait(10))
+        return real_set_image(self, image)
+
+    monkeypatch.setattr(Predictor, "set_image", set_image)
+    tasks = [{"id": i + 1, "data": {"image": url}} for i, url in enumerate(urls)]
+    job = client.post("/precompute", json={"tasks": tasks, "label_config": CONFIG_ALL}).json()
+    for _ in range(600):
+        job = client.get(f"/precompute/{job['id']}").json()
+        if job["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.1)
+    assert job["state"] == "done" and job["done"] == 4 and job["computed"] == 3, job
+    assert len(job["errors"]) == 1 and job["errors"][0].startswith("task 3: "), job["errors"]
+    assert overlapped == [True, True, True]
+    assert fetchers and all(name.startswith("samkit-prefetch") for name in fetchers)
+
+
 def test_config_without_supported_tool(make_client, payloads, image_server):
     client, _ = make_client()
     config = ('<View><Image name="image" value="$image"/>'
