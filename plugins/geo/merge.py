@@ -18,7 +18,10 @@ the raster (the overlap of the two windows):
    inside one piece of the other tile is joined to it as well, provided it does not overlap
    the pieces already joined to that piece from its own tile. This joins the several arms of
    one object (a U shape) that a tile sees as separate pieces, without absorbing a part-mask
-   into its whole.
+   into its whole. When no piece of the other tile meets it in the overlap, a piece that ends
+   within ``EDGE_TOLERANCE`` outside the overlap counts too: the other tile drew the object a
+   few pixels smaller, so that its mask stops just short of the overlap, and the cut strip
+   would otherwise come out as a sliver beside the object.
 
 Tiles that abut without overlap (``overlap=0``) are matched the same way on the two pixel
 lines either side of their common border; there two objects that meet exactly on the border
@@ -75,6 +78,10 @@ class _Cand:
     sub: np.ndarray  # bool, the piece inside the comparison frame
     count: int
     truncated: bool
+    # the piece inside the frame grown by EDGE_TOLERANCE (as far as its tile sees): what the
+    # tolerant matches compare with, since a mask drawn a few pixels smaller may end just
+    # outside the frame
+    near: "_Cand | None" = None
 
     @property
     def box(self):
@@ -93,12 +100,25 @@ def _inter(a: _Cand, b: _Cand) -> int:
 
 
 def _dilated(c: _Cand, pixels: int) -> _Cand:
-    """The candidate grown by `pixels` in every direction (a square structuring element)."""
+    """The candidate (its part near the frame) grown by `pixels` in every direction (a square
+    structuring element)."""
     import cv2
 
+    c = _near_part(c)
     pad = np.pad(c.sub, pixels).view(np.uint8)
     grown = cv2.dilate(pad, np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)).astype(bool)
     return _Cand(c.gidx, c.r0 - pixels, c.c0 - pixels, grown, int(np.count_nonzero(grown)), c.truncated)
+
+
+def _near_part(c: _Cand) -> _Cand:
+    """The candidate's part near the frame (itself for a border-line candidate)."""
+    return c.near if c.near is not None else c
+
+
+def _near(a: _Cand, b: _Cand, pixels: int) -> bool:
+    """Whether the boxes of a and b come within `pixels` of each other."""
+    (ar0, ac0, ar1, ac1), (br0, bc0, br1, bc1) = a.box, b.box
+    return ar0 < br1 + pixels and br0 < ar1 + pixels and ac0 < bc1 + pixels and bc0 < ac1 + pixels
 
 
 def match_candidates(cands_a, cands_b, iou_thresh: float = 0.5, contain_thresh: float = 0.9):
@@ -147,7 +167,7 @@ def match_candidates(cands_a, cands_b, iou_thresh: float = 0.5, contain_thresh: 
     # 3. continuation: a cut piece contained in one piece across the border
     def continuation(cands_x, cands_y, linked_x_of_y, linked_y_of_x, key):
         for i, cx in enumerate(cands_x):
-            if i in linked_y_of_x or not cx.truncated:
+            if i in linked_y_of_x or not cx.truncated or not cx.count:
                 continue
             best, best_frac = None, 0.0
             for j in range(len(cands_y)):
@@ -157,6 +177,14 @@ def match_candidates(cands_a, cands_b, iou_thresh: float = 0.5, contain_thresh: 
             if best is not None and best_frac < contain_thresh:
                 # the two tiles' masks may disagree by a pixel or two along the outline
                 best_frac = _inter(cx, _dilated(cands_y[best], EDGE_TOLERANCE)) / cx.count
+            elif best is None:
+                # so far that the other tile's mask of the object ends just outside the frame (a
+                # piece inside the frame that does not meet this one is another object)
+                for j, cy in enumerate(cands_y):
+                    if not cy.count and _near(cx, _near_part(cy), EDGE_TOLERANCE):
+                        frac = _inter(cx, _dilated(cy, EDGE_TOLERANCE)) / cx.count
+                        if frac > best_frac:
+                            best, best_frac = j, frac
             if best is None or best_frac < contain_thresh:
                 continue
             others = linked_x_of_y.get(best, [])
@@ -172,21 +200,38 @@ def match_candidates(cands_a, cands_b, iou_thresh: float = 0.5, contain_thresh: 
 
 
 def _overlap_cands(res: TileResult, tile, other, frame, base: int):
+    """The tile's pieces in the overlap frame; also those that only come within EDGE_TOLERANCE
+    of it (count 0: only the tolerant matches use them)."""
     fr0, fc0, fr1, fc1 = frame
+    m = EDGE_TOLERANCE
     boxes = res.boxes
-    sel = np.flatnonzero((boxes[:, 0] < fr1) & (boxes[:, 2] > fr0) & (boxes[:, 1] < fc1) & (boxes[:, 3] > fc0))
+    sel = np.flatnonzero((boxes[:, 0] < fr1 + m) & (boxes[:, 2] > fr0 - m)
+                         & (boxes[:, 1] < fc1 + m) & (boxes[:, 3] > fc0 - m))
     out = []
     for i in sel:
         r0, c0, r1, c1 = (int(v) for v in boxes[i])
-        cr0, cc0, cr1, cc1 = max(r0, fr0), max(c0, fc0), min(r1, fr1), min(c1, fc1)
-        sub = res.mask(i)[cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
-        n = int(np.count_nonzero(sub))
-        if not n:
+        mask = res.mask(i)
+        near = _clipped(mask, r0, c0, (fr0 - m, fc0 - m, fr1 + m, fc1 + m))
+        if not near[3]:
             continue
+        nr0, nc0, near_sub, near_n = near
+        cr0, cc0, sub, n = _clipped(mask, r0, c0, frame)
         truncated = ((other.c1 > tile.c1 and c1 == tile.c1) or (other.c0 < tile.c0 and c0 == tile.c0)
                      or (other.r1 > tile.r1 and r1 == tile.r1) or (other.r0 < tile.r0 and r0 == tile.r0))
-        out.append(_Cand(base + int(i), cr0, cc0, sub, n, truncated))
+        gidx = base + int(i)
+        out.append(_Cand(gidx, cr0, cc0, sub, n, truncated,
+                         near=_Cand(gidx, nr0, nc0, near_sub, near_n, truncated)))
     return out
+
+
+def _clipped(mask: np.ndarray, r0: int, c0: int, frame) -> tuple[int, int, np.ndarray, int]:
+    """The part of a mask placed at (r0, c0) inside frame (r0, c0, r1, c1): its origin, the
+    part (possibly empty) and its pixel count."""
+    fr0, fc0, fr1, fc1 = frame
+    cr0, cc0 = max(r0, fr0), max(c0, fc0)
+    cr1, cc1 = max(cr0, min(r0 + mask.shape[0], fr1)), max(cc0, min(c0 + mask.shape[1], fc1))
+    sub = mask[cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
+    return cr0, cc0, sub, int(np.count_nonzero(sub))
 
 
 def _contact_cands(res: TileResult, line: int, axis: int, first: bool, base: int):

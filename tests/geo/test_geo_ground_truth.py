@@ -270,7 +270,9 @@ def _overlapping_duplicates(gdf, share: float = 0.2):
 def test_two_pixel_noise_gives_no_overlapping_duplicates(tmp_path, seed):
     """Masks off by up to 2 px per tile (so two tiles' masks of one object by up to 4 px): small
     objects seen whole by two tiles, and strips of objects cut by a tile's edge, are still
-    matched to the object instead of coming out again on top of it."""
+    matched to the object instead of coming out again on top of it or beside it (a strip of an
+    object that the other tile's smaller mask ends just before the overlap: seeds 1, 3, 5, 6 and
+    7 gave 1-2 such slivers before the tolerant matches looked past the overlap's edge)."""
     rng = np.random.default_rng(1)
     codes = np.zeros((2000, 2000), np.uint32)
     n = 0
@@ -286,4 +288,5 @@ def test_two_pixel_noise_gives_no_overlapping_duplicates(tmp_path, seed):
     duplicates = _overlapping_duplicates(gdf)
     assert not duplicates, f"{len(duplicates)} polygons lie on top of another: {duplicates[:3]}"
     ious, _ = match_polygons(gdf.geometry, [g for g, _ in reference_regions(codes, transform)])
-    assert len(ious) == n and ious.min() > 0.3 and len(gdf) <= n + 2
+    assert len(ious) == n and ious.min() > 0.3
+    assert len(gdf) == n, f"{len(gdf) - n} polygons more than objects"
