@@ -330,9 +330,7 @@ class SamBackend:
         """The task's batch prediction; `image`: its image when already read."""
         image_name = config.default_image
         outputs = self._outputs(config, image_name)
-        rects = self._task_rectangles(task, config, image_name)
-        if not rects and self.settings.batch == "boxes":
-            raise TaskError(f"task {task.id} has no rectangles to segment and SAMKIT_LS_BATCH=boxes")
+        rects = self._batch_rectangles(task, config)
         if image is None:
             image = self.task_image(task, config, image_name, source)
         predictor = self._predictor()
@@ -380,6 +378,14 @@ class SamBackend:
         scores = [s for _, s, _ in masks]
         return {"result": result, "score": mean_score(scores),
                 "model_version": self.model_version}
+
+    def _batch_rectangles(self, task: Task, config: LabelConfig) -> list[Region]:
+        """The rectangles a batch prediction segments; TaskError when there are none and the
+        settings allow nothing else (checked before the image is downloaded)."""
+        rects = self._task_rectangles(task, config, config.default_image)
+        if not rects and self.settings.batch == "boxes":
+            raise TaskError(f"task {task.id} has no rectangles to segment and SAMKIT_LS_BATCH=boxes")
+        return rects
 
     def _task_rectangles(self, task: Task, config: LabelConfig, image_name: str) -> list[Region]:
         """Rectangles already on the task: from its newest non-cancelled annotation that has any,
@@ -444,6 +450,7 @@ class SamBackend:
                     task = self._unpredicted_task(task, source)
                     if task is None:
                         return None
+                    self._batch_rectangles(task, config)
                 return task, self.task_image(task, config, image_name, source)
 
             with contextlib.closing(prefetch(tasks, load)) as loaded:

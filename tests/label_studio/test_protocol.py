@@ -293,6 +293,19 @@ def test_embeddings_on_disk_are_bounded(make_client, payloads, image_server, tmp
     assert backend2.encoder_calls == 0  # the kept one is the dog's, the latest
 
 
+def dog_task_with_rectangle(task: dict, image_url: str) -> dict:
+    """A copy of a batch task (id 99) on the dog photo whose annotation holds one "Dog" rectangle
+    at x 10-60 %, y 20-80 % (pixels 80-480, 106.8-427.2)."""
+    task = copy.deepcopy(task)
+    task["id"] = 99
+    task["data"]["image"] = image_url
+    rect = {"x": 10, "y": 20, "width": 50, "height": 60, "rotation": 0, "rectanglelabels": ["Dog"]}
+    task["annotations"] = [{"id": 7, "was_cancelled": False, "result": [
+        {"from_name": "rect", "to_name": "image", "type": "rectanglelabels", "original_width": 800,
+         "original_height": 534, "value": rect}]}]
+    return task
+
+
 def test_batch_boxes_and_everything_one_result_per_task_in_order(make_client, payloads, image_server, images_dir,
                                                                    sam_model, ref):
     client, _ = make_client()
@@ -301,15 +314,10 @@ def test_batch_boxes_and_everything_one_result_per_task_in_order(make_client, pa
     t0 = body["tasks"][0]
     t0["predictions"] = []  # a detector-free task: segment everything
     t0["data"]["image"] = f"{image_server.url}/public/{GROCERIES[0]}"
-    t1 = copy.deepcopy(t0)
-    t1["id"] = 99
-    t1["data"]["image"] = f"{image_server.url}/public/{DOG[0]}"
-    rect = {"x": 10, "y": 20, "width": 50, "height": 60, "rotation": 0, "rectanglelabels": ["Dog"]}
-    t1["annotations"] = [{"id": 7, "was_cancelled": False, "result": [
-        {"from_name": "rect", "to_name": "image", "type": "rectanglelabels", "original_width": 800,
-         "original_height": 534, "value": rect},
+    t1 = dog_task_with_rectangle(t0, f"{image_server.url}/public/{DOG[0]}")
+    t1["annotations"][0]["result"].append(
         {"from_name": "brush", "to_name": "image", "type": "brushlabels",
-         "value": {"format": "rle", "rle": [0, 1, 2] * 1000, "brushlabels": ["Object"]}}]}]
+         "value": {"format": "rle", "rle": [0, 1, 2] * 1000, "brushlabels": ["Object"]}})
     body["tasks"] = [t0, t1]
     r = client.post("/predict", json=body)
     assert r.status_code == 200, r.text
@@ -333,6 +341,24 @@ def test_batch_boxes_and_everything_one_result_per_task_in_order(make_client, pa
     expected, _ = ref(DOG[0], box=box)
     assert np.array_equal(brush_mask(boxed["brushlabels"][0]), expected)
     assert all(p["value"]["polygonlabels"] == ["Dog"] for p in boxed["polygonlabels"])
+
+
+def test_batch_boxes_only_refuses_a_task_without_rectangles_before_downloading(make_client, payloads, image_server):
+    """SAMKIT_LS_BATCH=boxes: a task without rectangles gets the reason and no prediction; its
+    image is not even downloaded (its URL would answer 404); a task with one gets its mask."""
+    client, _ = make_client(batch="boxes")
+    body = copy.deepcopy(payloads["ls_to_backend_predict_batch"]["body"])
+    body["label_config"] = CONFIG_ALL
+    bare = body["tasks"][0]
+    bare["predictions"], bare["annotations"] = [], []
+    bare["data"]["image"] = f"{image_server.url}/missing.jpg"
+    boxed = dog_task_with_rectangle(bare, f"{image_server.url}/public/{DOG[0]}")
+    body["tasks"] = [bare, boxed]
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert "result" not in first and "has no rectangles to segment and SAMKIT_LS_BATCH=boxes" in first["error"]
+    assert len(regions_by_type(second["result"])["brushlabels"]) == 1
 
 
 def test_bad_json_and_bad_shapes(make_client):
