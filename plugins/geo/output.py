@@ -101,11 +101,37 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+def _process_start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch, to about a second), read from Linux's
+    /proc; None where that cannot be read (another system, the process gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # field 22, starttime in clock ticks after boot; the name (field 2) may hold spaces
+            start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _written_by_a_running_process(pid: int, modified: float) -> bool:
+    """Whether the process that wrote a temporary file last modified at `modified` may still be
+    writing it. PIDs are reused, within a container from the same small numbers on every run
+    (often this very process's): a process that started after the file was last written is not
+    its writer."""
+    if not _process_exists(pid):
+        return False
+    started = _process_start_time(pid)
+    return started is None or started <= modified + 2.0  # the boot time is rounded to seconds
+
+
 def remove_stale_temporaries(path) -> None:
     """Remove the temporary files that runs killed while writing ``path`` left beside it: only
     names made for ``path`` by ``samkit.files.atomic_output`` (``.{stem}.tmp-{pid}-{8 hex}{suffix}``,
     with GDAL's journal or .aux.xml) or by ``_write_shapefile`` (that name without the suffix, a
-    directory), and only those whose process no longer exists."""
+    directory), and only those whose process no longer exists, or started after the file was
+    last written (its PID reused)."""
     path = Path(os.fspath(path))
     endings = {path.suffix + c for c in TEMPORARY_COMPANIONS}
     if path.suffix.lower() == ".shp":
@@ -116,7 +142,12 @@ def remove_stale_temporaries(path) -> None:
     except OSError:
         return
     for entry, owner in entries:
-        if owner is None or owner[1] not in endings or _process_exists(owner[0]):
+        if owner is None or owner[1] not in endings:
+            continue
+        try:
+            if _written_by_a_running_process(owner[0], entry.stat(follow_symlinks=False).st_mtime):
+                continue
+        except OSError:  # gone meanwhile
             continue
         try:
             if entry.is_dir(follow_symlinks=False):

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import geopandas as gpd
 import numpy as np
@@ -105,6 +106,30 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next(small_raster, t
     assert not set(left) & set(names)
     written = ["o.cpg", "o.dbf", "o.prj", "o.shp", "o.shx"] if ext == "shp" else ["o.gpkg"]
     assert names == sorted(written + keep)
+
+
+def test_a_temporary_whose_pid_was_reused_is_removed(small_raster, tmp_path):
+    """PIDs are reused (in a container every run may get the same one, even this process's): a
+    temporary file last written before its PID's running process started is a killed run's and
+    goes; one written since may be that process's own and stays."""
+    import samkit.geo as sg
+    from samkit.geo.testing import LabelSegmenter
+
+    out = tmp_path / "o.gpkg"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        stale = [f".o.tmp-{child.pid}-0123abcd.gpkg", f".o.tmp-{os.getpid()}-4567cdef.gpkg"]
+        live = [f".o.tmp-{child.pid}-89abcdef.gpkg"]
+        for name in stale + live:
+            (tmp_path / name).write_text("x")
+        day_ago = time.time() - 86400
+        for name in stale:
+            os.utime(tmp_path / name, (day_ago, day_ago))
+        sg.vectorize(small_raster, out, generator=LabelSegmenter(), tile_size=512, progress=False)
+        assert sorted(os.listdir(tmp_path)) == sorted(["o.gpkg", *live])
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_overwriting_a_shapefile_replaces_all_its_files(small_raster, tmp_path):
