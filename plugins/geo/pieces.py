@@ -155,7 +155,7 @@ _local = threading.local()
 
 def _dataset(path: str):
     """One open dataset per thread and file version (rasterio datasets are not thread-safe; a
-    file rewritten in place is reopened)."""
+    file rewritten in place is reopened): a Dask worker's, kept for its later tiles."""
     cache = getattr(_local, "datasets", None)
     if cache is None:
         cache = _local.datasets = {}
@@ -172,27 +172,33 @@ def _dataset(path: str):
     return ds
 
 
-def close_datasets() -> None:
-    """Close this thread's cached datasets (the main process calls it after its tiles)."""
-    for ds in getattr(_local, "datasets", {}).values():
-        ds.close()
-    _local.datasets = {}
+def read_tile_pixels(spec: RasterSpec, tile: Tile, ds=None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A tile's image (HxWx3 uint8) and valid-pixel mask, or None when it is all nodata (then
+    only its mask is read). ``ds``: an open dataset of ``spec.path`` that no other thread uses
+    meanwhile; by default this thread's own."""
+    with gdal_env():
+        if ds is None:
+            ds = _dataset(spec.path)
+        valid = read_valid(ds, spec, tile.window)
+        if not valid.any():
+            return None
+        return read_tile(ds, spec, tile.window, valid=valid)
+
+
+def segment_tile(tile: Tile, pixels: tuple[np.ndarray, np.ndarray] | None, generator) -> TileResult:
+    """Segment a tile's pixels (from read_tile_pixels; None: an all-nodata tile, not segmented).
+
+    ``generator`` is anything with ``generate(image) -> records`` or a ``GeneratorSpec`` (built
+    once per process)."""
+    from .generators import resolve
+
+    if pixels is None:
+        return TileResult.empty(tile, "nodata")
+    image, valid = pixels
+    records = resolve(generator).generate(image)
+    return TileResult.from_masks(tile, pieces_from_records(tile, records, valid))
 
 
 def process_tile(spec: RasterSpec, tile: Tile, generator) -> TileResult:
-    """Segment one tile. Runs in the main process or on a Dask worker.
-
-    ``generator`` is anything with ``generate(image) -> records`` or a ``GeneratorSpec`` (built
-    once per process). All-nodata tiles are not read beyond their mask and not segmented.
-    """
-    from .generators import resolve
-
-    with gdal_env():
-        ds = _dataset(spec.path)
-        valid = read_valid(ds, spec, tile.window)
-        if not valid.any():
-            return TileResult.empty(tile, "nodata")
-        image, valid = read_tile(ds, spec, tile.window, valid=valid)
-    records = resolve(generator).generate(image)
-    del image
-    return TileResult.from_masks(tile, pieces_from_records(tile, records, valid))
+    """Read and segment one tile. Runs on a Dask worker."""
+    return segment_tile(tile, read_tile_pixels(spec, tile), generator)

@@ -3,14 +3,17 @@ checkpoints so that an interrupted run resumes where it stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
 from samkit.files import atomic_output
+from samkit.prefetch import prefetch
 
 from .errors import GeoError, RemoteReadError
-from .pieces import FORMAT_VERSION, TileResult, close_datasets, process_tile
+from .pieces import FORMAT_VERSION, TileResult, process_tile, read_tile_pixels, segment_tile
+from .raster import gdal_env, open_raster
 
 MANIFEST = "manifest.json"
 
@@ -131,13 +134,17 @@ def run_tiles(grid, spec, generator, *, store: TileStore | None = None, dask=Non
             bar.set_postfix_str("nodata tiles skipped", refresh=False)
 
     try:
-        if client is None:
+        if client is None and pending:
+            with gdal_env():
+                reader = open_raster(spec.path)  # used by the prefetching thread alone
             try:
-                for t in pending:
-                    done(process_tile(spec, t, generator))
+                # the next tile is read (for a remote raster: downloaded) while this one is segmented
+                with contextlib.closing(prefetch(pending, lambda t: read_tile_pixels(spec, t, reader))) as tiles:
+                    for t, pixels in tiles:
+                        done(segment_tile(t, pixels.result(), generator))
             finally:
-                close_datasets()
-        else:
+                reader.close()
+        elif client is not None:
             from distributed import as_completed
 
             try:

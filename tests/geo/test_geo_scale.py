@@ -162,3 +162,46 @@ def test_20000px_raster_in_bounded_memory(tmp_path):
     with rasterio.open(tmp_path / "ids.tif") as ds:
         assert ds.block_shapes[0] == (512, 512) and ds.compression is not None
         assert ds.read(1, window=Window(0, 0, 400, 400)).max() > 0
+
+
+def test_the_next_tile_is_read_while_this_one_is_segmented(tmp_path, monkeypatch):
+    """An in-process run reads the next tile (for a remote raster: downloads it) in the
+    background while the segmenter works on the current one; the polygons are those of the
+    objects, as always."""
+    import threading
+
+    from geo_helpers import match_polygons, reference_regions, synthetic_raster
+
+    from samkit.geo import pieces
+
+    codes = np.zeros((600, 600), np.uint32)
+    for i, (r, c) in enumerate([(40, 40), (40, 300), (300, 40), (300, 300), (200, 200), (480, 480)]):
+        codes[r:r + 70, c:c + 90] = 1000 + 97 * i
+    path, transform = synthetic_raster(tmp_path / "rects.tif", codes)  # no nodata: every tile is segmented
+    reads, readers = [threading.Event() for _ in range(64)], set()
+    count = [0]
+    real_read_valid = pieces.read_valid
+
+    def read_valid(ds, spec, window):
+        readers.add(threading.current_thread().name)
+        reads[count[0]].set()
+        count[0] += 1
+        return real_read_valid(ds, spec, window)
+
+    monkeypatch.setattr(pieces, "read_valid", read_valid)
+    overlapped = []
+    tiles = len(TileGrid(600, 600, 256, 32).tiles)
+
+    class Watching(LabelSegmenter):
+        def generate(self, image):
+            if self.calls + 1 < tiles:  # tile k+1's read has begun before tile k is segmented
+                overlapped.append(reads[self.calls + 1].wait(10))
+            return super().generate(image)
+
+    segmenter = Watching()
+    gdf = sg.vectorize(path, None, generator=segmenter, tile_size=256, overlap=32, progress=False)
+    assert tiles > 4 and count[0] == segmenter.calls == tiles
+    assert overlapped == [True] * (tiles - 1)
+    assert readers == {"samkit-prefetch_0"}
+    ious, _ = match_polygons(gdf.geometry, [g for g, _ in reference_regions(codes, transform)])
+    assert len(gdf) == 6 and ious.min() > 0.99
