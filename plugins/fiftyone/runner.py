@@ -529,15 +529,14 @@ def iter_segment_prompts(
 
     segmenter = Segmenter(model, device, box_batch_size=batch_size, point_labels_attr=point_labels_attr)
 
-    def prompts_of(sample):
+    def has_prompts(sample) -> bool:
         value = sample[prompt_field]
-        return getattr(value, "detections" if kind == "boxes" else "keypoints", None) if value is not None else None
+        return value is not None and bool(getattr(value, "detections" if kind == "boxes" else "keypoints", None))
 
     def compute(sample, image):
-        if not prompts_of(sample):
+        if image is None:  # has_prompts said no, so the image was never read
             return _Result(fol.Detections(), 0, no_prompts=True)
-        value = sample[prompt_field]
-        labels = segmenter.prompts(image, value, in_place=in_place, only_missing=skip_existing)
+        labels = segmenter.prompts(image, sample[prompt_field], in_place=in_place, only_missing=skip_existing)
         problems = segmenter.last_problems
         problem = describe_problems(problems, sample.id, prompt_field) if problems else None
         return _Result(labels, segmenter.last_masks, problem=problem, bad_prompts=len(problems))
@@ -548,8 +547,8 @@ def iter_segment_prompts(
             summary.mask_dir = writer.mask_dir
         sample[target] = labels
 
-    return _run(summary, samples, todo_ids, [prompt_field, target], lambda sample: bool(prompts_of(sample)), compute,
-                write, error_field, started, stop_requested)
+    return _run(summary, samples, todo_ids, [prompt_field, target], has_prompts, compute, write, error_field, started,
+                stop_requested)
 
 
 def segment_prompts(samples, prompt_field: str, label_field: Optional[str] = None, model: Any = None, *,
