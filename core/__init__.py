@@ -7,6 +7,10 @@ of the adapters stay light until a model is actually needed.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import types
 from typing import Any
 
 from .errors import CheckpointError, ImageError, PromptError, SamkitError
@@ -18,21 +22,47 @@ _LAZY_EXPORTS = {
     "build_sam": "build",
     "cache_dir": "build",
     "load_model": "build",
-    "load_image": "image_io",
+    "load_image": "utils.image_io",
     "MaskGenerator": "mask_generator",
     "EmbeddingCache": "predictor",
     "Predictor": "predictor",
-    "Sam": "sam",
+    "Sam": "modeling.sam",
     "SAM": "ultralytics_api",
     "Result": "ultralytics_api",
 }
 _SUBMODULES = {
-    "build", "cli", "common", "errors", "files", "image_encoder", "image_io", "mask_decoder", "mask_generator",
-    "mask_utils", "predictor", "prefetch", "prompt_encoder", "sam", "tiny_vit", "transformer", "transforms",
-    "ultralytics_api", "visualize",
+    "build", "cli", "errors", "fast", "mask_generator", "modeling", "predictor", "ultralytics_api", "utils",
+}
+# The utilities lived at the top of the package before the layout of issue 18 and are documented
+# there (`from samkit import mask_utils`, `samkit.transforms.upscale_logits`, `from samkit.prefetch
+# import prefetch`): those paths stay importable as aliases of the same module objects.
+_MOVED_MODULES = {
+    name: f"utils.{name}"
+    for name in ("files", "image_io", "mask_utils", "memory", "prefetch", "transforms", "visualize")
 }
 
 __all__ = ["CheckpointError", "ImageError", "PromptError", "SamkitError", *sorted(_LAZY_EXPORTS)]
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes `import samkit.<old name>` give the module at its new place (one module object, so
+    state and monkeypatching are shared)."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        prefix, _, name = fullname.rpartition(".")
+        if prefix != __name__ or name not in _MOVED_MODULES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return importlib.import_module(f"{__name__}.{_MOVED_MODULES[spec.name.rpartition('.')[2]]}")
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass  # already executed at its new place
+
+
+if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())
 
 
 def __getattr__(name: str) -> Any:
@@ -42,8 +72,10 @@ def __getattr__(name: str) -> Any:
         return value
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in _MOVED_MODULES:
+        return importlib.import_module(f".{_MOVED_MODULES[name]}", __name__)
     raise AttributeError(f"module 'samkit' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_EXPORTS) | _SUBMODULES)
+    return sorted(set(globals()) | set(_LAZY_EXPORTS) | _SUBMODULES | set(_MOVED_MODULES))

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .files import atomic_output
-from .image_encoder import ImageEncoderViT
-from .mask_decoder import MaskDecoder
-from .prompt_encoder import PromptEncoder
-from .sam import Sam
-from .tiny_vit import TinyViT
+from .utils.files import atomic_output
+from .modeling.backbones.vit import ImageEncoderViT
+from .fast.mask_decoder import MaskDecoder
+from .modeling.prompt_encoder import PromptEncoder
+from .modeling.sam import Sam
+from .modeling.backbones.tiny_vit import TinyViT
 
 
 def _vit(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]) -> Callable[[], nn.Module]:

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import mask_utils
-from .image_io import ImageLike, load_image
+from .utils import mask_utils
+from .utils.image_io import ImageLike, load_image
 from .predictor import UPSCALE_CHUNK, Predictor
-from .sam import Sam
-from .transforms import scale_coords
+from .modeling.sam import Sam
+from .utils.transforms import scale_coords
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from .errors import PromptError, SamkitError
-from .files import atomic_output
-from .image_io import ImageLike, load_image
-from .memory import keep_freed_memory
-from .sam import Sam
-from .transforms import low_res_extent, resize_longest_side, scale_boxes, scale_coords, upscale_logits
+from .utils.files import atomic_output
+from .utils.image_io import ImageLike, load_image
+from .utils.memory import keep_freed_memory
+from .modeling.sam import Sam
+from .utils.transforms import low_res_extent, resize_longest_side, scale_boxes, scale_coords, upscale_logits
 
 UPSCALE_CHUNK = 16  # prompts whose full-size logits are computed at once
 

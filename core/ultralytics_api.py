@@ -19,14 +19,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import mask_utils
+from .utils import mask_utils
 from .build import load_model
 from .errors import PromptError
-from .files import atomic_output
-from .image_io import ImageLike, load_image
+from .utils.files import atomic_output
+from .utils.image_io import ImageLike, load_image
 from .mask_generator import MaskGenerator
 from .predictor import Predictor
-from .visualize import overlay_masks, save_png
+from .utils.visualize import overlay_masks, save_png
 
 
 @dataclass

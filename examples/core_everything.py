@@ -12,7 +12,7 @@ import numpy as np
 
 import samkit
 from samkit import mask_utils
-from samkit.visualize import overlay_masks, save_png
+from samkit.utils.visualize import overlay_masks, save_png
 
 parser = argparse.ArgumentParser()
 parser.add_argument("image", nargs="?", default=str(Path(__file__).parent / "images" / "dog.jpg"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import samkit
-from samkit.visualize import overlay_masks, save_png
+from samkit.utils.visualize import overlay_masks, save_png
 
 parser = argparse.ArgumentParser()
 parser.add_argument("image", nargs="?", default=str(Path(__file__).parent / "images" / "dog.jpg"))

@@ -33,7 +33,7 @@ import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
 import samkit
-from samkit.prefetch import prefetch
+from samkit.utils.prefetch import prefetch
 
 from samkit.fiftyone.segmenter import (
     DEFAULT_BOX_BATCH_SIZE,

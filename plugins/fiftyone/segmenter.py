@@ -20,7 +20,7 @@ import numpy as np
 import fiftyone.core.labels as fol
 
 import samkit
-from samkit.mask_utils import score_of_predicted_iou as confidence_of  # as FiftyOne's zoo SAM clamps
+from samkit.utils.mask_utils import score_of_predicted_iou as confidence_of  # as FiftyOne's zoo SAM clamps
 
 # MaskGenerator options the FiftyOne side exposes, with SAM's defaults.
 EVERYTHING_DEFAULTS: dict[str, Any] = {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samkit.files import atomic_output, temporary_owner, temporary_path
+from samkit.utils.files import atomic_output, temporary_owner, temporary_path
 
 from .errors import GeoError
 
@@ -128,7 +128,7 @@ def _written_by_a_running_process(pid: int, modified: float) -> bool:
 
 def remove_stale_temporaries(path) -> None:
     """Remove the temporary files that runs killed while writing ``path`` left beside it: only
-    names made for ``path`` by ``samkit.files.atomic_output`` (``.{stem}.tmp-{pid}-{8 hex}{suffix}``,
+    names made for ``path`` by ``samkit.utils.files.atomic_output`` (``.{stem}.tmp-{pid}-{8 hex}{suffix}``,
     with GDAL's journal or .aux.xml) or by ``_write_shapefile`` (that name without the suffix, a
     directory), and only those whose process no longer exists, or started after the file was
     last written (its PID reused)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from samkit.files import atomic_output
+from samkit.utils.files import atomic_output
 
 from .errors import GeoError
 from .raster import RasterSpec, gdal_env, open_raster, read_tile, read_valid

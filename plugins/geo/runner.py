@@ -8,8 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from samkit.files import atomic_output
-from samkit.prefetch import prefetch
+from samkit.utils.files import atomic_output
+from samkit.utils.prefetch import prefetch
 
 from .errors import GeoError, RemoteReadError
 from .pieces import FORMAT_VERSION, TileResult, process_tile, read_tile_pixels, segment_tile

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from samkit.prefetch import prefetch
+from samkit.utils.prefetch import prefetch
 
 from .errors import BackendError, ImageFetchError, LabelConfigError, LabelStudioUnreachable, TaskError
 from .images import ImageFetcher, Source, unreachable_message

@@ -330,7 +330,7 @@ class ImageFetcher:
         from PIL import Image, ImageOps, UnidentifiedImageError
 
         import samkit
-        from samkit.image_io import too_large_message
+        from samkit.utils.image_io import too_large_message
 
         try:
             with Image.open(io.BytesIO(data)) as img:

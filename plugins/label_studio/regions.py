@@ -379,7 +379,7 @@ def _region(control: Control, width: int, height: int, value: dict, score: float
 
 def unit_score(score: float) -> float:
     """A Label Studio score (in [0, 1], 4 places) from SAM's predicted IoU."""
-    from samkit.mask_utils import score_of_predicted_iou
+    from samkit.utils.mask_utils import score_of_predicted_iou
 
     return round(score_of_predicted_iou(score), 4)
 

@@ -14,7 +14,7 @@ from PIL import Image
 import samkit
 from samkit import mask_utils
 from samkit.predictor import ImageState
-from samkit.transforms import preprocess_shape, upscale_logits
+from samkit.utils.transforms import preprocess_shape, upscale_logits
 from samkit.ultralytics_api import nest_prompts
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samkit import mask_decoder as our_mask_decoder
-from samkit.mask_decoder import MaskDecoder
+from samkit.fast import mask_decoder as our_mask_decoder
+from samkit.fast.mask_decoder import MaskDecoder
 
 try:
     from . import oracle
@@ -185,7 +185,7 @@ def test_postprocess_equals_the_official_steps(mobile_sam, original_size):
     logits to the official upscale-to-1024, crop, resize."""
     import torch.nn.functional as F
 
-    from samkit.transforms import preprocess_shape
+    from samkit.utils.transforms import preprocess_shape
 
     input_size = preprocess_shape(*original_size, 1024)
     low_res = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(sum(original_size)))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samkit import image_encoder
-from samkit.image_encoder import Attention
+from samkit.modeling.backbones import vit as image_encoder
+from samkit.modeling.backbones.vit import Attention
 
 try:
     from . import oracle

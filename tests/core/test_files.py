@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samkit.files import atomic_output
-from samkit.visualize import save_png
+from samkit.utils.files import atomic_output
+from samkit.utils.visualize import save_png
 
 
 def test_atomic_output_replaces_only_on_success(tmp_path):

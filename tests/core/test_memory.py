@@ -20,8 +20,8 @@ import pytest
 
 SCRIPT = """
 import resource, sys, torch
-from samkit.mask_decoder import MaskDecoder
-from samkit.memory import keep_freed_memory
+from samkit.fast.mask_decoder import MaskDecoder
+from samkit.utils.memory import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory() and keep_freed_memory()
 torch.manual_seed(0)
@@ -57,7 +57,7 @@ def test_tuned_malloc_stops_page_faults_between_decoder_calls():
 
 
 def test_opt_out_leaves_malloc_alone():
-    script = "from samkit.memory import keep_freed_memory; print(keep_freed_memory())"
+    script = "from samkit.utils.memory import keep_freed_memory; print(keep_freed_memory())"
     env = dict(os.environ, SAMKIT_MALLOC_TUNING="0")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "False"

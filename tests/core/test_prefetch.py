@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from samkit.prefetch import prefetch
+from samkit.utils.prefetch import prefetch
 
 WAIT_S = 20
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mask_decoder import MaskDecoder
+from ..fast.mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .transforms import low_res_extent
+from ..utils.transforms import low_res_extent
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)

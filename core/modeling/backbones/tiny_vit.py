@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from ..common import LayerNorm2d
 
 
 class Conv2dBN(nn.Sequential):

@@ -20,7 +20,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from ..errors import ImageError
 
 ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
 

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .common import MLPBlock
+from ..modeling.common import MLPBlock
 from .factored import (
     FactoredKeys,
     FactoredWeight,

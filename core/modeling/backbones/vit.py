@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from ..common import LayerNorm2d, MLPBlock
 
 
 class ImageEncoderViT(nn.Module):

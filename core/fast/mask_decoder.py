@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP, LayerNorm2d
+from ..modeling.common import MLP, LayerNorm2d
 from .factored import FactoredWeight, factor_weight
 from .transformer import PreparedImage, TwoWayTransformer
 

@@ -1,0 +1,1 @@
+"""Image encoders: SAM's ViT (vit.py) and MobileSAM's TinyViT (tiny_vit.py)."""
