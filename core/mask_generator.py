@@ -21,7 +21,6 @@ from .utils import mask_utils
 from .utils.image_io import ImageLike, load_image
 from .predictor import UPSCALE_CHUNK, Predictor
 from .modeling.sam import Sam
-from .utils.transforms import scale_coords
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -144,7 +143,8 @@ class MaskGenerator:
         self, points: np.ndarray, im_size: tuple[int, int], crop_box: list[int], orig_size: tuple[int, int]
     ) -> dict[str, Any]:
         device = self.model.device
-        coords = torch.as_tensor(scale_coords(points, im_size, self.model.image_size), dtype=torch.float, device=device)
+        frame = self.model.to_input_frame(points, self.predictor.image_state)
+        coords = torch.as_tensor(frame, dtype=torch.float, device=device)
         labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=device)
         # Low-res logits of the tokens that cover the crop only: no record keeps them.
         low_res, iou_preds = self.predictor.decode_low_res(

@@ -7,29 +7,19 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import PromptError, SamkitError
+from .image_state import STATE_FORMAT, ImageState
 from .utils.files import atomic_output
 from .utils.image_io import ImageLike, load_image
 from .utils.memory import keep_freed_memory
 from .modeling.sam import Sam
-from .utils.transforms import low_res_extent, resize_longest_side, scale_boxes, scale_coords, upscale_logits
 
 UPSCALE_CHUNK = 16  # prompts whose full-size logits are computed at once
-
-
-@dataclass
-class ImageState:
-    """What the decoder needs of an image: its embedding and the sizes to map masks back."""
-
-    features: torch.Tensor  # (1, 256, 64, 64) float32
-    original_size: tuple[int, int]  # (H, W) of the image given
-    input_size: tuple[int, int]  # (h, w) after resizing the longest side to 1024
 
 
 # Default bound of an EmbeddingCache's directory: ~500 embeddings of 4 MB.
@@ -70,9 +60,8 @@ class EmbeddingCache:
             path = self.directory / f"{key}.pt"
             if path.is_file():
                 try:
-                    saved = torch.load(path, map_location=device, weights_only=True)
-                    state = ImageState(saved["features"], tuple(saved["original_size"]), tuple(saved["input_size"]))
-                except Exception:  # a damaged cache file is recomputed, never fatal
+                    state = ImageState.from_file(torch.load(path, map_location=device, weights_only=True))
+                except Exception:  # a damaged or outdated cache file is recomputed, never fatal
                     path.unlink(missing_ok=True)
                     state = None
                 if state is not None:
@@ -96,13 +85,8 @@ class EmbeddingCache:
                 self._items.popitem(last=False)
         if write_disk and self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            data = {
-                "features": state.features.cpu(),
-                "original_size": list(state.original_size),
-                "input_size": list(state.input_size),
-            }
             with atomic_output(self.directory / f"{key}.pt") as tmp:
-                torch.save(data, tmp)
+                torch.save(state.to_file(), tmp)
             self._trim_disk()
 
     def _trim_disk(self) -> None:
@@ -136,13 +120,14 @@ class EmbeddingCache:
 
 
 def model_fingerprint(model: Sam) -> str:
-    """Identifies a model's weights cheaply: architecture, checkpoint file and compute dtype."""
+    """Identifies a model's weights cheaply: architecture, checkpoint file and compute dtype, and
+    what an image state holds (so that cache files of an older format are never looked up)."""
     checkpoint = getattr(model, "checkpoint_path", None)
     stat = ""
     if checkpoint and Path(checkpoint).is_file():
         info = Path(checkpoint).stat()
         stat = f"{info.st_size}:{int(info.st_mtime)}"
-    return f"{model.arch}|{checkpoint}|{stat}|{model.compute_dtype}"
+    return f"{model.arch}|{checkpoint}|{stat}|{model.compute_dtype}|state-format-{STATE_FORMAT}"
 
 
 def _is_frozen(array: np.ndarray) -> bool:
@@ -207,11 +192,9 @@ class Predictor:
 
     def compute_image_state(self, image: np.ndarray) -> ImageState:
         """Run the image encoder on an HxWx3 uint8 image (no cache)."""
-        resized = resize_longest_side(image, self.model.image_size)
-        tensor = torch.from_numpy(np.array(resized)).to(self.model.device).permute(2, 0, 1).contiguous()[None]
-        features = self.model.embed_image(self.model.preprocess(tensor))
+        state = self.model.encode_image(image)
         self.encoder_calls += 1
-        return ImageState(features, (image.shape[0], image.shape[1]), (resized.shape[0], resized.shape[1]))
+        return state
 
     @property
     def current_state(self) -> ImageState | None:
@@ -222,7 +205,7 @@ class Predictor:
         """Use an embedding computed elsewhere (for example by another predictor)."""
         self._state = state
         if state is not None:
-            self.model.prepare_decoder(state.features)
+            self.model.prepare_decoder(state)
 
     def reset_image(self) -> None:
         """Forget the current image (its embedding stays in the cache)."""
@@ -349,28 +332,17 @@ class Predictor:
         region (rows, cols) of image tokens, e.g. mask_region(): logits (B, C, 4 * rows, 4 * cols),
         the top-left part of the full grid."""
         state = self._require_state()
-        model = self.model
-        points = (point_coords, point_labels) if point_coords is not None else None
         if region is not None:
-            grid = tuple(model.prompt_encoder.image_embedding_size)
+            grid = tuple(self.model.prompt_encoder.image_embedding_size)
             if len(region) != 2 or not all(1 <= int(n) <= size for n, size in zip(region, grid)):
                 raise PromptError(
                     f"region must be (rows, cols) of image tokens within the {grid[0]}x{grid[1]} grid, "
                     f"got {tuple(region)}"
                 )
             region = None if tuple(region) == grid else (int(region[0]), int(region[1]))
-        with model.autocast():
-            sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            low_res, scores = model.mask_decoder(
-                image_embeddings=state.features,
-                image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask_output,
-                best_only=best_only,
-                region=region,
-            )
-        return low_res.float(), scores.float()
+        return self.model.decode(
+            state, point_coords, point_labels, boxes, mask_input, multimask_output, best_only, region
+        )
 
     def logits_at_image_size(self, low_res: torch.Tensor) -> torch.Tensor:
         """Low-res logits (B, h, w) for the current image, SAM's 256 x 256 grid or its top-left
@@ -384,17 +356,13 @@ class Predictor:
         source = low_res.float().numpy()
         out = np.empty((source.shape[0], *state.original_size), dtype=np.float32)
         for i in range(source.shape[0]):
-            upscale_logits(source[i], state.input_size, state.original_size, self.model.mask_scale, out=out[i])
+            self.model.upscale_logits(source[i], state, out=out[i])
         return torch.from_numpy(out)
 
     def mask_region(self) -> tuple[int, int]:
         """(rows, cols) of image tokens from the top left whose masks reach the current image:
         what postprocessing reads of the low-res logits (the rest covers the padding)."""
-        state = self._require_state()
-        grid_h, grid_w = self.model.prompt_encoder.image_embedding_size
-        low_h, low_w = self.model.prompt_encoder.mask_input_size
-        rows, cols = low_res_extent(state.input_size, self.model.mask_scale, (low_h, low_w))
-        return -(-rows * grid_h // low_h), -(-cols * grid_w // low_w)
+        return self.model.mask_region(self._require_state())
 
     def _decode(
         self,
@@ -409,15 +377,13 @@ class Predictor:
         return_low_res=True,
     ):
         device = self.model.device
-        size = self.model.image_size
         coords_t = labels_t = boxes_t = mask_t = None
         if coords is not None:
-            coords_t = torch.as_tensor(
-                scale_coords(coords, state.original_size, size), dtype=torch.float, device=device
-            )
+            coords_t = torch.as_tensor(self.model.to_input_frame(coords, state), dtype=torch.float, device=device)
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=device)
         if boxes is not None:
-            boxes_t = torch.as_tensor(scale_boxes(boxes, state.original_size, size), dtype=torch.float, device=device)
+            frame_boxes = self.model.to_input_frame(np.reshape(boxes, (-1, 2, 2)), state).reshape(np.shape(boxes))
+            boxes_t = torch.as_tensor(frame_boxes, dtype=torch.float, device=device)
         if mask_input is not None:
             mask_t = torch.as_tensor(mask_input, dtype=torch.float, device=device)[None]
             num_prompts = (
@@ -430,13 +396,12 @@ class Predictor:
         masks = np.empty((*low_res.shape[:2], height, width), dtype=np.float32 if return_logits else bool)
         if device.type == "cpu":
             low_res_np = low_res.numpy()
-            scale = self.model.mask_scale
             logits = None if return_logits else np.empty((height, width), dtype=np.float32)
             for index in np.ndindex(*low_res_np.shape[:2]):
                 if return_logits:
-                    upscale_logits(low_res_np[index], state.input_size, state.original_size, scale, out=masks[index])
+                    self.model.upscale_logits(low_res_np[index], state, out=masks[index])
                 else:
-                    upscale_logits(low_res_np[index], state.input_size, state.original_size, scale, out=logits)
+                    self.model.upscale_logits(low_res_np[index], state, out=logits)
                     np.greater(logits, self.model.mask_threshold, out=masks[index])
             return masks, scores.numpy(), low_res_np if return_low_res else None
         # Upscale a few prompts at a time: full-size float logits of every prompt at once can take GBs.

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..fast.mask_decoder import MaskDecoder
+from ..image_state import ImageState
+from ..utils.transforms import low_res_extent, resize_longest_side, scale_coords, upscale_logits
 from .prompt_encoder import PromptEncoder
-from ..utils.transforms import low_res_extent
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 class Sam(nn.Module):
-    """A SAM-family model. `arch` names the image encoder ("vit_b", "vit_l", "vit_h", "mobile_sam").
+    """A SAM 1 model. `arch` names the image encoder ("vit_b", "vit_l", "vit_h", "mobile_sam").
+
+    What the predictor asks of every model family (SAM 2's model answers the same calls):
+    encode_image (an image to its ImageState), prepare_decoder, to_input_frame (prompt pixels to
+    the model's input frame), decode (prompts to low-res logits and IoU predictions), mask_region,
+    upscale_logits / postprocess_masks (low-res logits back to the image), mask_threshold,
+    image_size, device, dtype and autocast.
 
     Weights stay in float32; `compute_dtype` (float32, bfloat16 or float16) is the precision the
     networks run in under autocast. Reduced precision stops at the networks: outputs are float32.
@@ -67,6 +75,65 @@ class Sam(nn.Module):
         height, width = x.shape[-2:]
         return F.pad(x, (0, self.image_size - width, 0, self.image_size - height))
 
+    # -- the family interface ------------------------------------------------------------------
+    def encode_image(self, image: np.ndarray) -> ImageState:
+        """HxWx3 uint8 RGB -> the image's state: SAM's preprocessing (the longest side resized to
+        image_size with Pillow's bilinear, normalised, zero-padded) and the image encoder."""
+        resized = resize_longest_side(image, self.image_size)
+        tensor = torch.from_numpy(np.array(resized)).to(self.device).permute(2, 0, 1).contiguous()[None]
+        features = self.embed_image(self.preprocess(tensor))
+        return ImageState(features, (image.shape[0], image.shape[1]), (resized.shape[0], resized.shape[1]))
+
+    def to_input_frame(self, coords: np.ndarray, state: ImageState) -> np.ndarray:
+        """XY pixel coordinates (..., 2) in the original image -> the model's input frame (scaled
+        with the image, as SAM's ResizeLongestSide does)."""
+        return scale_coords(coords, state.original_size, self.image_size)
+
+    def decode(
+        self,
+        state: ImageState,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        best_only: bool = False,
+        region: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in the input frame -> float32 low-res logits (B, C, 256, 256) and IoU
+        predictions (B, C). point_coords (B, N, 2) with point_labels (B, N), boxes (B, 4) XYXY,
+        mask_input (B, 1, 256, 256). C is 3 with multimask_output, else 1; best_only keeps the
+        best-scoring one (C = 1). region (rows, cols) of image tokens: only their masks,
+        (B, C, 4 * rows, 4 * cols), the top-left part of the full grid."""
+        points = (point_coords, point_labels) if point_coords is not None else None
+        with self.autocast():
+            sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+            low_res, scores = self.mask_decoder(
+                image_embeddings=state.features,
+                image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+                best_only=best_only,
+                region=region,
+            )
+        return low_res.float(), scores.float()
+
+    def mask_region(self, state: ImageState) -> tuple[int, int]:
+        """(rows, cols) of image tokens from the top left whose masks reach the image: what
+        postprocessing reads of the low-res logits (the rest covers the padding)."""
+        grid_h, grid_w = self.prompt_encoder.image_embedding_size
+        low_h, low_w = self.prompt_encoder.mask_input_size
+        rows, cols = low_res_extent(state.input_size, self.mask_scale, (low_h, low_w))
+        return -(-rows * grid_h // low_h), -(-cols * grid_w // low_w)
+
+    def upscale_logits(self, low_res: np.ndarray, state: ImageState, out: np.ndarray | None = None) -> np.ndarray:
+        """Low-res logits (h, w) float32 on the CPU (the full grid or its mask_region part) ->
+        logits at the image size, into `out` if given: SAM's steps with OpenCV
+        (transforms.upscale_logits)."""
+        return upscale_logits(low_res, state.input_size, state.original_size, self.mask_scale, out=out)
+
+    # -- steps --------------------------------------------------------------------------------
     def embed_image(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed (B, 3, 1024, 1024) -> float32 image embedding (B, 256, 64, 64)."""
         with torch.inference_mode(), self.autocast():
@@ -76,12 +143,12 @@ class Sam(nn.Module):
         with torch.inference_mode(False):
             return features.clone()
 
-    def prepare_decoder(self, image_embeddings: torch.Tensor) -> None:
+    def prepare_decoder(self, state: ImageState) -> None:
         """Do the mask decoder's image-only work for prompts without a mask input now (it is
         kept for that image), so that the first prompt on an image is as fast as the next."""
         with torch.inference_mode(), self.autocast():
             _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
-            self.mask_decoder.prepare_image(image_embeddings, self.prompt_encoder.get_dense_pe(), dense)
+            self.mask_decoder.prepare_image(state.features, self.prompt_encoder.get_dense_pe(), dense)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
