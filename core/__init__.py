@@ -23,6 +23,7 @@ _LAZY_EXPORTS = {
     "cache_dir": "build",
     "load_model": "build",
     "load_image": "utils.image_io",
+    "GeneratorOptions": "mask_generator",
     "MaskGenerator": "mask_generator",
     "EmbeddingCache": "predictor",
     "Predictor": "predictor",
@@ -31,7 +32,8 @@ _LAZY_EXPORTS = {
     "Result": "ultralytics_api",
 }
 _SUBMODULES = {
-    "build", "cli", "errors", "fast", "mask_generator", "modeling", "predictor", "ultralytics_api", "utils",
+    "build", "cli", "errors", "fast", "image_state", "mask_generator", "modeling", "predictor", "registry",
+    "ultralytics_api", "utils",
 }
 # The utilities lived at the top of the package before the layout of issue 18 and are documented
 # there (`from samkit import mask_utils`, `samkit.transforms.upscale_logits`, `from samkit.prefetch

@@ -1,4 +1,5 @@
-"""Model architectures, the official checkpoints, and `load_model`."""
+"""`load_model`: a model by name (downloaded once and verified) or from a file, built from its registry
+record (registry.py); reading and checking checkpoint files; device and dtype choice."""
 
 from __future__ import annotations
 
@@ -9,75 +10,33 @@ import re
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .registry import DEFAULT_MODEL, Checkpoint, ModelSpec, aliases, lookup, recognise
+from .registry import MODELS as _MODELS
 from .utils.files import atomic_output
-from .modeling.backbones.vit import ImageEncoderViT
-from .fast.mask_decoder import MaskDecoder
-from .modeling.prompt_encoder import PromptEncoder
-from .modeling.sam import Sam
-from .modeling.backbones.tiny_vit import TinyViT
+
+# Views of the registry under the names this module always had (the command line, tests and
+# users read them; fetch_checkpoint looks the file up here).
+CHECKPOINTS: dict[str, Checkpoint] = {name: spec.checkpoint for name, spec in _MODELS.items()}
+MODEL_ALIASES: dict[str, str] = aliases()
+
+__all__ = [
+    "CHECKPOINTS", "DEFAULT_MODEL", "MODEL_ALIASES", "Checkpoint", "build_sam", "cache_dir", "fetch_checkpoint",
+    "load_model", "read_state_dict", "resolve_device", "resolve_dtype", "verify_checkpoint",
+]
 
 
-def _vit(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]) -> Callable[[], nn.Module]:
-    return lambda: ImageEncoderViT(
-        embed_dim=embed_dim, depth=depth, num_heads=num_heads, global_attn_indexes=global_attn_indexes
-    )
-
-
-IMAGE_ENCODERS: dict[str, Callable[[], nn.Module]] = {
-    "vit_b": _vit(768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": _vit(1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": _vit(1280, 32, 16, (7, 15, 23, 31)),
-    "mobile_sam": TinyViT,
-}
-
-
-def build_sam(arch: str) -> Sam:
-    """An untrained model of the given architecture ("vit_b", "vit_l", "vit_h", "mobile_sam")."""
-    if arch not in IMAGE_ENCODERS:
-        raise CheckpointError(f"unknown architecture {arch!r}; expected one of {', '.join(IMAGE_ENCODERS)}")
-    return Sam(IMAGE_ENCODERS[arch](), PromptEncoder(), MaskDecoder(), arch=arch)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """An official checkpoint file and how to check it."""
-
-    arch: str
-    filename: str
-    url: str
-    md5_prefix: str | None = None  # Meta names each SAM file after the start of its MD5
-    git_blob_sha1: str | None = None  # MobileSAM's file is identified by its git blob hash
-
-
-META_HOST = "https://dl.fbaipublicfiles.com/segment_anything/"
-CHECKPOINTS: dict[str, Checkpoint] = {
-    "vit_h": Checkpoint("vit_h", "sam_vit_h_4b8939.pth", META_HOST + "sam_vit_h_4b8939.pth", md5_prefix="4b8939"),
-    "vit_l": Checkpoint("vit_l", "sam_vit_l_0b3195.pth", META_HOST + "sam_vit_l_0b3195.pth", md5_prefix="0b3195"),
-    "vit_b": Checkpoint("vit_b", "sam_vit_b_01ec64.pth", META_HOST + "sam_vit_b_01ec64.pth", md5_prefix="01ec64"),
-    "mobile_sam": Checkpoint(
-        "mobile_sam",
-        "mobile_sam.pt",
-        "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
-        git_blob_sha1="7ef2d090979fd9853adf17b7a99c8b94a1c5a6a7",
-    ),
-}
-
-# Every name a user may know a model by: ours, the official file names, Ultralytics' names.
-MODEL_ALIASES: dict[str, str] = {
-    "vit_b": "vit_b", "sam_vit_b": "vit_b", "sam_b": "vit_b", "sam_b.pt": "vit_b", "sam_vit_b_01ec64.pth": "vit_b",
-    "vit_l": "vit_l", "sam_vit_l": "vit_l", "sam_l": "vit_l", "sam_l.pt": "vit_l", "sam_vit_l_0b3195.pth": "vit_l",
-    "vit_h": "vit_h", "sam_vit_h": "vit_h", "sam_h": "vit_h", "sam_h.pt": "vit_h", "sam_vit_h_4b8939.pth": "vit_h",
-    "mobile_sam": "mobile_sam", "mobilesam": "mobile_sam", "mobile_sam.pt": "mobile_sam", "vit_t": "mobile_sam",
-}
-DEFAULT_MODEL = "mobile_sam"
+def build_sam(arch: str) -> nn.Module:
+    """An untrained model of the given registry name ("vit_b", "mobile_sam", ...) or alias."""
+    spec = lookup(arch)
+    if spec is None:
+        raise CheckpointError(f"unknown architecture {arch!r}; expected one of {', '.join(_MODELS)}")
+    return spec.build()
 
 
 def cache_dir() -> Path:
@@ -136,7 +95,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     download: bool = True,
-) -> Sam:
+) -> nn.Module:
     """Load a SAM-family model in eval mode.
 
     `name_or_path` is a file (architecture inferred from its state_dict) or a model name
@@ -158,17 +117,17 @@ def load_model(
     if path.is_file():
         checkpoint_path = path
     else:
-        key = str(name_or_path).lower()
-        if key not in MODEL_ALIASES:
+        spec = lookup(str(name_or_path))
+        if spec is None:
             raise CheckpointError(
                 f"no checkpoint file at {str(name_or_path)!r} and it is not a known model name; "
-                f"use a path to a .pth/.pt file or one of: {', '.join(sorted(CHECKPOINTS))}"
+                f"use a path to a .pth/.pt file or one of: {', '.join(_MODELS)}"
             )
-        checkpoint_path = fetch_checkpoint(MODEL_ALIASES[key], download=download)
+        checkpoint_path = fetch_checkpoint(spec.name, download=download)
     state_dict = read_state_dict(checkpoint_path)
-    arch = infer_arch(state_dict, checkpoint_path)
-    model = build_sam(arch)
-    load_weights(model, state_dict, checkpoint_path)
+    spec = infer_spec(state_dict, checkpoint_path)
+    model = spec.build()
+    load_weights(model, drop_ignored(state_dict, spec), checkpoint_path)
     model.eval().requires_grad_(False)
     model.to(target_device)
     model.compute_dtype = compute_dtype
@@ -246,27 +205,36 @@ def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
     )
 
 
-def infer_arch(state_dict: dict[str, torch.Tensor], path: Path) -> str:
-    """Which architecture a state_dict belongs to, from its keys and shapes."""
-    if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:
-        return "mobile_sam"
-    pos_embed = state_dict.get("image_encoder.pos_embed")
-    if pos_embed is not None and pos_embed.ndim == 4:
-        width = pos_embed.shape[-1]
-        for arch, expected in (("vit_b", 768), ("vit_l", 1024), ("vit_h", 1280)):
-            if width == expected:
-                return arch
+def infer_spec(state_dict: dict[str, torch.Tensor], path: Path) -> ModelSpec:
+    """The registry record of the model a state_dict holds, from its keys and shapes."""
+    try:
+        spec = recognise(state_dict)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if spec is None:
+        sample = ", ".join(list(state_dict)[:3])
+        known = ", ".join(sorted({s.checkpoint.filename for s in _MODELS.values()}))
         raise CheckpointError(
-            f"{path}: ViT image encoder of width {width} is not SAM ViT-B (768), ViT-L (1024) or ViT-H (1280)"
+            f"{path} is not a checkpoint of a model samkit knows: no family recognises its keys (first keys: "
+            f"{sample}). samkit loads {known} and Ultralytics' names for them"
         )
-    sample = ", ".join(list(state_dict)[:3])
-    raise CheckpointError(
-        f"{path} is not a SAM or MobileSAM checkpoint: no image_encoder weights found (first keys: {sample}). "
-        "samkit loads sam_vit_b/l/h_*.pth, mobile_sam.pt and Ultralytics' sam_b/l/h.pt"
-    )
+    return spec
 
 
-def load_weights(model: Sam, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+def infer_arch(state_dict: dict[str, torch.Tensor], path: Path) -> str:
+    """The registry name of the model a state_dict holds (see infer_spec)."""
+    return infer_spec(state_dict, path).name
+
+
+def drop_ignored(state_dict: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The state_dict without the keys the model's family accepts but images do not use."""
+    prefixes = spec.family.ignored_prefixes
+    if not prefixes:
+        return state_dict
+    return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """Copy the state_dict into the model, or raise naming every missing/unexpected/misshapen key."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -287,7 +255,8 @@ def load_weights(model: Sam, state_dict: dict[str, torch.Tensor], path: Path) ->
 
 
 def fetch_checkpoint(arch: str, download: bool = True) -> Path:
-    """Path of the official checkpoint for `arch` in the cache, downloading and verifying it once."""
+    """Path of the official checkpoint of model `arch` (a registry name) in the cache, downloading
+    and verifying it once."""
     spec = CHECKPOINTS[arch]
     directory = cache_dir()
     path = directory / spec.filename
@@ -319,6 +288,13 @@ def verify_checkpoint(path: Path, spec: Checkpoint) -> None:
             raise CheckpointError(
                 f"downloaded {spec.filename} has MD5 {digest}, which does not start with {spec.md5_prefix} as the "
                 "official file name says: the download is corrupt or the server returned another file"
+            )
+    if spec.md5 is not None:
+        digest = _file_digest(path, hashlib.md5())
+        if digest != spec.md5:
+            raise CheckpointError(
+                f"downloaded {spec.filename} has MD5 {digest}, expected {spec.md5}: the download is corrupt or the "
+                "server returned another file"
             )
     if spec.git_blob_sha1 is not None:
         blob = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())

@@ -1,13 +1,14 @@
 """The `samkit` command: model info and download, prompted and automatic segmentation.
 
-Adapters add their own sub-commands (`samkit geo`, `samkit label-studio`, `samkit fiftyone`)
-through an `add_commands(subparsers)` function in their `cli` module.
+Adapters add their own sub-commands (`samkit geo`, `samkit label-studio`, `samkit fiftyone`): each
+registers an `add_commands(subparsers)` function under the entry-point group `samkit.commands`
+(pyproject.toml), so the core names no adapter.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.metadata
 import sys
 import time
 import warnings
@@ -18,7 +19,7 @@ from .errors import SamkitError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
-ADAPTER_CLI_MODULES = ("samkit.geo.cli", "samkit.label_studio.cli", "samkit.fiftyone.cli")
+COMMANDS_GROUP = "samkit.commands"
 
 
 def parse_floats(text: str, what: str) -> list[float]:
@@ -146,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default="samkit-out")
     p.add_argument("--points-per-side", type=int, default=32)
     p.add_argument("--points-per-batch", type=int, default=64)
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    p.add_argument("--pred-iou-thresh", type=float, default=None,
+                   help="keep masks whose predicted IoU is above this (default: the model's, 0.88 for SAM 1)")
     p.add_argument("--stability-score-thresh", type=float, default=0.95)
     p.add_argument("--crop-n-layers", type=int, default=0)
     p.add_argument("--min-mask-region-area", type=int, default=0)
@@ -154,15 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     p.set_defaults(func=cmd_everything)
 
-    for module_name in ADAPTER_CLI_MODULES:
+    for add in registered_commands():
+        add(sub)
+    return parser
+
+
+def registered_commands() -> list[Callable]:
+    """The `add_commands(subparsers)` functions installed packages register under the entry-point
+    group `samkit.commands`, by name (one per name: an environment may see a distribution twice).
+    A registration whose module cannot be imported is left out."""
+    found: dict[str, Callable] = {}
+    for entry in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        if entry.name in found:
+            continue
         try:
-            module = importlib.import_module(module_name)
+            found[entry.name] = entry.load()
         except ImportError:
             continue
-        add: Callable | None = getattr(module, "add_commands", None)
-        if add is not None:
-            add(sub)
-    return parser
+    return [found[name] for name in sorted(found)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
