@@ -79,7 +79,7 @@ def _build_sam1(name: str, encoder: Callable[[], nn.Module]) -> Callable[[], nn.
     def build() -> nn.Module:
         from .modeling.prompt_encoder import PromptEncoder
         from .modeling.sam import Sam
-        from .fast.mask_decoder import MaskDecoder
+        from .modeling.mask_decoder import MaskDecoder
 
         return Sam(encoder(), PromptEncoder(), MaskDecoder(), arch=name)
 

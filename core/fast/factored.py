@@ -1,8 +1,12 @@
 """The decoder's image tokens in factored form: what the later attentions and the upscaling use
 instead of multiplying every prompt's 4096 x 256 image tokens by a weight.
 
-Each two-way block changes the image tokens by a rank-M update (M = heads * tokens ~ 56)
-followed by a layer norm: keys_out = norm(keys_in + attn^T @ projected). A layer norm is a
+The plain computation is in samkit.modeling.transformer: each TwoWayAttentionBlock ends with
+keys = norm4(keys + cross_attn_image_to_token(keys + key_pe, queries + query_pe, queries)), and
+later attentions (and the mask decoder's first transposed convolution) multiply those keys by a
+weight. The image-to-token attention's output is attn^T @ projected (fast/transformer.py,
+image_to_tokens): so each block changes the image tokens by a rank-M update (M = heads * tokens
+~ 56) followed by a layer norm: keys_out = norm(keys_in + attn^T @ projected). A layer norm is a
 per-token shift and scale followed by a per-channel gain and bias, so for any weight W (C, D):
 
     norm(x) @ W = rstd * (x @ (g * W) - mean * colsum(g * W)) + bias @ W
@@ -42,16 +46,26 @@ class KeysUpdate(NamedTuple):
     rstd: torch.Tensor
 
 
+class FactorLevel(NamedTuple):
+    """One block's term of a FactoredWeight: the weight scaled by the gains of this block's norm
+    and of the later ones, g_j * ... * g_k * W (C, D); its column sums (D,), which multiply the
+    norm's per-token mean; and this norm's bias times the weight as the later norms left it
+    (D,): the bias enters after this norm, so only the later norms' scales reach it."""
+
+    weight: torch.Tensor
+    column_sums: torch.Tensor
+    bias_term: torch.Tensor
+
+
 class FactoredWeight(NamedTuple):
     """A weight W (C, D) and bias applied to the image tokens after k blocks, prepared once per
     image: image_part (N, D) = keys_0 @ (g_1 * ... * g_k * W); constant (D,): the bias and the
     last norm's bias times W, which reach the output unscaled; levels, one per block from the
-    last back to the first: that block's gain-scaled weight (C, D), its column sums (D,), and its
-    norm's bias times the previous level's weight (D,)."""
+    last back to the first (FactorLevel)."""
 
     image_part: torch.Tensor
     constant: torch.Tensor
-    levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    levels: list[FactorLevel]
 
 
 def add_batched_product_(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -78,7 +92,7 @@ def factor_weight(
         if i == 0:
             constant = constant + bias_term
         weight = norm.weight[:, None] * weight
-        levels.append((weight, weight.sum(0), bias_term))
+        levels.append(FactorLevel(weight, weight.sum(0), bias_term))
     return FactoredWeight(keys @ weight, constant, levels)
 
 
@@ -95,12 +109,10 @@ class FactoredKeys(NamedTuple):
         """The (B, K, D) factor that `left` multiplies for this weight."""
         batch = self.left.shape[0]
         rows = []
-        for i, (update, (level_weight, column_sums, bias_term)) in enumerate(
-            zip(reversed(self.updates), weight.levels)
-        ):
+        for i, (update, level) in enumerate(zip(reversed(self.updates), weight.levels)):
             if i > 0:
-                rows.append(bias_term.expand(batch, 1, -1))
-            rows += [update.projected @ level_weight, -column_sums.expand(batch, 1, -1)]
+                rows.append(level.bias_term.expand(batch, 1, -1))
+            rows += [update.projected @ level.weight, -level.column_sums.expand(batch, 1, -1)]
         return torch.cat(rows, dim=1)
 
     def times(

@@ -1,4 +1,7 @@
-"""SAM's two-way transformer: prompt tokens and image tokens attend to each other.
+"""The two-way transformer's fast inference path: functions over the plain modules of
+`samkit.modeling.transformer` (TwoWayTransformer, TwoWayAttentionBlock, Attention), reading
+their weights. They compute what the plain forward does (the reference; tests/core/
+test_decoder_parity.py holds the two together) in another order.
 
 The attention between a handful of prompt tokens (T ~ 7) and 4096 image tokens is computed
 without projecting the image tokens per prompt. Attention logits are bilinear in the two inputs,
@@ -9,10 +12,14 @@ over only shift every logit of a row by the same amount, and softmax is unchange
 values are handled the same way: the attention-weighted mean of projected image tokens is the
 projection of their attention-weighted mean (the weights sum to one).
 
-After the first block the image tokens differ per prompt. With a prepared image (fp32, no
-autograd) the later attentions read them in factored form (factored.py): each head's queries
-meet per-image projections and a low-rank per-prompt part, and the tokens plus their
-positional encoding are never formed.
+Three paths run through a block (block_forward):
+- the first block, with a prepared image: the image tokens are the same for every prompt, so
+  their per-head projections are computed once per image (PreparedImage.first_projections);
+- later blocks, with a prepared image in fp32 and no autograd: the image tokens differ per
+  prompt, but only by low-rank updates; the attentions read them in factored form (factored.py)
+  and the tokens plus their positional encoding are never formed;
+- otherwise (autocast, autograd, no prepared image): the folded attention on the tokens as they
+  are (tokens_to_image, image_to_tokens).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 from torch import nn
 
 from ..modeling.common import MLPBlock
+from ..modeling.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
 from .factored import (
     FactoredKeys,
     FactoredWeight,
@@ -35,89 +43,7 @@ from .factored import (
     factored_mix,
 )
 
-
-class TwoWayTransformer(nn.Module):
-    """Runs `depth` two-way attention blocks, then a final token-to-image attention.
-
-    The image side may have batch 1 while the prompts have batch B: the first block then uses
-    image projections computed once for all prompts (see prepare_image).
-    """
-
-    def __init__(
-        self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, attention_downsample_rate: int = 2
-    ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(
-                embedding_dim, num_heads, mlp_dim, attention_downsample_rate, skip_first_layer_pe=(i == 0)
-            )
-            for i in range(depth)
-        )
-        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.norm_final_attn = nn.LayerNorm(embedding_dim)
-
-    def prepare_image(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, factored: bool = False
-    ) -> "PreparedImage":
-        """Everything the transformer computes from the image alone (batch 1): the image tokens,
-        their positional encoding and the first block's per-head projections of them; with
-        `factored`, also the later attentions' weights in factored form. Valid for any prompts
-        on that image."""
-        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
-        factors = None
-        if factored:
-            norms = [layer.norm4 for layer in self.layers]
-            blocks = [None] + [
-                layer.factor_image_side(keys[0], key_pe[0], norms[:i]) for i, layer in enumerate(self.layers) if i > 0
-            ]
-            final = self.final_attn_token_to_image.factor_keys_values(keys[0], key_pe[0], norms)
-            factors = TransformerFactors(blocks, final)
-        return PreparedImage(keys, key_pe, self.layers[0].project_image(keys[0], key_pe[0]), factors)
-
-    def forward(
-        self,
-        image_embedding: torch.Tensor,
-        image_pe: torch.Tensor,
-        point_embedding: torch.Tensor,
-        prepared: "PreparedImage | None" = None,
-        output_rows: list[int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, FactoredKeys | None]:
-        """image_embedding (1 or B, C, H, W), image_pe (1, C, H, W), point_embedding (B, T, C)
-        -> processed tokens (B, T, C), image tokens (B, H*W, C), and with a factored prepared
-        image the final image tokens' factors. `prepared` (from prepare_image on the same
-        batch-1 inputs) skips the image-only work. output_rows: return only these tokens,
-        (B, len(output_rows), C); the final attention and norm treat each token on its own,
-        so the others (e.g. the prompt tokens, whose outputs SAM never reads) are not computed."""
-        if prepared is None:
-            keys = image_embedding.flatten(2).transpose(1, 2)
-            key_pe = image_pe.flatten(2).transpose(1, 2)
-            projections = factors = None
-        else:
-            keys, key_pe, projections, factors = prepared
-        queries = point_embedding
-        updates = []
-        for i, layer in enumerate(self.layers):
-            block_factors = factors.blocks[i] if factors is not None else None
-            factored_keys = factor_keys(updates) if block_factors is not None else None
-            # after the first block, keys is the previous block's output, made here
-            queries, keys, update = layer(
-                queries, keys, point_embedding, key_pe, projections if i == 0 else None,
-                keys_are_scratch=i > 0, factored_keys=factored_keys, factors=block_factors,
-            )
-            updates.append(update)
-        final = self.final_attn_token_to_image
-        if output_rows is not None and output_rows != list(range(queries.shape[1])):
-            rows = torch.tensor(output_rows, device=queries.device)
-            queries, point_embedding = queries.index_select(1, rows), point_embedding.index_select(1, rows)
-        factored_keys = None
-        if factors is not None:
-            factored_keys = factor_keys(updates)
-            attn_out = final.tokens_to_factored_image(queries + point_embedding, factored_keys, factors.final)
-        else:
-            attn_out = final.tokens_to_image(queries + point_embedding, keys + key_pe, keys)
-        queries = self.norm_final_attn(queries + attn_out)
-        return queries, keys, factored_keys
+# -- records ---------------------------------------------------------------------------------
 
 
 class ImageProjections(NamedTuple):
@@ -160,106 +86,189 @@ class PreparedImage(NamedTuple):
     factors: TransformerFactors | None = None
 
 
-class TwoWayAttentionBlock(nn.Module):
-    """Self-attention of tokens, tokens -> image, MLP on tokens, image -> tokens."""
+class TransformerOutput(NamedTuple):
+    """What transformer_forward returns: the processed prompt tokens (B, T', C) (those asked
+    for), the final image tokens (B, N, C), and with a factored prepared image the final image
+    tokens' factors (then `keys` is an intermediate, not the final tokens)."""
 
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_heads: int,
-        mlp_dim: int,
-        attention_downsample_rate: int,
-        skip_first_layer_pe: bool,
-    ) -> None:
-        super().__init__()
-        self.self_attn = Attention(embedding_dim, num_heads)
-        self.norm1 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = MLPBlock(embedding_dim, mlp_dim, nn.ReLU)
-        self.norm3 = nn.LayerNorm(embedding_dim)
-        self.norm4 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.skip_first_layer_pe = skip_first_layer_pe
+    tokens: torch.Tensor
+    keys: torch.Tensor
+    factored_keys: FactoredKeys | None
 
-    def project_image(self, keys: torch.Tensor, key_pe: torch.Tensor) -> ImageProjections:
-        """keys, key_pe (N, C) of one image -> this block's per-head projections of them."""
-        to_image, to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-        with_pe = keys + key_pe
-        return ImageProjections(
-            to_image.split_heads(to_image.k_proj(with_pe)),
-            to_image.split_heads(to_image.v_proj(keys)),
-            to_token.split_heads(to_token.q_proj(with_pe)),
+
+class BlockOutput(NamedTuple):
+    """What block_forward returns: updated prompt tokens (B, T, C), image tokens (B, N, C), and
+    the update that made the image tokens (for the factored form)."""
+
+    queries: torch.Tensor
+    keys: torch.Tensor
+    update: KeysUpdate
+
+
+class ImageToTokens(NamedTuple):
+    """The image-to-token attention's output in factored form: attn (B, h*T, N) and projected
+    values (B, h*T, C); the output for the image tokens is attn^T @ projected, (B, N, C)."""
+
+    attn: torch.Tensor
+    projected: torch.Tensor
+
+
+# -- the transformer -----------------------------------------------------------------------
+
+
+def prepare_image(
+    transformer: TwoWayTransformer, image_embedding: torch.Tensor, image_pe: torch.Tensor, factored: bool = False
+) -> PreparedImage:
+    """Everything the transformer computes from the image alone (batch 1): the image tokens,
+    their positional encoding and the first block's per-head projections of them; with
+    `factored`, also the later attentions' weights in factored form. Valid for any prompts
+    on that image."""
+    keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+    key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+    factors = None
+    if factored:
+        norms = [layer.norm4 for layer in transformer.layers]
+        blocks = [None] + [
+            factor_image_side(layer, keys[0], key_pe[0], norms[:i])
+            for i, layer in enumerate(transformer.layers)
+            if i > 0
+        ]
+        final = factor_keys_values(transformer.final_attn_token_to_image, keys[0], key_pe[0], norms)
+        factors = TransformerFactors(blocks, final)
+    return PreparedImage(keys, key_pe, project_image(transformer.layers[0], keys[0], key_pe[0]), factors)
+
+
+def transformer_forward(
+    transformer: TwoWayTransformer,
+    image_embedding: torch.Tensor | None,
+    image_pe: torch.Tensor,
+    point_embedding: torch.Tensor,
+    prepared: PreparedImage | None = None,
+    output_rows: list[int] | None = None,
+) -> TransformerOutput:
+    """TwoWayTransformer.forward: image_embedding (1 or B, C, H, W), image_pe (1, C, H, W),
+    point_embedding (B, T, C). The image side may have batch 1 while the prompts have batch B.
+    `prepared` (prepare_image of the same batch-1 inputs; image_embedding may then be None)
+    skips the image-only work. output_rows: return only these tokens, (B, len(output_rows), C);
+    the final attention and norm treat each token on its own, so the others (e.g. the prompt
+    tokens, whose outputs SAM never reads) are not computed."""
+    if prepared is None:
+        keys = image_embedding.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        projections = factors = None
+    else:
+        keys, key_pe, projections, factors = prepared
+    queries = point_embedding
+    updates = []
+    for i, layer in enumerate(transformer.layers):
+        block_factors = factors.blocks[i] if factors is not None else None
+        factored_keys = factor_keys(updates) if block_factors is not None else None
+        # after the first block, keys is the previous block's output, made here
+        queries, keys, update = block_forward(
+            layer, queries, keys, point_embedding, key_pe, projections if i == 0 else None,
+            keys_are_scratch=i > 0, factored_keys=factored_keys, factors=block_factors,
         )
-
-    def factor_image_side(self, keys: torch.Tensor, key_pe: torch.Tensor, norms: list[nn.LayerNorm]) -> ImageFactors:
-        """keys, key_pe (N, C) the input image tokens, norms the norm4 of the blocks before this
-        one -> this block's image-side weights in factored form."""
-        keys_values = self.cross_attn_token_to_image.factor_keys_values(keys, key_pe, norms)
-        to_token = self.cross_attn_image_to_token
-        q = factor_weight(keys, to_token.q_proj.weight.T, to_token.q_proj.bias, norms)
-        return keys_values._replace(q=q, q_pe=torch.addmm(q.constant, key_pe, to_token.q_proj.weight.T))
-
-    def forward(
-        self,
-        queries: torch.Tensor,
-        keys: torch.Tensor,
-        query_pe: torch.Tensor,
-        key_pe: torch.Tensor,
-        image_projections: ImageProjections | None = None,
-        keys_are_scratch: bool = False,
-        factored_keys: FactoredKeys | None = None,
-        factors: ImageFactors | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, KeysUpdate]:
-        """queries (B, T, C), keys (1 or B, N, C) -> updated queries, keys (B, N, C) and the
-        update that made the keys. `image_projections` (batch-1 keys only) replaces the
-        image-side work of this block; `factors` with `factored_keys` (the same keys in
-        factored form) let the attentions read the keys without projecting them.
-        keys_are_scratch: keys is an intermediate nobody else holds, so the update may
-        overwrite it (only done without autograd)."""
-        if self.skip_first_layer_pe:
-            # The first block replaces the tokens by their self-attention (no residual, no PE).
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
-
-        to_image, to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
-        keys_with_pe = None if image_projections is not None or factors is not None else keys + key_pe
-        if image_projections is not None:
-            attn_out = to_image.tokens_to_projected_image(queries + query_pe, image_projections)
-        elif factors is not None:
-            attn_out = to_image.tokens_to_factored_image(queries + query_pe, factored_keys, factors)
-        else:
-            attn_out = to_image.tokens_to_image(queries + query_pe, keys_with_pe, keys)
-        queries = self.norm2(queries + attn_out)
-        queries = self.norm3(queries + token_mlp(self.mlp, queries))
-
-        tokens_with_pe = queries + query_pe
-        if image_projections is not None:
-            attn, projected = to_token.projected_image_to_tokens(image_projections.q_to_token, tokens_with_pe, queries)
-        elif factors is not None:
-            attn, projected = to_token.factored_image_to_tokens(factored_keys, factors, tokens_with_pe, queries)
-        else:
-            attn, projected = to_token.image_to_tokens(keys_with_pe, tokens_with_pe, queries)
-        batch = queries.shape[0]
-        same_dtype = keys.dtype == attn.dtype == projected.dtype  # not so under autocast
-        if keys_are_scratch and keys.shape[0] == batch and same_dtype and not torch.is_grad_enabled():
-            keys = add_batched_product_(keys, attn.transpose(1, 2), projected)  # saves a copy of the N x C tokens
-        else:
-            keys = torch.baddbmm(keys.expand(batch, -1, -1), attn.transpose(1, 2), projected)
-        norm = self.norm4
-        keys, mean, rstd = torch.native_layer_norm(keys, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        return queries, keys, KeysUpdate(attn, projected, mean, rstd)
+        updates.append(update)
+    final = transformer.final_attn_token_to_image
+    if output_rows is not None and output_rows != list(range(queries.shape[1])):
+        rows = torch.tensor(output_rows, device=queries.device)
+        queries, point_embedding = queries.index_select(1, rows), point_embedding.index_select(1, rows)
+    factored_keys = None
+    if factors is not None:
+        factored_keys = factor_keys(updates)
+        attn_out = tokens_to_factored_image(final, queries + point_embedding, factored_keys, factors.final)
+    else:
+        attn_out = tokens_to_image(final, queries + point_embedding, keys + key_pe, keys)
+    queries = transformer.norm_final_attn(queries + attn_out)
+    return TransformerOutput(queries, keys, factored_keys)
 
 
-def token_mlp(mlp: MLPBlock, tokens: torch.Tensor) -> torch.Tensor:
-    """The block's MLP on prompt tokens (B, T, C), each product split into two halves of the
-    hidden width run as a batch of 2: for a few tokens MKL runs a single product on one core,
-    but a batch on both. Measured for one prompt's 7 tokens, standalone 0.23-0.27 instead of
-    0.34-0.41 ms per block, in the decoder 0.25-0.75 ms less per prompt (paired runs); the
-    weights are read through strided views, never copied."""
+# -- one block -----------------------------------------------------------------------------
+
+
+def project_image(block: TwoWayAttentionBlock, keys: torch.Tensor, key_pe: torch.Tensor) -> ImageProjections:
+    """keys, key_pe (N, C) of one image -> this block's per-head projections of them."""
+    to_image, to_token = block.cross_attn_token_to_image, block.cross_attn_image_to_token
+    with_pe = keys + key_pe
+    return ImageProjections(
+        split_heads(to_image, to_image.k_proj(with_pe)),
+        split_heads(to_image, to_image.v_proj(keys)),
+        split_heads(to_token, to_token.q_proj(with_pe)),
+    )
+
+
+def factor_image_side(
+    block: TwoWayAttentionBlock, keys: torch.Tensor, key_pe: torch.Tensor, norms: list[nn.LayerNorm]
+) -> ImageFactors:
+    """keys, key_pe (N, C) the input image tokens, norms the norm4 of the blocks before this
+    one -> this block's image-side weights in factored form."""
+    keys_values = factor_keys_values(block.cross_attn_token_to_image, keys, key_pe, norms)
+    to_token = block.cross_attn_image_to_token
+    q = factor_weight(keys, to_token.q_proj.weight.T, to_token.q_proj.bias, norms)
+    return keys_values._replace(q=q, q_pe=torch.addmm(q.constant, key_pe, to_token.q_proj.weight.T))
+
+
+def block_forward(
+    block: TwoWayAttentionBlock,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    query_pe: torch.Tensor,
+    key_pe: torch.Tensor,
+    image_projections: ImageProjections | None = None,
+    keys_are_scratch: bool = False,
+    factored_keys: FactoredKeys | None = None,
+    factors: ImageFactors | None = None,
+) -> BlockOutput:
+    """TwoWayAttentionBlock.forward for queries (B, T, C), keys (1 or B, N, C) -> updated
+    queries, keys (B, N, C) and the update that made the keys. `image_projections` (batch-1
+    keys only) replaces the image-side work of this block; `factors` with `factored_keys` (the
+    same keys in factored form) let the attentions read the keys without projecting them.
+    keys_are_scratch: keys is an intermediate nobody else holds, so the update may overwrite it
+    (only done without autograd)."""
+    if block.skip_first_layer_pe:
+        # The first block replaces the tokens by their self-attention (no residual, no PE).
+        queries = block.self_attn(queries, queries, queries)
+    else:
+        q = queries + query_pe
+        queries = queries + block.self_attn(q, q, queries)
+    queries = block.norm1(queries)
+
+    to_image, to_token = block.cross_attn_token_to_image, block.cross_attn_image_to_token
+    keys_with_pe = None if image_projections is not None or factors is not None else keys + key_pe
+    if image_projections is not None:
+        attn_out = tokens_to_projected_image(to_image, queries + query_pe, image_projections)
+    elif factors is not None:
+        attn_out = tokens_to_factored_image(to_image, queries + query_pe, factored_keys, factors)
+    else:
+        attn_out = tokens_to_image(to_image, queries + query_pe, keys_with_pe, keys)
+    queries = block.norm2(queries + attn_out)
+    queries = block.norm3(queries + token_mlp(block.mlp, queries))
+
+    tokens_with_pe = queries + query_pe
+    if image_projections is not None:
+        attn, projected = projected_image_to_tokens(to_token, image_projections.q_to_token, tokens_with_pe, queries)
+    elif factors is not None:
+        attn, projected = factored_image_to_tokens(to_token, factored_keys, factors, tokens_with_pe, queries)
+    else:
+        attn, projected = image_to_tokens(to_token, keys_with_pe, tokens_with_pe, queries)
+    batch = queries.shape[0]
+    same_dtype = keys.dtype == attn.dtype == projected.dtype  # not so under autocast
+    if keys_are_scratch and keys.shape[0] == batch and same_dtype and not torch.is_grad_enabled():
+        keys = add_batched_product_(keys, attn.transpose(1, 2), projected)  # saves a copy of the N x C tokens
+    else:
+        keys = torch.baddbmm(keys.expand(batch, -1, -1), attn.transpose(1, 2), projected)
+    norm = block.norm4
+    keys, mean, rstd = torch.native_layer_norm(keys, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return BlockOutput(queries, keys, KeysUpdate(attn, projected, mean, rstd))
+
+
+def token_mlp(mlp: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The block's MLP (an MLPBlock) on prompt tokens (B, T, C), each product split into two
+    halves of the hidden width run as a batch of 2: for a few tokens MKL runs a single product
+    on one core, but a batch on both (timings in benchmarks/RESULTS.md, "Design measurements").
+    The weights are read through strided views, never copied. Another kind of MLP runs as it is."""
+    if not isinstance(mlp, MLPBlock):
+        return mlp(tokens)
     hidden, width = mlp.lin1.weight.shape
     if tokens.device.type != "cpu" or hidden % 2 or torch.is_autocast_enabled("cpu"):
         return mlp(tokens)
@@ -298,148 +307,148 @@ def folded_times_image(folded: torch.Tensor, image: torch.Tensor, bias: torch.Te
     return torch.baddbmm(bias, folded, image_t)
 
 
-class Attention(nn.Module):
-    """Multi-head attention whose q/k/v may be projected to a smaller width (downsample_rate)."""
+# -- attention (each function reads one plain Attention's weights) ----------------------------
 
-    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.internal_dim = embedding_dim // downsample_rate
-        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., N, heads * d) -> (..., heads, N, d)."""
-        *lead, tokens, width = x.shape
-        return x.reshape(*lead, tokens, self.num_heads, width // self.num_heads).transpose(-3, -2)
+def split_heads(attention: Attention, x: torch.Tensor) -> torch.Tensor:
+    """(..., N, heads * d) -> (..., heads, N, d)."""
+    *lead, tokens, width = x.shape
+    heads = attention.num_heads
+    return x.reshape(*lead, tokens, heads, width // heads).transpose(-3, -2)
 
-    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, heads, T, d) -> (B, T, heads * d) projected by out_proj."""
-        batch, heads, tokens, head_dim = x.shape
-        return self.out_proj(x.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
 
-    def scaled_heads(self, proj: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
-        """Prompt tokens (B, T, C) through proj, split by head and divided by sqrt(head dim):
-        the prompt side of an attention's logits, (B, h, T, d)."""
-        return self.split_heads(proj(tokens)) * (1.0 / math.sqrt(self.internal_dim // self.num_heads))
+def merge_heads(attention: Attention, x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, T, d) -> (B, T, heads * d) projected by out_proj."""
+    batch, heads, tokens, head_dim = x.shape
+    return attention.out_proj(x.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
 
-    def head_weights(self, proj: nn.Linear) -> torch.Tensor:
-        """A projection's weight split by output head: (heads, d, C)."""
-        return proj.weight.view(self.num_heads, -1, proj.in_features)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Plain attention between small token sets (the prompt self-attention)."""
-        q = self.split_heads(self.q_proj(q))
-        k = self.split_heads(self.k_proj(k))
-        v = self.split_heads(self.v_proj(v))
-        attn = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]), dim=-1)
-        return self.merge_heads(attn @ v)
+def scaled_heads(attention: Attention, proj: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+    """Prompt tokens (B, T, C) through proj, split by head and divided by sqrt(head dim):
+    the prompt side of an attention's logits, (B, h, T, d)."""
+    return split_heads(attention, proj(tokens)) * (1.0 / math.sqrt(attention.internal_dim // attention.num_heads))
 
-    def tokens_to_image(self, tokens: torch.Tensor, image_with_pe: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Prompt tokens (B, T, C) attend to image tokens (1 or B, N, C) -> (B, T, C).
 
-        Keys are image_with_pe projected, values image projected; neither projection of the N
-        image tokens is formed (module docstring). k_proj's bias drops out in the softmax over N.
-        """
-        batch, num_tokens, _ = tokens.shape
-        heads = self.num_heads
-        q = self.scaled_heads(self.q_proj, tokens)  # (B, h, T, d)
-        folded = (q @ self.head_weights(self.k_proj)).reshape(batch, heads * num_tokens, -1)  # (B, h*T, C)
-        attn = torch.softmax(folded_times_image(folded, image_with_pe), dim=-1)  # (B, h*T, N)
-        mixed = rows_times(attn, image).view(batch, heads, num_tokens, -1)  # (B, h, T, C)
-        values = mixed @ self.head_weights(self.v_proj).transpose(1, 2)  # (B, h, T, d)
-        values = values + self.v_proj.bias.view(heads, 1, -1)
-        return self.merge_heads(values)
+def head_weights(attention: Attention, proj: nn.Linear) -> torch.Tensor:
+    """A projection's weight split by output head: (heads, d, C)."""
+    return proj.weight.view(attention.num_heads, -1, proj.in_features)
 
-    def tokens_to_projected_image(self, tokens: torch.Tensor, image: ImageProjections) -> torch.Tensor:
-        """Prompt tokens (B, T, C) attend to one image's per-head keys and values (h, N, d)."""
-        batch, num_tokens, _ = tokens.shape
-        heads, _, head_dim = image.k_to_image.shape
-        q = self.scaled_heads(self.q_proj, tokens)  # (B, h, T, d)
-        # all prompts of a head against that head's keys in one product: (h, B*T, d) @ (h, d, N)
-        q = q.transpose(0, 1).reshape(heads, batch * num_tokens, head_dim)
-        attn = torch.softmax(q @ image.k_to_image.transpose(1, 2), dim=-1)
-        values = (attn @ image.v_to_image).view(heads, batch, num_tokens, head_dim).transpose(0, 1)
-        return self.merge_heads(values)
 
-    def factor_keys_values(
-        self, keys: torch.Tensor, key_pe: torch.Tensor, norms: list[nn.LayerNorm]
-    ) -> ImageFactors:
-        """This token-to-image attention's keys and values in factored form, for image tokens
-        that have passed the blocks whose norm4 are `norms` (keys, key_pe (N, C) their input)."""
-        k = factor_weight(keys, self.k_proj.weight.T, None, norms)  # k_proj's bias drops out in the softmax
-        v = factor_weight(keys, self.v_proj.weight.T, self.v_proj.bias, norms)
-        return ImageFactors(k, key_pe @ self.k_proj.weight.T, v)
+def tokens_to_image(
+    attention: Attention, tokens: torch.Tensor, image_with_pe: torch.Tensor, image: torch.Tensor
+) -> torch.Tensor:
+    """Prompt tokens (B, T, C) attend to image tokens (1 or B, N, C) -> (B, T, C), as
+    attention(tokens, image_with_pe, image).
 
-    def tokens_to_factored_image(
-        self, tokens: torch.Tensor, image: FactoredKeys, factors: ImageFactors
-    ) -> torch.Tensor:
-        """tokens_to_image for prompt tokens (B, T, C) and image tokens in factored form."""
-        heads = self.num_heads
-        q = self.scaled_heads(self.q_proj, tokens)  # (B, h, T, d)
-        attn = torch.softmax(factored_logits(q, image, factors.k, factors.k_pe), dim=-1)  # (B, h*T, N)
-        return self.merge_heads(factored_mix(attn, image, factors.v, heads))
+    Keys are image_with_pe projected, values image projected; neither projection of the N
+    image tokens is formed (module docstring). k_proj's bias drops out in the softmax over N.
+    """
+    batch, num_tokens, _ = tokens.shape
+    heads = attention.num_heads
+    q = scaled_heads(attention, attention.q_proj, tokens)  # (B, h, T, d)
+    folded = (q @ head_weights(attention, attention.k_proj)).reshape(batch, heads * num_tokens, -1)  # (B, h*T, C)
+    attn = torch.softmax(folded_times_image(folded, image_with_pe), dim=-1)  # (B, h*T, N)
+    mixed = rows_times(attn, image).view(batch, heads, num_tokens, -1)  # (B, h, T, C)
+    values = mixed @ head_weights(attention, attention.v_proj).transpose(1, 2)  # (B, h, T, d)
+    values = values + attention.v_proj.bias.view(heads, 1, -1)
+    return merge_heads(attention, values)
 
-    def factored_image_to_tokens(
-        self, image: FactoredKeys, factors: ImageFactors, tokens_with_pe: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_to_tokens for image tokens in factored form; the same factors of the output."""
-        batch, num_tokens, _ = tokens.shape
-        heads = self.num_heads
-        k = self.scaled_heads(self.k_proj, tokens_with_pe)  # (B, h, T, d)
-        logits = factored_logits(k, image, factors.q, factors.q_pe)  # (B, h*T, N)
-        attn = torch.softmax(logits.view(batch, heads, num_tokens, -1), dim=-2)
-        return attn.view(batch, heads * num_tokens, -1), self._projected_values(tokens)
 
-    def _projected_values(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Value tokens (B, T, C) through v_proj and, per head, out_proj -> (B, h*T, C).
+def tokens_to_projected_image(attention: Attention, tokens: torch.Tensor, image: ImageProjections) -> torch.Tensor:
+    """Prompt tokens (B, T, C) attend to one image's per-head keys and values (h, N, d)."""
+    batch, num_tokens, _ = tokens.shape
+    heads, _, head_dim = image.k_to_image.shape
+    q = scaled_heads(attention, attention.q_proj, tokens)  # (B, h, T, d)
+    # all prompts of a head against that head's keys in one product: (h, B*T, d) @ (h, d, N)
+    q = q.transpose(0, 1).reshape(heads, batch * num_tokens, head_dim)
+    attn = torch.softmax(q @ image.k_to_image.transpose(1, 2), dim=-1)
+    values = (attn @ image.v_to_image).view(heads, batch, num_tokens, head_dim).transpose(0, 1)
+    return merge_heads(attention, values)
 
-        The image-to-token output for image token n is then sum_m attn[m, n] * row m, plus
-        out_proj's bias: the N image tokens get a rank-(h*T) update instead of an (N, D)
-        intermediate and its projection.
-        """
-        batch, num_tokens, _ = tokens.shape
-        heads = self.num_heads
-        values = self.split_heads(self.v_proj(tokens))  # (B, h, T, d)
-        out_weight = self.out_proj.weight.view(-1, heads, self.internal_dim // heads).permute(1, 2, 0)  # (h, d, C)
-        # Each head's weights sum to one over the tokens, so adding bias / heads to every row
-        # adds out_proj's bias once, without a pass over the (B, N, C) result.
-        return (values @ out_weight + self.out_proj.bias / heads).reshape(batch, heads * num_tokens, -1)
 
-    # The image-to-token softmax runs over the T prompt tokens of each head. Its logits are laid
-    # out (heads, T, N) so that torch.softmax runs across dim -2 with the N image tokens as the
-    # vectorised inner axis: measured on a CPU, ~4x faster than a softmax over rows of ~7 values
-    # (and the (T, d) x (d, N) product ~5x faster than its transpose at d = 16).
+def factor_keys_values(
+    attention: Attention, keys: torch.Tensor, key_pe: torch.Tensor, norms: list[nn.LayerNorm]
+) -> ImageFactors:
+    """This token-to-image attention's keys and values in factored form, for image tokens
+    that have passed the blocks whose norm4 are `norms` (keys, key_pe (N, C) their input)."""
+    k = factor_weight(keys, attention.k_proj.weight.T, None, norms)  # k_proj's bias drops out in the softmax
+    v = factor_weight(keys, attention.v_proj.weight.T, attention.v_proj.bias, norms)
+    return ImageFactors(k, key_pe @ attention.k_proj.weight.T, v)
 
-    def image_to_tokens(
-        self, image_with_pe: torch.Tensor, tokens_with_pe: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image tokens (1 or B, N, C) attend to prompt tokens (B, T, C): keys tokens_with_pe,
-        values tokens. Returns the attention output as the factors attn (B, h*T, N) and
-        projected values (B, h*T, C): the output is attn^T @ projected, (B, N, C)."""
-        batch, num_tokens, _ = tokens.shape
-        heads = self.num_heads
-        k = self.scaled_heads(self.k_proj, tokens_with_pe)  # (B, h, T, d)
-        folded = (k @ self.head_weights(self.q_proj)).reshape(batch, heads * num_tokens, -1)  # (B, h*T, C)
-        # q_proj's bias does not drop out here (the softmax runs over the tokens): it adds a
-        # per-token constant to every image token's logits.
-        bias = (k @ self.q_proj.bias.view(heads, -1, 1)).view(batch, heads * num_tokens, 1)
-        logits = folded_times_image(folded, image_with_pe, bias)  # (B, h*T, N)
-        attn = torch.softmax(logits.view(batch, heads, num_tokens, -1), dim=-2)
-        return attn.view(batch, heads * num_tokens, -1), self._projected_values(tokens)
 
-    def projected_image_to_tokens(
-        self, image_q: torch.Tensor, tokens_with_pe: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image's per-head queries (h, N, d) attend to prompt tokens (B, T, C); returns
-        the factors of the output like image_to_tokens."""
-        batch, num_tokens, _ = tokens.shape
-        heads, num_image, head_dim = image_q.shape
-        k = self.scaled_heads(self.k_proj, tokens_with_pe)  # (B, h, T, d)
-        k = k.transpose(0, 1).reshape(heads, batch * num_tokens, head_dim)
-        logits = k @ image_q.transpose(1, 2)  # (h, B*T, N)
-        attn = torch.softmax(logits.view(heads, batch, num_tokens, num_image), dim=-2)
-        attn = attn.transpose(0, 1).reshape(batch, heads * num_tokens, num_image)
-        return attn, self._projected_values(tokens)
+def tokens_to_factored_image(
+    attention: Attention, tokens: torch.Tensor, image: FactoredKeys, factors: ImageFactors
+) -> torch.Tensor:
+    """tokens_to_image for prompt tokens (B, T, C) and image tokens in factored form."""
+    heads = attention.num_heads
+    q = scaled_heads(attention, attention.q_proj, tokens)  # (B, h, T, d)
+    attn = torch.softmax(factored_logits(q, image, factors.k, factors.k_pe), dim=-1)  # (B, h*T, N)
+    return merge_heads(attention, factored_mix(attn, image, factors.v, heads))
+
+
+def factored_image_to_tokens(
+    attention: Attention, image: FactoredKeys, factors: ImageFactors, tokens_with_pe: torch.Tensor, tokens: torch.Tensor
+) -> ImageToTokens:
+    """image_to_tokens for image tokens in factored form; the same factors of the output."""
+    batch, num_tokens, _ = tokens.shape
+    heads = attention.num_heads
+    k = scaled_heads(attention, attention.k_proj, tokens_with_pe)  # (B, h, T, d)
+    logits = factored_logits(k, image, factors.q, factors.q_pe)  # (B, h*T, N)
+    attn = torch.softmax(logits.view(batch, heads, num_tokens, -1), dim=-2)
+    return ImageToTokens(attn.view(batch, heads * num_tokens, -1), projected_values(attention, tokens))
+
+
+def projected_values(attention: Attention, tokens: torch.Tensor) -> torch.Tensor:
+    """Value tokens (B, T, C) through v_proj and, per head, out_proj -> (B, h*T, C).
+
+    The image-to-token output for image token n is then sum_m attn[m, n] * row m, plus
+    out_proj's bias: the N image tokens get a rank-(h*T) update instead of an (N, D)
+    intermediate and its projection.
+    """
+    batch, num_tokens, _ = tokens.shape
+    heads = attention.num_heads
+    values = split_heads(attention, attention.v_proj(tokens))  # (B, h, T, d)
+    out_proj = attention.out_proj
+    out_weight = out_proj.weight.view(-1, heads, attention.internal_dim // heads).permute(1, 2, 0)  # (h, d, C)
+    # Each head's weights sum to one over the tokens, so adding bias / heads to every row
+    # adds out_proj's bias once, without a pass over the (B, N, C) result.
+    return (values @ out_weight + out_proj.bias / heads).reshape(batch, heads * num_tokens, -1)
+
+
+# The image-to-token softmax runs over the T prompt tokens of each head. Its logits are laid
+# out (heads, T, N) so that torch.softmax runs across dim -2 with the N image tokens as the
+# vectorised inner axis, rather than over rows of ~7 values; and the (T, d) x (d, N) product is
+# taken rather than its transpose at d = 16 (timings in benchmarks/RESULTS.md, "Design
+# measurements").
+
+
+def image_to_tokens(
+    attention: Attention, image_with_pe: torch.Tensor, tokens_with_pe: torch.Tensor, tokens: torch.Tensor
+) -> ImageToTokens:
+    """Image tokens (1 or B, N, C) attend to prompt tokens (B, T, C), as attention(image_with_pe,
+    tokens_with_pe, tokens), returned in factored form (ImageToTokens)."""
+    batch, num_tokens, _ = tokens.shape
+    heads = attention.num_heads
+    k = scaled_heads(attention, attention.k_proj, tokens_with_pe)  # (B, h, T, d)
+    folded = (k @ head_weights(attention, attention.q_proj)).reshape(batch, heads * num_tokens, -1)  # (B, h*T, C)
+    # q_proj's bias does not drop out here (the softmax runs over the tokens): it adds a
+    # per-token constant to every image token's logits.
+    bias = (k @ attention.q_proj.bias.view(heads, -1, 1)).view(batch, heads * num_tokens, 1)
+    logits = folded_times_image(folded, image_with_pe, bias)  # (B, h*T, N)
+    attn = torch.softmax(logits.view(batch, heads, num_tokens, -1), dim=-2)
+    return ImageToTokens(attn.view(batch, heads * num_tokens, -1), projected_values(attention, tokens))
+
+
+def projected_image_to_tokens(
+    attention: Attention, image_q: torch.Tensor, tokens_with_pe: torch.Tensor, tokens: torch.Tensor
+) -> ImageToTokens:
+    """One image's per-head queries (h, N, d) attend to prompt tokens (B, T, C); returns the
+    output in factored form like image_to_tokens."""
+    batch, num_tokens, _ = tokens.shape
+    heads, num_image, head_dim = image_q.shape
+    k = scaled_heads(attention, attention.k_proj, tokens_with_pe)  # (B, h, T, d)
+    k = k.transpose(0, 1).reshape(heads, batch * num_tokens, head_dim)
+    logits = k @ image_q.transpose(1, 2)  # (h, B*T, N)
+    attn = torch.softmax(logits.view(heads, batch, num_tokens, num_image), dim=-2)
+    attn = attn.transpose(0, 1).reshape(batch, heads * num_tokens, num_image)
+    return ImageToTokens(attn, projected_values(attention, tokens))

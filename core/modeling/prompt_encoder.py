@@ -1,4 +1,9 @@
-"""SAM's prompt encoder: points, boxes and mask logits in, sparse and dense prompt embeddings out."""
+"""SAM's prompt encoder, plain: points, boxes and mask logits in, sparse and dense prompt embeddings out.
+
+Same submodule names, state_dict keys and call signatures as the official segment-anything
+module. The fast path keeps the dense positional encoding between calls
+(`samkit.fast.prompt_encoder`); here it is computed when asked for.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +39,8 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Encoding of pixel coordinates (B, N, 2) in an (H, W) input image."""
-        coords = coords.clone()
-        coords[:, :, 0] = coords[:, :, 0] / image_size[1]
-        coords[:, :, 1] = coords[:, :, 1] / image_size[0]
-        return self.encode(coords.to(torch.float))
+        height, width = image_size
+        return self.encode((coords / coords.new_tensor([width, height])).to(torch.float))
 
 
 class PromptEncoder(nn.Module):
@@ -49,6 +52,7 @@ class PromptEncoder(nn.Module):
         image_embedding_size: tuple[int, int] = (64, 64),
         input_image_size: tuple[int, int] = (1024, 1024),
         mask_in_chans: int = 16,
+        activation: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -62,35 +66,22 @@ class PromptEncoder(nn.Module):
         self.mask_downscaling = nn.Sequential(
             nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
             LayerNorm2d(mask_in_chans // 4),
-            nn.GELU(),
+            activation(),
             nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
             LayerNorm2d(mask_in_chans),
-            nn.GELU(),
+            activation(),
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
-        self._dense_pe_cache: tuple | None = None
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid: (1, C, 64, 64).
-
-        Computed once and kept until the frequency matrix changes (its version counter moves on
-        every in-place update, load_state_dict included); the decoder recognises the kept
-        tensor and reuses its image-side work without comparing contents.
-        """
-        matrix = self.pe_layer.positional_encoding_gaussian_matrix
-        key = (matrix.data_ptr(), matrix._version, matrix.device, matrix.dtype)
-        cached = self._dense_pe_cache
-        if cached is None or cached[0] != key or cached[1]._version != cached[2]:
-            # a normal tensor even when first asked for in inference mode: its version counter
-            # lets the decoder recognise it without comparing values
-            with torch.inference_mode(False):
-                pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
-            cached = (key, pe, pe._version)
-            self._dense_pe_cache = cached
-        return cached[1]
+        """Positional encoding of the image embedding grid, (1, C, H, W) (the points' encoding
+        at every grid cell centre)."""
+        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
+        """points (B, N, 2) in the input frame, labels (B, N) (1 foreground, 0 background, -1 not
+        a point) -> (B, N + pad, C); pad appends the padding point."""
         points = points + 0.5  # shift to the pixel centre
         if pad:
             # Without a box the decoder expects a padding point labelled -1 ("not a point").
@@ -106,10 +97,15 @@ class PromptEncoder(nn.Module):
         return embedding
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """boxes (B, 4) XYXY in the input frame -> their two corners' embeddings (B, 2, C)."""
         corners = (boxes + 0.5).reshape(-1, 2, 2)
         embedding = self.pe_layer.forward_with_coords(corners, self.input_image_size)
         corner_weights = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
         return embedding + corner_weights
+
+    def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        """Mask logits (B, 1, 4H, 4W) -> dense embeddings (B, C, H, W)."""
+        return self.mask_downscaling(masks)
 
     def forward(
         self,
@@ -135,7 +131,7 @@ class PromptEncoder(nn.Module):
         if boxes is not None:
             sparse = torch.cat([sparse, self._embed_boxes(boxes)], dim=1)
         if masks is not None:
-            dense = self.mask_downscaling(masks)
+            dense = self._embed_masks(masks)
         else:
             height, width = self.image_embedding_size
             dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, height, width)

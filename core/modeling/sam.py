@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fast.mask_decoder import MaskDecoder
+from ..fast.engine import DecoderEngine
 from ..image_state import ImageState
 from ..utils.transforms import low_res_extent, resize_longest_side, scale_coords, upscale_logits
+from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -29,6 +30,11 @@ class Sam(nn.Module):
 
     Weights stay in float32; `compute_dtype` (float32, bfloat16 or float16) is the precision the
     networks run in under autocast. Reduced precision stops at the networks: outputs are float32.
+
+    The model holds the plain networks only (samkit.modeling: what training, export and the
+    state_dict see). decode runs the prompt encoder and mask decoder through the fast inference
+    engine (samkit.fast, `decoder_engine()`), which reads the same weights; decode(...,
+    reference=True) runs the plain modules instead.
     """
 
     mask_threshold: float = 0.0
@@ -99,25 +105,51 @@ class Sam(nn.Module):
         multimask_output: bool = True,
         best_only: bool = False,
         region: tuple[int, int] | None = None,
+        reference: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts in the input frame -> float32 low-res logits (B, C, 256, 256) and IoU
         predictions (B, C). point_coords (B, N, 2) with point_labels (B, N), boxes (B, 4) XYXY,
         mask_input (B, 1, 256, 256). C is 3 with multimask_output, else 1; best_only keeps the
         best-scoring one (C = 1). region (rows, cols) of image tokens: only their masks,
-        (B, C, 4 * rows, 4 * cols), the top-left part of the full grid."""
+        (B, C, 4 * rows, 4 * cols), the top-left part of the full grid.
+
+        reference: run the plain prompt encoder and mask decoder (differentiable, no kept state)
+        instead of the fast engine, and pick best_only and region from their full output."""
         points = (point_coords, point_labels) if point_coords is not None else None
+        engine = None if reference else self.decoder_engine()
         with self.autocast():
             sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            low_res, scores = self.mask_decoder(
-                image_embeddings=state.features,
-                image_pe=self.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask_output,
-                best_only=best_only,
-                region=region,
-            )
+            if engine is None:
+                low_res, scores = self.mask_decoder(
+                    image_embeddings=state.features,
+                    image_pe=self.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=multimask_output,
+                )
+                low_res, scores = select_masks(low_res, scores, best_only, region, state.features.shape[-2:])
+            else:
+                low_res, scores = engine.mask_decoder(
+                    image_embeddings=state.features,
+                    image_pe=engine.dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=multimask_output,
+                    best_only=best_only,
+                    region=region,
+                )
         return low_res.float(), scores.float()
+
+    def decoder_engine(self) -> DecoderEngine | None:
+        """The fast engine over this model's prompt encoder and mask decoder, made on first use
+        and again whenever either module is replaced; None when they are not SAM 1's plain
+        modules (a test's stand-in, say): decode then runs them as they are."""
+        engine = self.__dict__.get("_decoder_engine")
+        if engine is None or not engine.serves(self.prompt_encoder, self.mask_decoder):
+            engine = DecoderEngine.for_modules(self.prompt_encoder, self.mask_decoder)
+            # a plain attribute, not a submodule: the engine has no weights of its own
+            self.__dict__["_decoder_engine"] = engine
+        return engine
 
     def mask_region(self, state: ImageState) -> tuple[int, int]:
         """(rows, cols) of image tokens from the top left whose masks reach the image: what
@@ -144,11 +176,15 @@ class Sam(nn.Module):
             return features.clone()
 
     def prepare_decoder(self, state: ImageState) -> None:
-        """Do the mask decoder's image-only work for prompts without a mask input now (it is
-        kept for that image), so that the first prompt on an image is as fast as the next."""
+        """Do the mask decoder's image-only work for prompts without a mask input now (the
+        engine keeps it for that image), so that the first prompt on an image is as fast as the
+        next."""
+        engine = self.decoder_engine()
+        if engine is None:
+            return
         with torch.inference_mode(), self.autocast():
             _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
-            self.mask_decoder.prepare_image(state.features, self.prompt_encoder.get_dense_pe(), dense)
+            engine.mask_decoder.prepare_image(state.features, engine.dense_pe(), dense)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
@@ -182,3 +218,24 @@ class Sam(nn.Module):
                 continue
             total += param.numel()
         return total
+
+
+def select_masks(
+    masks: torch.Tensor,
+    scores: torch.Tensor,
+    best_only: bool,
+    region: tuple[int, int] | None,
+    grid: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """decode's best_only and region applied to a decoder's full output: masks (B, C, h, w) and
+    scores (B, C) -> with best_only the best-scoring mask per prompt (C = 1); with region (rows,
+    cols) of the (H, W) token grid, the masks' top-left part those tokens cover."""
+    if best_only:
+        best = scores.argmax(dim=1, keepdim=True)
+        scores = scores.gather(1, best)
+        masks = masks[torch.arange(masks.shape[0], device=masks.device)[:, None], best]
+    if region is not None:
+        rows = region[0] * masks.shape[-2] // grid[0]
+        cols = region[1] * masks.shape[-1] // grid[1]
+        masks = masks[..., :rows, :cols]
+    return masks, scores

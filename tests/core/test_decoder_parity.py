@@ -1,11 +1,15 @@
-"""Mask decoder parity: samkit's decoder against the official one, module to module.
+"""Mask decoder parity: samkit's fast decoder (samkit.fast.mask_decoder.FastMaskDecoder, an engine
+over the plain samkit.modeling.mask_decoder.MaskDecoder's weights) against the official decoder
+and against the plain reference, module to module.
 
-The decoder computes attention by folding the key/query projections into the handful of prompt
-tokens and shares the image-only work between prompts and calls. These tests feed both decoders
-the same perturbed weights and random inputs in every shape the predictor and the generator use:
-one prompt, many prompts across chunk boundaries, one dense embedding shared by all prompts or
-one per prompt (mask inputs), single and multi-mask output, and repeated calls on one image and
-then on another (the image-side cache must follow the image).
+The fast decoder computes attention by folding the key/query projections into the handful of
+prompt tokens and shares the image-only work between prompts and calls. These tests feed it and
+the official decoder (or the plain one) the same perturbed weights and random inputs in every
+shape the predictor and the generator use: one prompt, many prompts across chunk boundaries, one
+dense embedding shared by all prompts or one per prompt (mask inputs), single and multi-mask
+output, best mask only, a region of the grid, and repeated calls on one image and then on
+another (the image-side cache must follow the image), and on weights changed in place (it must
+follow the weights: fine-tuning swaps tuned weights into a live model).
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import pytest
 import torch
 
 from samkit.fast import mask_decoder as our_mask_decoder
-from samkit.fast.mask_decoder import MaskDecoder
+from samkit.fast.mask_decoder import FastMaskDecoder
+from samkit.image_state import ImageState
+from samkit.modeling.mask_decoder import MaskDecoder
+from samkit.modeling.sam import select_masks
 
 try:
     from . import oracle
@@ -23,6 +30,11 @@ except ImportError:
 
 LOGIT_TOL = 5e-5  # max |diff| of low-res logits relative to their largest value
 IOU_TOL = 1e-5
+# The fast decoder against the plain reference, on the same weights: float32 rounding of two
+# orders of computation. Measured on these cases (2-thread CPU): logits up to 9.0e-7 of their
+# largest value, IoU predictions up to 1.5e-7; the tolerances leave a margin of >= 10x.
+REF_LOGIT_TOL = 1e-5
+REF_IOU_TOL = 2e-6
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +52,10 @@ def decoders():
         iou_head_hidden_dim=256,
     )
     oracle.perturb_(official, seed=11)
-    ours = MaskDecoder()
-    ours.load_state_dict(official.state_dict())
+    plain = MaskDecoder()
+    plain.load_state_dict(official.state_dict())
     assert sa is not None
-    return ours.eval(), official.eval()
+    return FastMaskDecoder(plain.eval()), official.eval()
 
 
 def _inputs(num_prompts: int, num_tokens: int, per_prompt_dense: bool, seed: int):
@@ -155,11 +167,12 @@ def test_image_side_cache_follows_the_weights(decoders):
     same image tensors must not reuse work computed with the old weights."""
     import copy
 
-    ours, official = (copy.deepcopy(d) for d in decoders)
+    plain, official = copy.deepcopy(decoders[0].decoder), copy.deepcopy(decoders[1])
+    ours = FastMaskDecoder(plain)
     inputs = _inputs(3, 2, False, seed=300)
     _assert_same(_run(ours, *inputs, True), _run(official, *inputs, True))
     with torch.no_grad():
-        for decoder in (ours, official):
+        for decoder in (plain, official):
             decoder.transformer.layers[0].norm4.weight.mul_(1.5)
             decoder.transformer.layers[0].cross_attn_token_to_image.v_proj.weight.add_(0.01)
             decoder.transformer.layers[1].cross_attn_token_to_image.k_proj.weight.add_(0.01)
@@ -172,7 +185,7 @@ def test_image_side_cache_follows_the_weights(decoders):
     )
     for weight in later:
         with torch.no_grad():
-            for decoder in (ours, official):
+            for decoder in (plain, official):
                 weight(decoder).add_(0.05)
         _assert_same(_run(ours, *inputs, True), _run(official, *inputs, True))
 
@@ -197,10 +210,12 @@ def test_postprocess_equals_the_official_steps(mobile_sam, original_size):
 
 
 def test_decoder_gradients_flow(decoders):
-    """The fast paths (in-place softmax, folded projections) must not break training."""
+    """The fast paths (in-place softmax, folded projections) must not break training: run with
+    autograd recording, the engine's gradients reach the plain module's parameters."""
     ours, official = decoders
+    plain = ours.decoder
     image, pe, sparse, dense = _inputs(2, 2, False, seed=7)
-    ours.train()
+    plain.train()
     try:
         masks, iou = ours(image_embeddings=image, image_pe=pe, sparse_prompt_embeddings=sparse,
                           dense_prompt_embeddings=dense, multimask_output=True)
@@ -210,12 +225,174 @@ def test_decoder_gradients_flow(decoders):
         # so its gradient is zero in any implementation, and the folded one never uses it.
         unused = ("output_hypernetworks_mlps.0.", "transformer.layers.1.cross_attn_token_to_image.k_proj.bias",
                   "transformer.final_attn_token_to_image.k_proj.bias")
-        grads = {n: p.grad for n, p in ours.named_parameters() if not n.startswith(unused)}
+        grads = {n: p.grad for n, p in plain.named_parameters() if not n.startswith(unused)}
         missing = [n for n, g in grads.items() if g is None]
         assert not missing
         assert all(torch.isfinite(g).all() for g in grads.values())
         transformer = [g for n, g in grads.items() if n.startswith("transformer.")]
         assert sum(float(g.abs().sum()) for g in transformer) > 0
     finally:
-        ours.zero_grad(set_to_none=True)
-        ours.eval()
+        plain.zero_grad(set_to_none=True)
+        plain.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast decoder against the plain reference (samkit.modeling), on the same weights
+# ---------------------------------------------------------------------------------------------
+
+
+def _reference(plain, image, pe, sparse, dense, multimask, best_only=False, region=None):
+    """The plain decoder's output, with best_only and region picked from it as Sam.decode does."""
+    with torch.no_grad():
+        masks, iou = plain(image, pe, sparse, dense, multimask)
+    return select_masks(masks, iou, best_only, region, image.shape[-2:])
+
+
+def _fast(engine, image, pe, sparse, dense, multimask, best_only=False, region=None):
+    with torch.inference_mode():
+        return engine(image, pe, sparse, dense, multimask_output=multimask, best_only=best_only, region=region)
+
+
+def _assert_same_as_reference(fast_out, reference_out):
+    (masks, iou), (ref_masks, ref_iou) = fast_out, reference_out
+    assert masks.shape == ref_masks.shape and iou.shape == ref_iou.shape
+    assert float((masks - ref_masks).abs().max()) <= REF_LOGIT_TOL * float(ref_masks.abs().max())
+    assert float((iou - ref_iou).abs().max()) <= REF_IOU_TOL
+    assert float(((masks > 0) != (ref_masks > 0)).float().mean()) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "num_prompts,num_tokens,per_prompt_dense,multimask,best_only,region",
+    [
+        (1, 2, False, True, False, None),  # a click, three masks
+        (1, 2, False, True, True, (40, 64)),  # the Label Studio click: best mask, the image's rows
+        (1, 3, False, False, False, None),  # box + point, single mask
+        (19, 2, False, True, False, None),  # 2 whole chunks of 8 and a part one
+        (12, 2, False, True, True, None),  # best mask per prompt across chunks
+        (10, 2, False, False, False, (64, 43)),  # a portrait image's columns
+        (9, 1, True, True, False, None),  # mask inputs (a dense embedding per prompt) across chunks
+        (5, 4, True, False, True, (10, 64)),
+    ],
+)
+def test_fast_decoder_matches_reference(decoders, num_prompts, num_tokens, per_prompt_dense, multimask, best_only,
+                                        region):
+    ours, _ = decoders
+    assert our_mask_decoder.decoder_chunk(torch.device("cpu")) < max(num_prompts, 9)  # chunking runs where meant
+    inputs = _inputs(num_prompts, num_tokens, per_prompt_dense, seed=1000 + num_prompts)
+    fast = _fast(ours, *inputs, multimask, best_only, region)
+    _assert_same_as_reference(fast, _reference(ours.decoder, *inputs, multimask, best_only, region))
+    # and again from the kept image work
+    _assert_same_as_reference(_fast(ours, *inputs, multimask, best_only, region), fast)
+
+
+def test_fast_decoder_follows_the_reference_weights(decoders):
+    """The engine reads the plain module's weights: tuned weights loaded into it in place, an
+    optimiser step on it, and a parameter replaced by a new tensor all show in the next fast
+    call on the same image tensors (whose image work the engine had kept)."""
+    import copy
+
+    plain = copy.deepcopy(decoders[0].decoder)
+    ours = FastMaskDecoder(plain)
+    inputs = _inputs(3, 2, False, seed=400)
+    before = _fast(ours, *inputs, True)
+    _assert_same_as_reference(before, _reference(plain, *inputs, True))
+
+    # tuned weights swapped in (load_state_dict copies into the same tensors)
+    tuned = oracle.perturb_(copy.deepcopy(plain), seed=401).state_dict()
+    plain.load_state_dict(tuned)
+    after = _fast(ours, *inputs, True)
+    assert float((after[0] - before[0]).abs().max()) > 0.1 * float(before[0].abs().max())
+    _assert_same_as_reference(after, _reference(plain, *inputs, True))
+
+    # a training step on the reference (SGD updates the parameters in place)
+    plain.train()
+    optimizer = torch.optim.SGD(plain.parameters(), lr=1.0)
+    masks, iou = plain(*inputs, True)
+    (masks.square().mean() + iou.mean()).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    plain.eval()
+    stepped = _fast(ours, *inputs, True)
+    assert not torch.equal(stepped[0], after[0])
+    _assert_same_as_reference(stepped, _reference(plain, *inputs, True))
+
+    # a parameter replaced by another tensor
+    norm = plain.transformer.layers[1].norm4
+    norm.weight = torch.nn.Parameter(norm.weight.detach() * 1.3)
+    replaced = _fast(ours, *inputs, True)
+    assert not torch.equal(replaced[0], stepped[0])
+    _assert_same_as_reference(replaced, _reference(plain, *inputs, True))
+
+
+def _sam_prompts(kind: str, batch: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    coords = labels = boxes = mask_input = None
+    if "points" in kind:
+        coords = torch.rand(batch, 2, 2, generator=gen) * 1000
+        labels = torch.randint(0, 2, (batch, 2), generator=gen).int()
+    if "box" in kind:
+        corner = torch.rand(batch, 2, generator=gen) * 600
+        boxes = torch.cat([corner, corner + 100 + torch.rand(batch, 2, generator=gen) * 300], dim=1)
+    if "mask" in kind:
+        mask_input = torch.randn(batch, 1, 256, 256, generator=gen) * 3
+    return coords, labels, boxes, mask_input
+
+
+@pytest.fixture(scope="module")
+def image_state():
+    features = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(77))
+    return ImageState(features, (1200, 1800), (683, 1024))
+
+
+@pytest.mark.parametrize(
+    "kind,batch,multimask,best_only,region",
+    [
+        ("points", 1, True, False, None),
+        ("points", 1, True, True, (43, 64)),
+        ("box", 3, False, False, None),
+        ("points_box", 2, True, True, None),
+        ("points_mask", 2, False, False, (43, 64)),
+        ("points", 10, True, False, None),
+    ],
+)
+def test_sam_decode_fast_matches_reference(mobile_sam, image_state, kind, batch, multimask, best_only, region):
+    """Sam.decode (the engine) against Sam.decode(reference=True) (the plain modules), with the
+    model's own prompt encoder: points, boxes, mask inputs, best mask, region."""
+    prompts = _sam_prompts(kind, batch, seed=500 + batch)
+    with torch.inference_mode():
+        fast = mobile_sam.decode(image_state, *prompts, multimask, best_only, region)
+        reference = mobile_sam.decode(image_state, *prompts, multimask, best_only, region, reference=True)
+    _assert_same_as_reference(fast, reference)
+
+
+def test_sam_holds_only_the_plain_modules(mobile_sam, image_state):
+    """The engine has no weights of its own and is no submodule: the state_dict, the parameters
+    and the modules are the plain networks'; the engine reads the model's own modules."""
+    import copy
+
+    from samkit.modeling.prompt_encoder import PromptEncoder
+
+    model = copy.deepcopy(mobile_sam)
+    engine = model.decoder_engine()
+    assert engine.mask_decoder.decoder is model.mask_decoder
+    assert engine.dense_pe.prompt_encoder is model.prompt_encoder
+    assert isinstance(model.mask_decoder, MaskDecoder) and isinstance(model.prompt_encoder, PromptEncoder)
+    assert all(type(m).__module__.startswith(("samkit.modeling", "torch.")) for m in model.modules())
+    assert model.state_dict().keys() == mobile_sam.state_dict().keys()
+    # tuned weights loaded into the live model reach the fast path
+    prompts = _sam_prompts("points", 3, seed=600)
+    with torch.inference_mode():
+        before = model.decode(image_state, *prompts)
+    tuned = oracle.perturb_(copy.deepcopy(model.mask_decoder), seed=601).state_dict()
+    model.mask_decoder.load_state_dict(tuned)
+    with torch.inference_mode():
+        after = model.decode(image_state, *prompts)
+        reference = model.decode(image_state, *prompts, reference=True)
+    assert not torch.allclose(after[0], before[0])
+    _assert_same_as_reference(after, reference)
+    # a new mask decoder module gets a new engine
+    model.mask_decoder = MaskDecoder().eval()
+    assert model.decoder_engine().mask_decoder.decoder is model.mask_decoder
+    with torch.inference_mode():
+        fast = model.decode(image_state, *prompts)
+        _assert_same_as_reference(fast, model.decode(image_state, *prompts, reference=True))

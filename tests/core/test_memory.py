@@ -20,12 +20,13 @@ import pytest
 
 SCRIPT = """
 import resource, sys, torch
-from samkit.fast.mask_decoder import MaskDecoder
+from samkit.fast.mask_decoder import FastMaskDecoder
+from samkit.modeling.mask_decoder import MaskDecoder
 from samkit.utils.memory import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory() and keep_freed_memory()
 torch.manual_seed(0)
-decoders = [MaskDecoder().eval(), MaskDecoder().eval()]
+decoders = [FastMaskDecoder(MaskDecoder().eval()), FastMaskDecoder(MaskDecoder().eval())]
 g = torch.Generator().manual_seed(0)
 image, pe = torch.randn(1, 256, 64, 64, generator=g), torch.randn(1, 256, 64, 64, generator=g)
 sparse = torch.randn(1, 2, 256, generator=g)

@@ -1,0 +1,44 @@
+"""The fast decoding of a SAM 1 model, over its plain prompt encoder and mask decoder.
+
+`Sam.decode` and `Sam.prepare_decoder` go through DecoderEngine.for_modules: it serves the plain
+`PromptEncoder` and `MaskDecoder` of samkit.modeling (SAM 1's layout), and answers None for any
+other modules (a stand-in, another family's decoder), which then run as they are.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..modeling.mask_decoder import MaskDecoder
+from ..modeling.prompt_encoder import PromptEncoder
+from ..modeling.transformer import TwoWayTransformer
+from .mask_decoder import FastMaskDecoder
+from .prompt_encoder import KeptDensePE
+
+
+class DecoderEngine:
+    """The kept dense positional encoding (`dense_pe()`) and the FastMaskDecoder
+    (`mask_decoder`) of one model's plain prompt encoder and mask decoder."""
+
+    def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
+        self.dense_pe = KeptDensePE(prompt_encoder)
+        self.mask_decoder = FastMaskDecoder(mask_decoder)
+
+    @classmethod
+    def for_modules(cls, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> DecoderEngine | None:
+        """An engine for these modules, or None when they are not SAM 1's plain modules (the
+        engine computes SAM 1's upscaling with GELU activations)."""
+        if not (
+            isinstance(prompt_encoder, PromptEncoder)
+            and isinstance(mask_decoder, MaskDecoder)
+            and isinstance(mask_decoder.transformer, TwoWayTransformer)
+        ):
+            return None
+        activations = mask_decoder.output_upscaling[2], mask_decoder.output_upscaling[4]
+        if not all(type(act) is nn.GELU and act.approximate == "none" for act in activations):
+            return None
+        return cls(prompt_encoder, mask_decoder)
+
+    def serves(self, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> bool:
+        """Whether this engine reads these very modules."""
+        return self.dense_pe.prompt_encoder is prompt_encoder and self.mask_decoder.decoder is mask_decoder
