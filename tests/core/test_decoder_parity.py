@@ -383,13 +383,14 @@ def test_sam_holds_only_the_plain_modules(mobile_sam, image_state):
     prompts = _sam_prompts("points", 3, seed=600)
     with torch.inference_mode():
         before = model.decode(image_state, *prompts)
-    tuned = oracle.perturb_(copy.deepcopy(model.mask_decoder), seed=601).state_dict()
-    model.mask_decoder.load_state_dict(tuned)
-    with torch.inference_mode():
-        after = model.decode(image_state, *prompts)
-        reference = model.decode(image_state, *prompts, reference=True)
-    assert not torch.allclose(after[0], before[0])
-    _assert_same_as_reference(after, reference)
+    for module, seed in ((model.mask_decoder, 601), (model.prompt_encoder, 602)):  # the latter's PE matrix too
+        module.load_state_dict(oracle.perturb_(copy.deepcopy(module), seed=seed).state_dict())
+        with torch.inference_mode():
+            after = model.decode(image_state, *prompts)
+            reference = model.decode(image_state, *prompts, reference=True)
+        assert not torch.allclose(after[0], before[0])
+        _assert_same_as_reference(after, reference)
+        before = after
     # a new mask decoder module gets a new engine
     model.mask_decoder = MaskDecoder().eval()
     assert model.decoder_engine().mask_decoder.decoder is model.mask_decoder
