@@ -22,6 +22,7 @@ import functools
 import importlib
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import List
 
@@ -186,4 +187,6 @@ def image_predictor(model: nn.Module):
     official_sam2()
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    return SAM2ImagePredictor(model)
+    with warnings.catch_warnings():  # SAM2Transforms scripts its transforms; torch 2.13 deprecates that
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning)
+        return SAM2ImagePredictor(model)

@@ -6,6 +6,12 @@ those keys unchanged.
 
 - Structure, all four sizes: the same blocks (widths, heads, windows, query pooling) and exactly
   the official ``image_encoder.*`` keys and shapes, loaded strictly.
+- The image path, tiny and base-plus, against ``SAM2ImagePredictor`` on a real 1800x1200 photo
+  (so the square resize changes the aspect ratio): the 64x64 embedding and the two high-res maps
+  as the predictor keeps them; then low-res logits, IoU predictions, object scores and the masks
+  at image size for points, boxes, a box with a point, a mask input, batched boxes, single and
+  multi-mask. Logits to float32 rounding (measured ~1e-6 of their range), IoU within 1e-5,
+  masks at image size with IoU >= 0.999.
 - Trunk and neck, tiny and base-plus: every stage output and every FPN level on a 256x256 input
   (where the windows of 14 and 7 of the last two stages need padding), to float32 rounding. Small and large run
   on smaller inputs with perturbed norms and positional embeddings only (perturbing all of
@@ -17,11 +23,14 @@ from __future__ import annotations
 import copy
 import functools
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from samkit.modeling.backbones.hiera import HIERA_CONFIGS, plan_blocks
 from samkit.modeling.backbones.sam2_encoder import build_sam2_image_encoder
+from samkit.modeling.sam2.model import build_sam2
 
 try:
     from . import oracle, sam2_oracle
@@ -29,7 +38,16 @@ except ImportError:
     import oracle
     import sam2_oracle
 
-REL_TOL = 1e-5  # max |ours - official| relative to max |official|, per tensor
+REL_TOL = 1e-5
+
+
+def official_transformer():
+    """The official SAM 2 two-way transformer (until the plain reference one is on main)."""
+    sam2_oracle.official_sam2()
+    from sam2.modeling.sam.transformer import TwoWayTransformer
+
+    return TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)
+  # max |ours - official| relative to max |official|, per tensor
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, rel: float = REL_TOL, what: str = "") -> float:
@@ -131,3 +149,116 @@ def test_input_size_must_tile_the_window_embedding():
     encoder = build_sam2_image_encoder("tiny")
     with pytest.raises(ValueError, match="multiples of 32"):
         encoder(torch.zeros(1, 3, 100, 96))
+
+
+# ---------------------------------------------------------------------------------------------
+# the image path against SAM2ImagePredictor
+# ---------------------------------------------------------------------------------------------
+
+IOU_TOL = 1e-5
+MASK_IOU_MIN = 0.999
+
+CASES = {
+    "one point, multimask": dict(point_coords=[[500, 375]], point_labels=[1], multimask_output=True),
+    "two points, single": dict(point_coords=[[500, 375], [1125, 625]], point_labels=[1, 0], multimask_output=False),
+    "box, single": dict(box=[425, 600, 700, 875], multimask_output=False),
+    "box and negative point, multimask": dict(
+        box=[425, 600, 700, 875], point_coords=[[575, 750]], point_labels=[0], multimask_output=True
+    ),
+    "batched boxes, single": dict(
+        box=[[75, 275, 1725, 850], [425, 600, 700, 875], [1375, 550, 1650, 800]], multimask_output=False
+    ),
+    "mask input and point, single": dict(point_coords=[[500, 375]], point_labels=[1], multimask_output=False),
+}
+
+
+def sam2_model(size: str):
+    """Our SAM 2.1 model of ``size`` with the perturbed official weights, from the checkpoint file."""
+    _, path = sam2_oracle.official_model(size)
+    model = build_sam2(size, transformer=official_transformer).eval()
+    model.load_official_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"], path)
+    return model
+
+
+@pytest.fixture(scope="module", params=["tiny", "base_plus"])
+def image_pair(request, images_dir):
+    """(size, official predictor with the image set, our model, our embedding, our input record, image)."""
+    size = request.param
+    image = np.asarray(Image.open(images_dir / "truck.jpg").convert("RGB"))
+    official, _ = sam2_oracle.official_model(size)
+    predictor = sam2_oracle.image_predictor(official)
+    predictor.set_image(image)
+    ours = sam2_model(size)
+    with torch.inference_mode():
+        model_input = ours.preprocess(torch.from_numpy(image.copy()).permute(2, 0, 1))
+        embedding = ours.embed(model_input.pixels)
+    return size, predictor, ours, embedding, model_input, image
+
+
+def test_image_embedding_matches_predictor(image_pair):
+    size, predictor, ours, embedding, model_input, image = image_pair
+    assert model_input.original_size == image.shape[:2]
+    assert model_input.pixels.shape == (1, 3, 1024, 1024)
+    features = predictor._features
+    assert_close(embedding.image_embed, features["image_embed"], what=f"{size} image_embed")
+    for i, (a, b) in enumerate(zip(embedding.high_res_feats, features["high_res_feats"])):
+        assert_close(a, b, what=f"{size} high_res_feats[{i}]")
+
+
+def _ours_predict(ours, embedding, model_input, case, mask_input=None):
+    """Our model on one official ``predict`` case: (logits at image size, IoU, clamped low-res, object score)."""
+    kwargs = {}
+    with torch.inference_mode():
+        if "point_coords" in case:
+            coords = torch.tensor(case["point_coords"], dtype=torch.float32)
+            kwargs["point_coords"] = ours.transform_coords(coords, model_input.original_size)[None]
+            kwargs["point_labels"] = torch.tensor(case["point_labels"], dtype=torch.int32)[None]
+        if "box" in case:
+            boxes = torch.tensor(case["box"], dtype=torch.float32).reshape(-1, 4)
+            kwargs["boxes"] = ours.transform_boxes(boxes, model_input.original_size)
+        if mask_input is not None:
+            kwargs["mask_input"] = torch.as_tensor(mask_input, dtype=torch.float32).reshape(1, 1, 256, 256)
+        pred = ours.decode(embedding, multimask_output=case["multimask_output"], **kwargs)
+        logits = ours.postprocess_masks(pred.masks, model_input.original_size)
+        return logits, pred.iou_predictions, ours.clamp_low_res(pred.masks), pred.object_score_logits
+
+
+def _predict_with_object_scores(predictor, **kwargs):
+    """``predictor.predict(**kwargs)`` and the object-score logits its decoder computed (the
+    predictor drops them), caught with a forward hook."""
+    caught = []
+    hook = predictor.model.sam_mask_decoder.register_forward_hook(lambda mod, args, out: caught.append(out[3]))
+    try:
+        result = predictor.predict(**kwargs)
+    finally:
+        hook.remove()
+    assert len(caught) == 1
+    return result, caught[0]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_predictions_match_predictor(image_pair, name):
+    size, predictor, ours, embedding, model_input, image = image_pair
+    case = CASES[name]
+    mask_input = None
+    if name.startswith("mask input"):
+        # the best of a first click's three masks, fed back as the mask prompt (the usual refinement)
+        _, first_iou, first_low = predictor.predict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
+        mask_input = first_low[int(np.argmax(first_iou))][None]
+    args = {k: np.asarray(v) for k, v in case.items() if k != "multimask_output"}
+    (masks, iou, low), scores = _predict_with_object_scores(
+        predictor, **args, mask_input=mask_input, multimask_output=case["multimask_output"], return_logits=True
+    )
+    our_logits, our_iou, our_low, our_scores = _ours_predict(ours, embedding, model_input, case, mask_input)
+    batched = np.asarray(case.get("box", [])).ndim == 2
+    if not batched:  # the official predictor drops the batch axis of a single prompt
+        masks, iou, low = masks[None], iou[None], low[None]
+    assert our_low.shape == low.shape == (masks.shape[0], 3 if case["multimask_output"] else 1, 256, 256)
+    assert_close(our_low, torch.from_numpy(low), what=f"{size} {name} low-res logits")
+    assert float((our_iou - torch.from_numpy(iou)).abs().max()) <= IOU_TOL
+    assert_close(our_scores, scores, what=f"{size} {name} object score")
+    assert our_logits.shape == masks.shape
+    our_masks, their_masks = (our_logits > 0).numpy(), masks > predictor.mask_threshold
+    for a, b in zip(our_masks.reshape(-1, *image.shape[:2]), their_masks.reshape(-1, *image.shape[:2])):
+        assert b.any() and not b.all()  # a real mask, not a degenerate one
+        assert oracle.mask_iou(a, b) >= MASK_IOU_MIN

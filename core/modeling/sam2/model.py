@@ -1,0 +1,276 @@
+"""SAM 2 / 2.1 for images: the Hiera image encoder, SAM's prompt encoder and the SAM 2 mask decoder,
+with SAM 2's pre- and post-processing.
+
+The image path, step by step (each a small method, so that a predictor can run any family):
+
+1. ``preprocess``: RGB 0-255 -> [0, 1] -> square bilinear resize (with antialias) to 1024x1024,
+   the aspect ratio not kept -> ImageNet mean/std. The whole 1024x1024 frame is the image.
+2. ``embed``: encoder levels at strides 4, 8, 16; ``conv_s0`` / ``conv_s1`` project the first two
+   (once per image), ``no_mem_embed`` is added to the 64x64 embedding (the video model's "no
+   memory" token, also added for single images).
+3. ``transform_coords`` / ``transform_boxes``: pixel XY divided by the image's (w, h), times 1024.
+4. ``decode``: boxes become corner points labelled 2 and 3 in front of the points; prompt
+   encoder, then mask decoder -> low-res logits (B, M, 256, 256), IoU predictions, object score.
+5. ``postprocess_masks``: low-res logits bilinearly upsampled straight to the image size (no crop:
+   nothing was padded); ``clamp_low_res`` bounds the logits a caller keeps to +-32.
+
+Checkpoints: the official ``{"model": state_dict}`` files of SAM 2.0 and 2.1. Their image keys
+(``image_encoder.*``, ``sam_prompt_encoder.*``, ``sam_mask_decoder.*``, ``no_mem_embed``) load
+strictly; the video model's memory weights are recognised and ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...build import load_weights
+from ...errors import CheckpointError
+from ..backbones.sam2_encoder import Sam2ImageEncoder, build_sam2_image_encoder
+from .mask_decoder import Sam2MaskDecoder, Sam2MaskPrediction
+from .prompt_encoder import BOX_CORNER_LABELS, Sam2PromptEncoder
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LOW_RES_LOGIT_LIMIT = 32.0
+SIZES = ("tiny", "small", "base_plus", "large")
+
+# official checkpoint prefix -> ours (the attribute names of SAM 1's Sam)
+IMAGE_KEY_PREFIXES = {
+    "image_encoder.": "image_encoder.",
+    "sam_prompt_encoder.": "prompt_encoder.",
+    "sam_mask_decoder.": "mask_decoder.",
+    "no_mem_embed": "no_mem_embed",
+}
+# the video model's weights: present in every official checkpoint, unused for images
+VIDEO_KEY_PREFIXES = (
+    "memory_attention.",
+    "memory_encoder.",
+    "mask_downsample.",
+    "obj_ptr_proj.",
+    "obj_ptr_tpos_proj.",
+    "maskmem_tpos_enc",
+    "no_mem_pos_enc",
+    "no_obj_ptr",
+    "no_obj_embed_spatial",
+)
+
+
+class Sam2Input(NamedTuple):
+    """A preprocessed image batch."""
+
+    pixels: torch.Tensor  # (B, 3, 1024, 1024), normalised
+    input_size: tuple[int, int]  # the part of the 1024 frame the image covers: all of it
+    original_size: tuple[int, int]  # (H, W) of the image
+
+
+class Sam2ImageEmbedding(NamedTuple):
+    """What the decoder needs of an image: computed once, used for every prompt."""
+
+    image_embed: torch.Tensor  # (B, 256, 64, 64), no_mem_embed added
+    high_res_feats: tuple[torch.Tensor, torch.Tensor]  # (B, 32, 256, 256), (B, 64, 128, 128), projected
+
+
+class Sam2(nn.Module):
+    """A SAM 2 / 2.1 image model. ``arch`` names it (e.g. "sam2.1_hiera_tiny").
+
+    Weights stay in float32; ``compute_dtype`` is the precision the networks run in under
+    autocast, and outputs are float32, as for SAM 1's ``Sam``.
+    """
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: Sam2ImageEncoder,
+        prompt_encoder: Sam2PromptEncoder,
+        mask_decoder: Sam2MaskDecoder,
+        arch: str,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, prompt_encoder.embed_dim))
+        self.arch = arch
+        self.compute_dtype = torch.float32
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(-1, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.compute_dtype
+
+    @property
+    def image_size(self) -> int:
+        return self.image_encoder.img_size
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Context in which the networks run at ``compute_dtype``; a no-op for float32."""
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
+    # -- 1. image -> model input ---------------------------------------------------------------
+
+    def preprocess(self, image: torch.Tensor) -> Sam2Input:
+        """RGB image (3, H, W) or batch (B, 3, H, W) with values 0-255 (uint8 or float) -> the
+        normalised 1024x1024 input. As the official transforms: divided by 255, resized (bilinear,
+        antialias, on float32), then normalised."""
+        x = image if image.dim() == 4 else image.unsqueeze(0)
+        original_size = (int(x.shape[-2]), int(x.shape[-1]))
+        x = x.to(device=self.device, dtype=torch.float32).div(255)
+        size = (self.image_size, self.image_size)
+        if original_size != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.pixel_mean) / self.pixel_std
+        return Sam2Input(x, size, original_size)
+
+    # -- 2. model input -> image embedding ------------------------------------------------------
+
+    def embed(self, pixels: torch.Tensor) -> Sam2ImageEmbedding:
+        """Preprocessed (B, 3, 1024, 1024) -> the image's embedding and high-res features (float32).
+        Runs under the caller's grad mode (wrap in ``torch.inference_mode()`` for inference)."""
+        with self.autocast():
+            feat_s0, feat_s1, image_embed = self.image_encoder(pixels)
+            feat_s0, feat_s1 = self.mask_decoder.project_high_res(feat_s0, feat_s1)
+            image_embed = image_embed + self.no_mem_embed.view(1, -1, 1, 1)
+        return Sam2ImageEmbedding(image_embed.float(), (feat_s0.float(), feat_s1.float()))
+
+    # -- 3. prompts in pixels -> the 1024 frame -------------------------------------------------
+
+    def transform_coords(self, coords: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        """XY pixel coordinates (..., 2) in the image -> the 1024x1024 input frame."""
+        height, width = original_size
+        size = torch.tensor([width, height], dtype=torch.float32, device=coords.device)
+        # divided by the size, then multiplied, as the official transform does (the same rounding)
+        return coords.float() / size * self.image_size
+
+    def transform_boxes(self, boxes: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        """XYXY boxes (..., 4) in the image -> the 1024x1024 input frame."""
+        shape = boxes.shape
+        return self.transform_coords(boxes.reshape(-1, 2, 2), original_size).reshape(shape)
+
+    # -- 4. prompts -> masks ----------------------------------------------------------------------
+
+    @staticmethod
+    def prompt_points(
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Points (B, N, 2) + labels (B, N) and boxes (B, 4), in the 1024 frame, as the labelled
+        points SAM 2 encodes: each box's corners first (labels 2, 3), then the points."""
+        if boxes is None:
+            return None if point_coords is None else (point_coords, point_labels)
+        corners = boxes.reshape(-1, 2, 2)
+        corner_labels = torch.tensor([BOX_CORNER_LABELS], dtype=torch.int32, device=boxes.device)
+        corner_labels = corner_labels.expand(corners.shape[0], -1)
+        if point_coords is None:
+            return corners, corner_labels
+        return (
+            torch.cat([corners, point_coords.to(corners.dtype)], dim=1),
+            torch.cat([corner_labels, point_labels.to(corner_labels.dtype)], dim=1),
+        )
+
+    def decode(
+        self,
+        embedding: Sam2ImageEmbedding,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> Sam2MaskPrediction:
+        """Prompts in the 1024 frame (points (B, N, 2) with labels (B, N), boxes (B, 4), mask logits
+        (B, 1, 256, 256)) -> low-res logits, IoU predictions and object scores (float32, not clamped).
+        An embedding of batch 1 is shared by all B prompts."""
+        points = self.prompt_points(point_coords, point_labels, boxes)
+        with self.autocast():
+            sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
+            prediction = self.mask_decoder(
+                image_embeddings=embedding.image_embed,
+                image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                high_res_features=embedding.high_res_feats,
+                multimask_output=multimask_output,
+            )
+        return Sam2MaskPrediction(*(t.float() for t in prediction))
+
+    # -- 5. low-res logits -> the image ---------------------------------------------------------
+
+    def postprocess_masks(self, low_res_masks: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        """Low-res logits (B, M, 256, 256) -> logits at the image size (B, M, H, W)."""
+        return F.interpolate(low_res_masks.float(), original_size, mode="bilinear", align_corners=False)
+
+    @staticmethod
+    def clamp_low_res(low_res_masks: torch.Tensor) -> torch.Tensor:
+        """The low-res logits as the official predictor returns them (for a later mask input)."""
+        return low_res_masks.clamp(-LOW_RES_LOGIT_LIMIT, LOW_RES_LOGIT_LIMIT)
+
+    # -- weights --------------------------------------------------------------------------------
+
+    def load_official_state_dict(self, state_dict: dict[str, torch.Tensor], path: Path | str = "state_dict") -> None:
+        """Load an official SAM 2 / 2.1 state_dict (the ``"model"`` entry of the checkpoint)."""
+        load_weights(self, image_weights(state_dict, path), Path(path))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def image_weights(state_dict: dict[str, torch.Tensor], path: Path | str = "state_dict") -> dict[str, torch.Tensor]:
+    """The image model's weights of an official SAM 2 / 2.1 state_dict, under our names; the video
+    weights are dropped. Keys that are neither raise a CheckpointError naming them."""
+    ours, unknown = {}, []
+    for key, value in state_dict.items():
+        for prefix, new in IMAGE_KEY_PREFIXES.items():
+            if key.startswith(prefix):
+                ours[new + key[len(prefix):]] = value
+                break
+        else:
+            if not key.startswith(VIDEO_KEY_PREFIXES):
+                unknown.append(key)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise CheckpointError(f"{path} is not a SAM 2 checkpoint: {len(unknown)} unknown keys: {shown}")
+    if not ours:
+        raise CheckpointError(
+            f"{path} holds no SAM 2 image model: no image_encoder, sam_prompt_encoder or sam_mask_decoder "
+            "weights (only video memory weights)"
+        )
+    return ours
+
+
+def default_transformer() -> nn.Module:
+    """SAM 2's two-way transformer: SAM 1's plain reference (depth 2, width 256, MLP 2048, 8 heads)."""
+    from ..transformer import TwoWayTransformer
+
+    return TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)
+
+
+def build_sam2(
+    size: str, version: str = "2.1", transformer: Callable[[], nn.Module] = default_transformer
+) -> Sam2:
+    """A SAM 2 (``version="2.0"``) or 2.1 image model of one Hiera size, randomly initialised. The
+    image networks of 2.0 and 2.1 are the same; the versions differ in video weights only."""
+    if size not in SIZES:
+        raise ValueError(f"unknown SAM 2 size {size!r}; expected one of {', '.join(SIZES)}")
+    if version not in ("2.0", "2.1"):
+        raise ValueError(f"unknown SAM 2 version {version!r}; expected '2.0' or '2.1'")
+    prompt_encoder = Sam2PromptEncoder(
+        embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16
+    )
+    name = f"sam2.1_hiera_{size}" if version == "2.1" else f"sam2_hiera_{size}"
+    return Sam2(build_sam2_image_encoder(size), prompt_encoder, Sam2MaskDecoder(transformer()), arch=name)
