@@ -10,8 +10,10 @@ those keys unchanged.
   (so the square resize changes the aspect ratio): the 64x64 embedding and the two high-res maps
   as the predictor keeps them; then low-res logits, IoU predictions, object scores and the masks
   at image size for points, boxes, a box with a point, a mask input, batched boxes, single and
-  multi-mask. Logits to float32 rounding (measured ~1e-6 of their range), IoU within 1e-5,
-  masks at image size with IoU >= 0.999.
+  multi-mask, through the predictor's family interface (``encode_image``, ``to_input_frame``,
+  ``decode``, ``postprocess_masks`` and OpenCV's ``upscale_logits``). Logits to float32 rounding
+  (measured <1e-6 of their range), IoU within 1e-5, masks at image size with IoU >= 0.999.
+  ``samkit.Predictor`` runs the model as it is and gives the same masks.
 - Trunk and neck, tiny and base-plus: every stage output and every FPN level on a 256x256 input
   (where the windows of 14 and 7 of the last two stages need padding), to float32 rounding. Small and large run
   on smaller inputs with perturbed norms and positional embeddings only (perturbing all of
@@ -28,9 +30,10 @@ import pytest
 import torch
 from PIL import Image
 
+import samkit
 from samkit.modeling.backbones.hiera import HIERA_CONFIGS, plan_blocks
 from samkit.modeling.backbones.sam2_encoder import build_sam2_image_encoder
-from samkit.modeling.sam2.model import build_sam2
+from samkit.modeling.sam2.model import Sam2, build_sam2
 
 try:
     from . import oracle, sam2_oracle
@@ -182,45 +185,54 @@ def sam2_model(size: str):
 
 @pytest.fixture(scope="module", params=["tiny", "base_plus"])
 def image_pair(request, images_dir):
-    """(size, official predictor with the image set, our model, our embedding, our input record, image)."""
+    """(size, official predictor with the image set, our model, our image state, the image)."""
     size = request.param
     image = np.asarray(Image.open(images_dir / "truck.jpg").convert("RGB"))
     official, _ = sam2_oracle.official_model(size)
     predictor = sam2_oracle.image_predictor(official)
     predictor.set_image(image)
     ours = sam2_model(size)
-    with torch.inference_mode():
-        model_input = ours.preprocess(torch.from_numpy(image.copy()).permute(2, 0, 1))
-        embedding = ours.embed(model_input.pixels)
-    return size, predictor, ours, embedding, model_input, image
+    return size, predictor, ours, ours.encode_image(image), image
 
 
 def test_image_embedding_matches_predictor(image_pair):
-    size, predictor, ours, embedding, model_input, image = image_pair
-    assert model_input.original_size == image.shape[:2]
-    assert model_input.pixels.shape == (1, 3, 1024, 1024)
+    size, predictor, ours, state, image = image_pair
+    assert state.original_size == image.shape[:2]
+    assert state.input_size == (1024, 1024)  # the image fills the square input
     features = predictor._features
-    assert_close(embedding.image_embed, features["image_embed"], what=f"{size} image_embed")
-    for i, (a, b) in enumerate(zip(embedding.high_res_feats, features["high_res_feats"])):
+    assert_close(state.features, features["image_embed"], what=f"{size} image_embed")
+    assert len(state.high_res_features) == 2
+    for i, (a, b) in enumerate(zip(state.high_res_features, features["high_res_feats"])):
         assert_close(a, b, what=f"{size} high_res_feats[{i}]")
 
 
-def _ours_predict(ours, embedding, model_input, case, mask_input=None):
-    """Our model on one official ``predict`` case: (logits at image size, IoU, clamped low-res, object score)."""
+def test_preprocessing_matches_official_transforms(image_pair):
+    size, predictor, ours, state, image = image_pair
+    with torch.inference_mode():
+        pixels = ours.preprocess(torch.from_numpy(image.copy()).permute(2, 0, 1)).pixels
+    assert_close(pixels[0], predictor._transforms(image), what="preprocessed image")
+
+
+def _ours_predict(ours, state, case, mask_input=None):
+    """Our model on one official ``predict`` case, through the family interface: (logits at image
+    size with torch, with OpenCV, IoU, clamped low-res, object score)."""
     kwargs = {}
     with torch.inference_mode():
         if "point_coords" in case:
-            coords = torch.tensor(case["point_coords"], dtype=torch.float32)
-            kwargs["point_coords"] = ours.transform_coords(coords, model_input.original_size)[None]
+            coords = ours.to_input_frame(np.asarray(case["point_coords"]), state)
+            kwargs["point_coords"] = torch.from_numpy(coords)[None]
             kwargs["point_labels"] = torch.tensor(case["point_labels"], dtype=torch.int32)[None]
         if "box" in case:
-            boxes = torch.tensor(case["box"], dtype=torch.float32).reshape(-1, 4)
-            kwargs["boxes"] = ours.transform_boxes(boxes, model_input.original_size)
+            boxes = np.asarray(case["box"], dtype=np.float32).reshape(-1, 2, 2)
+            kwargs["boxes"] = torch.from_numpy(ours.to_input_frame(boxes, state)).reshape(-1, 4)
         if mask_input is not None:
             kwargs["mask_input"] = torch.as_tensor(mask_input, dtype=torch.float32).reshape(1, 1, 256, 256)
-        pred = ours.decode(embedding, multimask_output=case["multimask_output"], **kwargs)
-        logits = ours.postprocess_masks(pred.masks, model_input.original_size)
-        return logits, pred.iou_predictions, ours.clamp_low_res(pred.masks), pred.object_score_logits
+        pred = ours.decode_prompts(state, multimask_output=case["multimask_output"], **kwargs)
+        low, iou = ours.decode(state, multimask_output=case["multimask_output"], **kwargs)
+        assert torch.equal(low, pred.masks) and torch.equal(iou, pred.iou_predictions)
+        logits = ours.postprocess_masks(pred.masks, state.input_size, state.original_size)
+        with_cv2 = np.stack([ours.upscale_logits(m, state) for m in pred.masks.flatten(0, 1).numpy()])
+        return logits, with_cv2, pred.iou_predictions, ours.clamp_low_res(pred.masks), pred.object_score_logits
 
 
 def _predict_with_object_scores(predictor, **kwargs):
@@ -238,7 +250,7 @@ def _predict_with_object_scores(predictor, **kwargs):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_predictions_match_predictor(image_pair, name):
-    size, predictor, ours, embedding, model_input, image = image_pair
+    size, predictor, ours, state, image = image_pair
     case = CASES[name]
     mask_input = None
     if name.startswith("mask input"):
@@ -249,7 +261,7 @@ def test_predictions_match_predictor(image_pair, name):
     (masks, iou, low), scores = _predict_with_object_scores(
         predictor, **args, mask_input=mask_input, multimask_output=case["multimask_output"], return_logits=True
     )
-    our_logits, our_iou, our_low, our_scores = _ours_predict(ours, embedding, model_input, case, mask_input)
+    our_logits, our_cv2, our_iou, our_low, our_scores = _ours_predict(ours, state, case, mask_input)
     batched = np.asarray(case.get("box", [])).ndim == 2
     if not batched:  # the official predictor drops the batch axis of a single prompt
         masks, iou, low = masks[None], iou[None], low[None]
@@ -258,7 +270,52 @@ def test_predictions_match_predictor(image_pair, name):
     assert float((our_iou - torch.from_numpy(iou)).abs().max()) <= IOU_TOL
     assert_close(our_scores, scores, what=f"{size} {name} object score")
     assert our_logits.shape == masks.shape
-    our_masks, their_masks = (our_logits > 0).numpy(), masks > predictor.mask_threshold
-    for a, b in zip(our_masks.reshape(-1, *image.shape[:2]), their_masks.reshape(-1, *image.shape[:2])):
-        assert b.any() and not b.all()  # a real mask, not a degenerate one
+    their_masks = (masks > predictor.mask_threshold).reshape(-1, *image.shape[:2])
+    for ours_up in (our_logits.numpy(), our_cv2):
+        our_masks = (ours_up > ours.mask_threshold).reshape(-1, *image.shape[:2])
+        for a, b in zip(our_masks, their_masks):
+            assert b.any() and not b.all()  # a real mask, not a degenerate one
+            assert oracle.mask_iou(a, b) >= MASK_IOU_MIN
+
+
+def test_best_only_and_region(image_pair):
+    """The predictor's options on the family interface: best_only keeps the mask of highest IoU,
+    region the top-left part of the logits."""
+    size, predictor, ours, state, image = image_pair
+    coords = torch.from_numpy(ours.to_input_frame(np.array([[[500, 375]], [[1125, 625]]]), state))
+    labels = torch.ones(2, 1, dtype=torch.int32)
+    with torch.inference_mode():
+        low, iou = ours.decode(state, coords, labels)
+        best_low, best_iou = ours.decode(state, coords, labels, best_only=True)
+        part, _ = ours.decode(state, coords, labels, region=(10, 20))
+    best = iou.argmax(1)
+    assert torch.equal(best_iou[:, 0], iou[torch.arange(2), best])
+    assert torch.equal(best_low[:, 0], low[torch.arange(2), best])
+    assert torch.equal(part, low[..., :40, :80])
+    assert ours.mask_region(state) == (64, 64)
+
+
+def test_samkit_predictor_runs_sam2(image_pair):
+    """samkit.Predictor on our SAM 2 model (through the family interface) gives the official masks
+    and scores; its low-res logits are the official ones before the official +-32 clamp."""
+    size, predictor, ours, state, image = image_pair
+    ours_predictor = samkit.Predictor(ours)
+    ours_predictor.set_image_state(state)
+    for kwargs in (
+        dict(point_coords=np.array([[500, 375]]), point_labels=np.array([1])),
+        dict(box=np.array([425, 600, 700, 875]), point_coords=np.array([[575, 750]]), point_labels=np.array([0]),
+             multimask_output=False),
+    ):
+        masks, scores, low = ours_predictor.predict(**kwargs)
+        ref_masks, ref_scores, ref_low = predictor.predict(**kwargs)
+        assert masks.shape == ref_masks.shape
+        assert np.abs(scores - ref_scores).max() <= IOU_TOL
+        assert_close(Sam2.clamp_low_res(torch.from_numpy(low)), torch.from_numpy(ref_low), what="low-res logits")
+        for a, b in zip(masks, ref_masks):
+            assert oracle.mask_iou(a, b) >= MASK_IOU_MIN
+    boxes = np.array(CASES["batched boxes, single"]["box"])
+    masks, scores, _ = ours_predictor.predict_batch(boxes=boxes)
+    ref_masks, ref_scores, _ = predictor.predict(box=boxes, multimask_output=False)
+    assert np.abs(scores - ref_scores).max() <= IOU_TOL
+    for a, b in zip(masks.reshape(-1, *image.shape[:2]), ref_masks.reshape(-1, *image.shape[:2])):
         assert oracle.mask_iou(a, b) >= MASK_IOU_MIN

@@ -1,7 +1,7 @@
 """SAM 2 / 2.1 for images: the Hiera image encoder, SAM's prompt encoder and the SAM 2 mask decoder,
 with SAM 2's pre- and post-processing.
 
-The image path, step by step (each a small method, so that a predictor can run any family):
+The image path, step by step (plain, differentiable steps):
 
 1. ``preprocess``: RGB 0-255 -> [0, 1] -> square bilinear resize (with antialias) to 1024x1024,
    the aspect ratio not kept -> ImageNet mean/std. The whole 1024x1024 frame is the image.
@@ -9,10 +9,15 @@ The image path, step by step (each a small method, so that a predictor can run a
    (once per image), ``no_mem_embed`` is added to the 64x64 embedding (the video model's "no
    memory" token, also added for single images).
 3. ``transform_coords`` / ``transform_boxes``: pixel XY divided by the image's (w, h), times 1024.
-4. ``decode``: boxes become corner points labelled 2 and 3 in front of the points; prompt
+4. ``decode_prompts``: boxes become corner points labelled 2 and 3 in front of the points; prompt
    encoder, then mask decoder -> low-res logits (B, M, 256, 256), IoU predictions, object score.
 5. ``postprocess_masks``: low-res logits bilinearly upsampled straight to the image size (no crop:
-   nothing was padded); ``clamp_low_res`` bounds the logits a caller keeps to +-32.
+   nothing was padded); ``clamp_low_res`` bounds the logits a caller keeps to +-32 (after the
+   upsampling, as the official predictor does: clamping first would move some mask edges).
+
+The predictor's family interface (see ``samkit.modeling.sam.Sam``) is answered with these steps:
+``encode_image``, ``prepare_decoder``, ``to_input_frame``, ``decode``, ``mask_region``,
+``upscale_logits`` and ``postprocess_masks``.
 
 Checkpoints: the official ``{"model": state_dict}`` files of SAM 2.0 and 2.1. Their image keys
 (``image_encoder.*``, ``sam_prompt_encoder.*``, ``sam_mask_decoder.*``, ``no_mem_embed``) load
@@ -26,12 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...build import load_weights
 from ...errors import CheckpointError
+from ...image_state import ImageState
 from ..backbones.sam2_encoder import Sam2ImageEncoder, build_sam2_image_encoder
 from .mask_decoder import Sam2MaskDecoder, Sam2MaskPrediction
 from .prompt_encoder import BOX_CORNER_LABELS, Sam2PromptEncoder
@@ -71,10 +79,11 @@ class Sam2Input(NamedTuple):
 
 
 class Sam2ImageEmbedding(NamedTuple):
-    """What the decoder needs of an image: computed once, used for every prompt."""
+    """What the decoder needs of an image: computed once, used for every prompt. (The field names
+    are ImageState's, so the decoding steps take either.)"""
 
-    image_embed: torch.Tensor  # (B, 256, 64, 64), no_mem_embed added
-    high_res_feats: tuple[torch.Tensor, torch.Tensor]  # (B, 32, 256, 256), (B, 64, 128, 128), projected
+    features: torch.Tensor  # (B, 256, 64, 64), no_mem_embed added
+    high_res_features: tuple[torch.Tensor, torch.Tensor]  # (B, 32, 256, 256), (B, 64, 128, 128), projected
 
 
 class Sam2(nn.Module):
@@ -115,6 +124,11 @@ class Sam2(nn.Module):
     @property
     def image_size(self) -> int:
         return self.image_encoder.img_size
+
+    @property
+    def mask_scale(self) -> int:
+        """Input-frame pixels per low-res mask pixel (1024 / 256 = 4)."""
+        return self.image_size // self.prompt_encoder.mask_input_size[1]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Context in which the networks run at ``compute_dtype``; a no-op for float32."""
@@ -184,9 +198,9 @@ class Sam2(nn.Module):
             torch.cat([corner_labels, point_labels.to(corner_labels.dtype)], dim=1),
         )
 
-    def decode(
+    def decode_prompts(
         self,
-        embedding: Sam2ImageEmbedding,
+        state: Sam2ImageEmbedding | ImageState,
         point_coords: torch.Tensor | None = None,
         point_labels: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
@@ -195,30 +209,94 @@ class Sam2(nn.Module):
     ) -> Sam2MaskPrediction:
         """Prompts in the 1024 frame (points (B, N, 2) with labels (B, N), boxes (B, 4), mask logits
         (B, 1, 256, 256)) -> low-res logits, IoU predictions and object scores (float32, not clamped).
-        An embedding of batch 1 is shared by all B prompts."""
+        The image's ``features`` and ``high_res_features`` come from ``embed`` or ``encode_image``;
+        with batch 1 they are shared by all B prompts. Differentiable."""
         points = self.prompt_points(point_coords, point_labels, boxes)
         with self.autocast():
             sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
             prediction = self.mask_decoder(
-                image_embeddings=embedding.image_embed,
+                image_embeddings=state.features,
                 image_pe=self.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
-                high_res_features=embedding.high_res_feats,
+                high_res_features=tuple(state.high_res_features),
                 multimask_output=multimask_output,
             )
         return Sam2MaskPrediction(*(t.float() for t in prediction))
 
     # -- 5. low-res logits -> the image ---------------------------------------------------------
 
-    def postprocess_masks(self, low_res_masks: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
-        """Low-res logits (B, M, 256, 256) -> logits at the image size (B, M, H, W)."""
-        return F.interpolate(low_res_masks.float(), original_size, mode="bilinear", align_corners=False)
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Low-res logits (B, M, 256, 256) -> logits at the image size (B, M, H, W): one bilinear
+        resize (the image fills the whole input frame, so ``input_size`` is all of it)."""
+        return F.interpolate(masks.float(), original_size, mode="bilinear", align_corners=False)
 
     @staticmethod
     def clamp_low_res(low_res_masks: torch.Tensor) -> torch.Tensor:
         """The low-res logits as the official predictor returns them (for a later mask input)."""
         return low_res_masks.clamp(-LOW_RES_LOGIT_LIMIT, LOW_RES_LOGIT_LIMIT)
+
+    # -- the predictor's family interface -------------------------------------------------------
+
+    def encode_image(self, image: np.ndarray) -> ImageState:
+        """HxWx3 uint8 RGB -> the image's state (embedding and high-res features, float32)."""
+        # torch wants writable memory (a decoded PIL image's array is read-only): copied only then
+        tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
+        with torch.inference_mode():
+            model_input = self.preprocess(tensor)
+            embedding = self.embed(model_input.pixels)
+        # normal tensors, not inference tensors: callers may use them where autograd records
+        with torch.inference_mode(False):
+            features = embedding.features.clone()
+            high_res = tuple(t.clone() for t in embedding.high_res_features)
+        return ImageState(features, model_input.original_size, model_input.input_size, high_res)
+
+    def prepare_decoder(self, state: ImageState) -> None:
+        """Nothing to prepare: the plain decoder shares no image-only work between calls."""
+
+    def to_input_frame(self, coords: np.ndarray, state: ImageState) -> np.ndarray:
+        """XY pixel coordinates (..., 2) in the image -> the 1024 frame (float32, as the official)."""
+        frame = self.transform_coords(torch.as_tensor(np.asarray(coords), dtype=torch.float32), state.original_size)
+        return frame.numpy()
+
+    def decode(
+        self,
+        state: ImageState | Sam2ImageEmbedding,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        best_only: bool = False,
+        region: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``decode_prompts`` as the predictor calls it: float32 low-res logits (B, C, 256, 256),
+        not clamped, and IoU predictions (B, C). best_only keeps the mask of highest predicted IoU
+        (C = 1); region (rows, cols) of image tokens keeps the top-left (4 * rows, 4 * cols) of
+        the logits."""
+        prediction = self.decode_prompts(state, point_coords, point_labels, boxes, mask_input, multimask_output)
+        masks, iou = prediction.masks, prediction.iou_predictions
+        if best_only:
+            best = iou.argmax(dim=1, keepdim=True)
+            masks = torch.take_along_dim(masks, best[:, :, None, None], dim=1)
+            iou = iou.gather(1, best)
+        if region is not None:
+            scale = masks.shape[-1] // self.prompt_encoder.image_embedding_size[1]
+            masks = masks[..., : region[0] * scale, : region[1] * scale]
+        return masks, iou
+
+    def mask_region(self, state: ImageState) -> tuple[int, int]:
+        """(rows, cols) of image tokens whose masks reach the image: all of them."""
+        return tuple(self.prompt_encoder.image_embedding_size)
+
+    def upscale_logits(self, low_res: np.ndarray, state: ImageState, out: np.ndarray | None = None) -> np.ndarray:
+        """Low-res logits (256, 256) float32 on the CPU -> logits at the image size, into ``out``
+        if given: ``postprocess_masks`` with OpenCV's bilinear resize (the same half-pixel
+        centres as torch's, faster on a CPU; they differ by float32 rounding)."""
+        height, width = state.original_size
+        return cv2.resize(low_res, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
 
     # -- weights --------------------------------------------------------------------------------
 
