@@ -17,14 +17,12 @@ from samkit.modeling.sam2.model import VIDEO_KEY_PREFIXES, build_sam2, image_wei
 
 try:
     from . import sam2_oracle
-    from .test_sam2_parity import official_transformer
 except ImportError:
     import sam2_oracle
-    from test_sam2_parity import official_transformer
 
 
 def _ours(size: str = "tiny", version: str = "2.1"):
-    return build_sam2(size, version=version, transformer=official_transformer)
+    return build_sam2(size, version=version)
 
 
 def test_official_checkpoint_loads_and_drops_video_weights():

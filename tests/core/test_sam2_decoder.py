@@ -23,14 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from samkit.modeling.sam2.mask_decoder import Sam2MaskDecoder, stability_scores
+from samkit.modeling.sam2.model import default_transformer
+from samkit.modeling.transformer import TwoWayTransformer
 from samkit.modeling.sam2.prompt_encoder import Sam2PromptEncoder
 
 try:
     from . import sam2_oracle
-    from .test_sam2_parity import assert_close, official_transformer
+    from .test_sam2_parity import assert_close
 except ImportError:
     import sam2_oracle
-    from test_sam2_parity import assert_close, official_transformer
+    from test_sam2_parity import assert_close
 
 IOU_TOL = 1e-5
 GRAD_REL_TOL = 1e-4  # per parameter: max |diff| relative to the largest official gradient entry ...
@@ -54,7 +56,7 @@ def prompt_encoders(official):
 
 @pytest.fixture(scope="module")
 def decoders(official):
-    ours = Sam2MaskDecoder(official_transformer())
+    ours = Sam2MaskDecoder(default_transformer())
     ours.load_state_dict(official.sam_mask_decoder.state_dict(), strict=True)
     return ours.eval(), official.sam_mask_decoder
 
@@ -157,6 +159,14 @@ def test_decoder_matches_official(decoders, prompt_encoders, num_prompts, per_pr
     mine, theirs = _run_both(decoders, image, high_res, sparse, dense, multimask)
     assert mine.masks.shape == (num_prompts, 3 if multimask else 1, 256, 256)
     _assert_same(mine, theirs, f"{num_prompts} prompts")
+
+
+def test_decoder_uses_the_shared_plain_transformer(decoders):
+    """SAM 2's two-way transformer is SAM 1's plain module (one implementation), its MLPs under
+    SAM 2's key names."""
+    ours, official = decoders
+    assert type(ours.transformer) is TwoWayTransformer
+    assert {k for k in ours.state_dict() if ".mlp." in k} == {k for k in official.state_dict() if ".mlp." in k}
 
 
 def test_dynamic_multimask_defaults_are_official(decoders):

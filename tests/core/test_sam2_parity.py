@@ -44,15 +44,6 @@ except ImportError:
 REL_TOL = 1e-5
 
 
-def official_transformer():
-    """The official SAM 2 two-way transformer (until the plain reference one is on main)."""
-    sam2_oracle.official_sam2()
-    from sam2.modeling.sam.transformer import TwoWayTransformer
-
-    return TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)
-  # max |ours - official| relative to max |official|, per tensor
-
-
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, rel: float = REL_TOL, what: str = "") -> float:
     """Same shape and max |diff| <= rel * max |ref|; returns the measured relative difference."""
     assert ours.shape == ref.shape, (what, ours.shape, ref.shape)
@@ -160,6 +151,8 @@ def test_input_size_must_tile_the_window_embedding():
 
 IOU_TOL = 1e-5
 MASK_IOU_MIN = 0.999
+# one logit per prompt, through the transformer and a 3-layer MLP (measured 5e-6 of its size)
+SCORE_TOL = 1e-4
 
 CASES = {
     "one point, multimask": dict(point_coords=[[500, 375]], point_labels=[1], multimask_output=True),
@@ -178,7 +171,7 @@ CASES = {
 def sam2_model(size: str):
     """Our SAM 2.1 model of ``size`` with the perturbed official weights, from the checkpoint file."""
     _, path = sam2_oracle.official_model(size)
-    model = build_sam2(size, transformer=official_transformer).eval()
+    model = build_sam2(size).eval()
     model.load_official_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"], path)
     return model
 
@@ -268,7 +261,7 @@ def test_predictions_match_predictor(image_pair, name):
     assert our_low.shape == low.shape == (masks.shape[0], 3 if case["multimask_output"] else 1, 256, 256)
     assert_close(our_low, torch.from_numpy(low), what=f"{size} {name} low-res logits")
     assert float((our_iou - torch.from_numpy(iou)).abs().max()) <= IOU_TOL
-    assert_close(our_scores, scores, what=f"{size} {name} object score")
+    assert_close(our_scores, scores, rel=SCORE_TOL, what=f"{size} {name} object score")
     assert our_logits.shape == masks.shape
     their_masks = (masks > predictor.mask_threshold).reshape(-1, *image.shape[:2])
     for ours_up in (our_logits.numpy(), our_cv2):

@@ -15,8 +15,10 @@ It is SAM 1's decoder with three additions:
   stability score (area above +0.05 over area above -0.05) is at least 0.98, otherwise the best
   of the three multimask outputs by predicted IoU is returned instead.
 
-The two-way transformer is passed in (SAM 1's structure: ``transformer(image (B, C, h, w), image_pe
-(B, C, h, w), tokens (B, T, C)) -> (tokens, image tokens (B, h*w, C))``).
+The two-way transformer is passed in: SAM 1's plain one (``samkit.modeling.transformer``), whose
+structure SAM 2 keeps, with SAM 2's key names for its MLPs (``model.default_transformer``).
+``transformer(image (B, C, h, w), image_pe (B, C, h, w), tokens (B, T, C)) -> (tokens, image
+tokens (B, h*w, C))``.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ strictly; the video model's memory weights are recognised and ignored.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +40,8 @@ from ...build import load_weights
 from ...errors import CheckpointError
 from ...image_state import ImageState
 from ..backbones.sam2_encoder import Sam2ImageEncoder, build_sam2_image_encoder
+from ..common import MLP
+from ..transformer import TwoWayTransformer
 from .mask_decoder import Sam2MaskDecoder, Sam2MaskPrediction
 from .prompt_encoder import BOX_CORNER_LABELS, Sam2PromptEncoder
 
@@ -271,11 +272,12 @@ class Sam2(nn.Module):
         multimask_output: bool = True,
         best_only: bool = False,
         region: tuple[int, int] | None = None,
+        reference: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``decode_prompts`` as the predictor calls it: float32 low-res logits (B, C, 256, 256),
         not clamped, and IoU predictions (B, C). best_only keeps the mask of highest predicted IoU
         (C = 1); region (rows, cols) of image tokens keeps the top-left (4 * rows, 4 * cols) of
-        the logits."""
+        the logits. reference: SAM 2 has no fast decoder yet, its plain modules always run."""
         prediction = self.decode_prompts(state, point_coords, point_labels, boxes, mask_input, multimask_output)
         masks, iou = prediction.masks, prediction.iou_predictions
         if best_only:
@@ -331,16 +333,22 @@ def image_weights(state_dict: dict[str, torch.Tensor], path: Path | str = "state
     return ours
 
 
+def transformer_mlp(embedding_dim: int, mlp_dim: int, activation: type[nn.Module] = nn.ReLU) -> nn.Module:
+    """The MLP of SAM 2's two-way attention blocks: SAM 1's Linear -> ReLU -> Linear, under the
+    keys of SAM 2's MLP class (``mlp.layers.0`` / ``mlp.layers.1``, where SAM 1 has ``mlp.lin1``
+    / ``mlp.lin2``)."""
+    if activation is not nn.ReLU:
+        raise ValueError(f"SAM 2's transformer MLP uses ReLU, not {activation.__name__}")
+    return MLP(embedding_dim, mlp_dim, embedding_dim, num_layers=2)
+
+
 def default_transformer() -> nn.Module:
-    """SAM 2's two-way transformer: SAM 1's plain reference (depth 2, width 256, MLP 2048, 8 heads)."""
-    from ..transformer import TwoWayTransformer
+    """SAM 2's two-way transformer: SAM 1's plain reference (depth 2, width 256, MLP 2048, 8 heads)
+    with SAM 2's MLP key names."""
+    return TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048, mlp=transformer_mlp)
 
-    return TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)
 
-
-def build_sam2(
-    size: str, version: str = "2.1", transformer: Callable[[], nn.Module] = default_transformer
-) -> Sam2:
+def build_sam2(size: str, version: str = "2.1") -> Sam2:
     """A SAM 2 (``version="2.0"``) or 2.1 image model of one Hiera size, randomly initialised. The
     image networks of 2.0 and 2.1 are the same; the versions differ in video weights only."""
     if size not in SIZES:
@@ -351,4 +359,4 @@ def build_sam2(
         embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16
     )
     name = f"sam2.1_hiera_{size}" if version == "2.1" else f"sam2_hiera_{size}"
-    return Sam2(build_sam2_image_encoder(size), prompt_encoder, Sam2MaskDecoder(transformer()), arch=name)
+    return Sam2(build_sam2_image_encoder(size), prompt_encoder, Sam2MaskDecoder(default_transformer()), arch=name)
