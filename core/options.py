@@ -117,8 +117,8 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _whole_number(name: str):
-    least = _MINIMUM.get(name, 0)
+def whole_number(least: int = 0):
+    """An argparse type: a whole number of at least `least` ("must be at least 1, got 0")."""
 
     def parse(text: str) -> int:
         try:
@@ -165,11 +165,11 @@ def add_generator_arguments(
         default = GeneratorOptions.default(name)
         shown = "the model family's" if default is None else f"{default:g}" if isinstance(default, float) else default
         whole = "int" in str(types[name])
-        kind = _whole_number(name) if whole else _number
+        kind = whole_number(_MINIMUM.get(name, 0)) if whole else _number
         parser.add_argument(flag(name), dest=name, type=kind, default=None, metavar="N" if whole else "X",
                             help=f"{_HELP.get(name, name)} (default {shown})")
     for old, name in (old_flags or {}).items():
-        kind = _whole_number(name) if "int" in str(types[name]) else _number
+        kind = whole_number(_MINIMUM.get(name, 0)) if "int" in str(types[name]) else _number
         parser.add_argument(old, dest=name, type=kind, default=None, action=_DeprecatedFlag, new_flag=flag(name),
                             help=argparse.SUPPRESS)
 
