@@ -106,9 +106,9 @@ def load_model(
     target_device = resolve_device(device)
     compute_dtype = resolve_dtype(dtype)
     if compute_dtype == torch.float16 and target_device.type == "cpu":
-        # CPUs have no fast float16 matmul kernels: MobileSAM's encoder measured 5.3 s per image
-        # in float16 against 0.8 s in float32 and 0.44 s in bfloat16 (2 cores). Allowed (it is
-        # correct), but never silently.
+        # CPUs have no fast float16 matmul kernels: float16 runs several times slower than
+        # float32 there (benchmarks/RESULTS.md, "Design measurements"). Allowed (it is correct),
+        # but never silently.
         warnings.warn(
             "float16 on a CPU is several times slower than float32; use dtype='bfloat16' for reduced "
             "precision on a CPU, or float16 on a GPU", RuntimeWarning, stacklevel=2,

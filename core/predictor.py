@@ -8,6 +8,7 @@ import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +21,27 @@ from .utils.memory import keep_freed_memory
 from .modeling.sam import Sam
 
 UPSCALE_CHUNK = 16  # prompts whose full-size logits are computed at once
+
+
+class PromptBatch(NamedTuple):
+    """Checked prompts for B objects, in pixels of the original image: point_coords (B, N, 2)
+    with point_labels (B, N), boxes (B, 4) XYXY, mask_input (1, 256, 256) low-res logits of an
+    earlier call (shared by the objects); any of them None."""
+
+    point_coords: np.ndarray | None
+    point_labels: np.ndarray | None
+    boxes: np.ndarray | None
+    mask_input: np.ndarray | None = None
+
+
+class DecodeOutput(NamedTuple):
+    """What a prediction returns: three masks or one, logits or booleans, only the best-scoring
+    mask, and whether the low-res logits are kept (see Predictor.predict)."""
+
+    multimask_output: bool
+    return_logits: bool
+    best_only: bool = False
+    return_low_res: bool = True
 
 
 # Default bound of an EmbeddingCache's directory: ~500 embeddings of 4 MB.
@@ -163,8 +185,8 @@ class Predictor:
     # -- image -------------------------------------------------------------------------------
     def image_key(self, image: np.ndarray) -> str:
         """Cache key of an HxWx3 uint8 image for this model."""
-        # SHA-256 rather than BLAKE2: with the SHA extensions most x86 and ARM CPUs now have it
-        # hashes ~2x faster (3.6 vs 7.4 ms for an 1800x1200 image on this project's VM), and an
+        # SHA-256 rather than BLAKE2: most x86 and ARM CPUs now have SHA extensions, which make
+        # it the faster of the two (benchmarks/RESULTS.md, "Design measurements"), and an
         # interactive tool may set the same image before every click.
         digest = hashlib.sha256()
         digest.update(self._fingerprint.encode())
@@ -263,11 +285,11 @@ class Predictor:
         coords, labels = self._check_points(point_coords, point_labels, state, batched=False)
         boxes = self._check_boxes(box, state, batched=False)
         masks_in = self._check_mask_input(mask_input)
-        masks, scores, low_res = self._decode(
-            None if coords is None else coords[None], None if labels is None else labels[None],
-            None if boxes is None else boxes, masks_in, multimask_output, return_logits,
-            state, best_only, return_low_res,
+        prompts = PromptBatch(
+            None if coords is None else coords[None], None if labels is None else labels[None], boxes, masks_in
         )
+        output = DecodeOutput(multimask_output, return_logits, best_only, return_low_res)
+        masks, scores, low_res = self._decode(prompts, output, state)
         return masks[0], scores[0], None if low_res is None else low_res[0]
 
     def predict_batch(
@@ -293,9 +315,8 @@ class Predictor:
             )
         if coords is None and box_array is None:
             raise PromptError("predict_batch needs point_coords/point_labels or boxes")
-        return self._decode(
-            coords, labels, box_array, None, multimask_output, return_logits, state, False, return_low_res
-        )
+        output = DecodeOutput(multimask_output, return_logits, best_only=False, return_low_res=return_low_res)
+        return self._decode(PromptBatch(coords, labels, box_array), output, state)
 
     @torch.inference_mode()
     def predict_torch(
@@ -347,7 +368,7 @@ class Predictor:
     def logits_at_image_size(self, low_res: torch.Tensor) -> torch.Tensor:
         """Low-res logits (B, h, w) for the current image, SAM's 256 x 256 grid or its top-left
         part covering the image (mask_region), -> float32 logits at the image size (B, H, W), on
-        low_res's device. On a CPU with OpenCV (transforms.upscale_logits, ~3x faster than torch's
+        low_res's device. On a CPU with OpenCV (transforms.upscale_logits, faster than torch's
         interpolate; a pixel whose logit is within ~2e-5 of a threshold may land on the other
         side), elsewhere with torch as Sam.postprocess_masks."""
         state = self._require_state()
@@ -365,17 +386,12 @@ class Predictor:
         return self.model.mask_region(self._require_state())
 
     def _decode(
-        self,
-        coords,
-        labels,
-        boxes,
-        mask_input,
-        multimask_output,
-        return_logits,
-        state,
-        best_only=False,
-        return_low_res=True,
-    ):
+        self, prompts: PromptBatch, output: DecodeOutput, state: ImageState
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Checked prompts in image pixels -> masks at the image size, scores and low-res logits
+        (None unless output.return_low_res), as predict_batch returns them."""
+        coords, labels, boxes, mask_input = prompts
+        multimask_output, return_logits, best_only, return_low_res = output
         device = self.model.device
         coords_t = labels_t = boxes_t = mask_t = None
         if coords is not None:

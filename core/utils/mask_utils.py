@@ -137,7 +137,8 @@ def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
     shape = masks.shape
     height, width = shape[-2:]
     masks = masks.reshape(-1, height, width)
-    # max over a uint8 view: ~10x faster than any() on CPU (measured), in either memory order
+    # max over a uint8 view: much faster than any() on a CPU, in either memory order
+    # (benchmarks/RESULTS.md, "Design measurements")
     as_bytes = masks.view(torch.uint8) if masks.dtype == torch.bool else (masks != 0).view(torch.uint8)
     rows = as_bytes.amax(dim=-1).bool()  # (N, H)
     cols = as_bytes.amax(dim=-2).bool()  # (N, W)

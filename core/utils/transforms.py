@@ -60,8 +60,8 @@ def upscale_logits(
     = 1024), crop the resized image's input_size, bilinear to original_size. low_res is SAM's
     256 x 256 grid or its top-left part, as long as that covers the rows and columns the crop
     reads. Only those are upscaled: at an integer scale each output pixel is computed from its own
-    position, so the kept pixels are the same. OpenCV's separable resize is ~3.5x faster on a CPU
-    than torch.nn.functional.interpolate (0.6 vs 2.2 ms for one 1800x1200 mask on 2 cores); the
+    position, so the kept pixels are the same. OpenCV's separable resize is several times faster on
+    a CPU than torch.nn.functional.interpolate (benchmarks/RESULTS.md, "Design measurements"); the
     two differ by float32 rounding of the source positions (~2e-5 of the logits' range), so at most
     a few pixels whose logit is that close to zero change sides.
     """

@@ -149,8 +149,9 @@ def attention_with_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias:
     return out.view(batch, heads, length, dim)
 
 
-# Bytes of attention bias built at once on a CPU: measured on a 32 MB L3, one image row of a
-# global block (12.6 MB for ViT-B) runs ~1.4x faster than the whole 800 MB mask.
+# Bytes of attention bias built at once on a CPU: a piece that fits the last-level cache (one image
+# row of a global block is 12.6 MB for ViT-B) runs faster than the whole 800 MB bias at once
+# (benchmarks/RESULTS.md, "Design measurements").
 BIAS_CHUNK_BYTES = 16 * 2**20
 
 
