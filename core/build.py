@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .registry import DEFAULT_MODEL, Checkpoint, ModelSpec, aliases, lookup, recognise
+from .registry import DEFAULT_MODEL, FAMILIES, Checkpoint, ModelSpec, aliases, lookup, recognise
 from .registry import MODELS as _MODELS
 from .utils.files import atomic_output
 
@@ -214,8 +214,9 @@ def infer_spec(state_dict: dict[str, torch.Tensor], path: Path) -> ModelSpec:
     if spec is None:
         sample = ", ".join(list(state_dict)[:3])
         known = ", ".join(sorted({s.checkpoint.filename for s in _MODELS.values()}))
+        kinds = ", nor ".join(family.checkpoint_kind for family in FAMILIES.values())
         raise CheckpointError(
-            f"{path} is not a checkpoint of a model samkit knows: no family recognises its keys (first keys: "
+            f"{path} is not {kinds}: no model family samkit knows recognises its keys (first keys: "
             f"{sample}). samkit loads {known} and Ultralytics' names for them"
         )
     return spec

@@ -53,6 +53,7 @@ class Family:
     name: str
     title: str
     recognise: Callable[[Mapping[str, torch.Tensor]], str | None]
+    checkpoint_kind: str = ""  # how error messages name its checkpoints ("a SAM or MobileSAM checkpoint")
     ignored_prefixes: tuple[str, ...] = ()
     generator_defaults: Mapping[str, Any] = field(default_factory=dict)
 
@@ -119,7 +120,7 @@ def _recognise_sam1(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     return _VIT_WIDTHS[width]
 
 
-SAM1 = Family("sam", "Segment Anything (SAM 1) and MobileSAM", _recognise_sam1)
+SAM1 = Family("sam", "Segment Anything (SAM 1) and MobileSAM", _recognise_sam1, "a SAM or MobileSAM checkpoint")
 
 META_SAM1 = "https://dl.fbaipublicfiles.com/segment_anything/"
 

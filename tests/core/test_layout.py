@@ -75,7 +75,7 @@ def test_sam1_state_dicts_are_recognised_by_shape(width, name):
 
 
 def test_unknown_state_dict_names_what_samkit_loads():
-    with pytest.raises(samkit.CheckpointError, match="no family recognises") as info:
+    with pytest.raises(samkit.CheckpointError, match="no model family samkit knows recognises") as info:
         infer_arch({"backbone.weight": torch.zeros(1)}, Path("x.pth"))
     assert "sam_vit_b_01ec64.pth" in str(info.value) and "mobile_sam.pt" in str(info.value)
     with pytest.raises(samkit.CheckpointError, match="width 512"):
