@@ -23,8 +23,15 @@ _LAZY_EXPORTS = {
     "cache_dir": "build",
     "load_model": "build",
     "load_image": "utils.image_io",
-    "GeneratorOptions": "mask_generator",
+    "GeneratorOptions": "options",
     "MaskGenerator": "mask_generator",
+    "ModelCache": "models",
+    "get_model": "models",
+    "model_source": "models",
+    "ObjectMask": "prompts",
+    "Prompt": "prompts",
+    "best_first": "prompts",
+    "segment_objects": "prompts",
     "EmbeddingCache": "predictor",
     "Predictor": "predictor",
     "Sam": "modeling.sam",
@@ -32,8 +39,8 @@ _LAZY_EXPORTS = {
     "Result": "ultralytics_api",
 }
 _SUBMODULES = {
-    "build", "cli", "errors", "fast", "image_state", "mask_generator", "modeling", "predictor", "registry",
-    "ultralytics_api", "utils",
+    "build", "cli", "errors", "fast", "image_state", "mask_generator", "modeling", "models", "options", "predictor",
+    "prompts", "registry", "ultralytics_api", "utils",
 }
 # The utilities lived at the top of the package before the layout of issue 18 and are documented
 # there (`from samkit import mask_utils`, `samkit.transforms.upscale_logits`, `from samkit.prefetch

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import SamkitError
+from .options import add_generator_arguments, generator_arguments
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 COMMANDS_GROUP = "samkit.commands"
+#: the samkit.GeneratorOptions settings `samkit everything` takes as flags (--points-per-side, ...)
+EVERYTHING_OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                      "crop_n_layers", "min_mask_region_area")
 
 
 def parse_floats(text: str, what: str) -> list[float]:
@@ -39,10 +43,22 @@ def parse_points(text: str) -> list[list[float]]:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", "-m", default="mobile_sam", help="model name (mobile_sam, vit_b, vit_l, vit_h) or checkpoint path"
+        "--model", "-m", default=None,
+        help="model name (mobile_sam, vit_b, vit_l, vit_h) or checkpoint path (default: $SAMKIT_CHECKPOINT, "
+             "else $SAMKIT_MODEL, else mobile_sam)",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
-    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N or mps (default: $SAMKIT_DEVICE, else the best available)")
+    parser.add_argument("--dtype", default=None,
+                        help="float32, bfloat16 or float16 (default: $SAMKIT_DTYPE, else float32)")
+
+
+def _model_args(args: argparse.Namespace) -> dict:
+    """--model, --device and --dtype, with the environment's SAMKIT_* where they are not given."""
+    from .models import device_setting, dtype_setting, model_source
+
+    return {"model": model_source(args.model), "device": device_setting(args.device),
+            "dtype": dtype_setting(args.dtype)}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -85,7 +101,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise SamkitError("give --points (with --labels) and/or --box; use `samkit everything` for automatic masks")
     if points is not None and labels is not None and len(labels) != len(points):
         raise SamkitError(f"{len(points)} points but {len(labels)} labels: give one label (1 or 0) per point")
-    sam = SAM(args.model, device=args.device, dtype=args.dtype)
+    sam = SAM(**_model_args(args))
     # All points describe one object (the interactive convention), so nest them one level deeper.
     nested_points = [points] if points is not None else None
     nested_labels = [labels if labels is not None else [1] * len(points)] if points is not None else None
@@ -97,15 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_everything(args: argparse.Namespace) -> int:
     from .ultralytics_api import SAM
 
-    options = {
-        "points_per_side": args.points_per_side,
-        "points_per_batch": args.points_per_batch,
-        "pred_iou_thresh": args.pred_iou_thresh,
-        "stability_score_thresh": args.stability_score_thresh,
-        "crop_n_layers": args.crop_n_layers,
-        "min_mask_region_area": args.min_mask_region_area,
-    }
-    sam = SAM(args.model, device=args.device, dtype=args.dtype, **options)
+    sam = SAM(**_model_args(args), **generator_arguments(args, EVERYTHING_OPTIONS))
     start = time.perf_counter()
     result = sam(args.image)[0]
     print(f"segment everything: {time.perf_counter() - start:.1f} s")
@@ -145,13 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("everything", help="segment every object in an image")
     p.add_argument("image")
     p.add_argument("--output", "-o", default="samkit-out")
-    p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--points-per-batch", type=int, default=64)
-    p.add_argument("--pred-iou-thresh", type=float, default=None,
-                   help="keep masks whose predicted IoU is above this (default: the model's, 0.88 for SAM 1)")
-    p.add_argument("--stability-score-thresh", type=float, default=0.95)
-    p.add_argument("--crop-n-layers", type=int, default=0)
-    p.add_argument("--min-mask-region-area", type=int, default=0)
+    add_generator_arguments(p, EVERYTHING_OPTIONS)
     p.add_argument("--png-masks", action="store_true", help="also write one PNG per mask")
     add_model_options(p)
     p.set_defaults(func=cmd_everything)

@@ -9,71 +9,21 @@ pycocotools in one call per batch.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, fields
 from itertools import product
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .utils import mask_utils
 from .utils.image_io import ImageLike, load_image
+from .options import SAM1_GENERATOR_DEFAULTS, GeneratorOptions  # noqa: F401 (their names here since issue 18)
 from .predictor import UPSCALE_CHUNK, Predictor
-from .registry import spec_of
 from .modeling.sam import Sam
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-
-
-@dataclass(frozen=True)
-class GeneratorOptions:
-    """Segment-everything settings, under the official generators' names, with their defaults.
-
-    A None value is the model family's official default (registry.Family.generator_defaults:
-    pred_iou_thresh is 0.88 for SAM 1, 0.8 for SAM 2); `resolved(model)` fills them in. The core
-    command line, the GIS tool, the Label Studio backend and the FiftyOne plugin all take these
-    names and defaults from here.
-    """
-
-    points_per_side: int | None = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float | None = None
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
-    output_mode: str = "binary_mask"
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
-    def replace(self, **changes: Any) -> GeneratorOptions:
-        """A copy with some settings changed; an unknown name is a ValueError naming the known ones."""
-        unknown = sorted(set(changes) - set(self.names()))
-        if unknown:
-            raise ValueError(
-                f"unknown segment-everything option(s) {', '.join(unknown)}; known: {', '.join(self.names())}"
-            )
-        return dataclasses.replace(self, **changes)
-
-    def resolved(self, model: nn.Module) -> GeneratorOptions:
-        """These options with every None replaced by the model family's default."""
-        defaults = {**SAM1_GENERATOR_DEFAULTS, **spec_of(model).family.generator_defaults}
-        filled = {name: defaults[name] for name in self.names() if getattr(self, name) is None and name in defaults}
-        return dataclasses.replace(self, **filled)
-
-
-# segment-anything's SamAutomaticMaskGenerator values for what GeneratorOptions leaves to the family.
-SAM1_GENERATOR_DEFAULTS = {"pred_iou_thresh": 0.88}
 
 
 class MaskGenerator:

@@ -47,7 +47,7 @@ class Family:
     is not of this family (it may raise CheckpointError for a near miss, e.g. an unknown width).
     ignored_prefixes: checkpoint keys that images do not use (SAM 2's video memory modules); they
     are accepted and dropped before loading. generator_defaults: the official automatic mask
-    generator's parameters where they differ from SAM 1's (samkit.mask_generator.GeneratorOptions).
+    generator's parameters where they differ from SAM 1's (samkit.options.GeneratorOptions).
     """
 
     name: str

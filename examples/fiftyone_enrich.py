@@ -19,13 +19,15 @@ import argparse
 import os
 from pathlib import Path
 
+from samkit.options import add_generator_arguments
+
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--images", default=str(Path(__file__).parent / "images"), help="folder of images")
 parser.add_argument("--dataset", default="samkit-enrich")
-parser.add_argument("--model", default="mobile_sam", help="model name or checkpoint path")
+parser.add_argument("--model", default="", help="model name or checkpoint path (default: $SAMKIT_CHECKPOINT, else "
+                                                "$SAMKIT_MODEL, else mobile_sam)")
 parser.add_argument("--points-per-side", type=int, default=16)
-parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
-parser.add_argument("--stability-score-thresh", type=float, default=0.95)
+add_generator_arguments(parser, ("pred_iou_thresh", "stability_score_thresh"))
 parser.add_argument("--max-masks", type=int, default=100)
 parser.add_argument("--boxes-from-everything", type=int, default=3, help="masks per image to reuse as box prompts")
 parser.add_argument("--port", type=int, default=5151)
@@ -59,7 +61,7 @@ everything = foo.execute_operator(
             "output_field": "sam_everything",
             "model": args.model,
             "points_per_side": args.points_per_side,
-            "pred_iou_thresh": args.pred_iou_thresh,
+            "pred_iou_thresh": args.pred_iou_thresh,  # None: the operator's default
             "stability_score_thresh": args.stability_score_thresh,
             "max_masks": args.max_masks,
         },

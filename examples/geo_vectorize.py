@@ -23,6 +23,9 @@ from PIL import Image, ImageDraw
 import samkit.geo as sg
 from samkit.geo import raster as georaster
 from samkit.geo.polygons import polygons_of, to_map
+from samkit.options import add_generator_arguments, generator_arguments
+
+GENERATOR_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh")
 
 
 def footprint_label_raster(src: Path, footprints: Path, out: Path) -> Path:
@@ -78,10 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("raster")
     p.add_argument("-o", "--output", default=None, help="vector output (default: <raster>.gpkg beside the PNG)")
     p.add_argument("--png", default=None, help="overlay PNG (default: <output>.png)")
-    p.add_argument("--model", default="mobile_sam", help="model name or checkpoint path")
-    p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    p.add_argument("--stability-thresh", type=float, default=0.95)
+    p.add_argument("--model", default=None, help="model name or checkpoint path (default: $SAMKIT_CHECKPOINT, else "
+                                                 "$SAMKIT_MODEL, else mobile_sam)")
+    add_generator_arguments(p, GENERATOR_OPTIONS, old_flags={"--stability-thresh": "stability_score_thresh"})
     p.add_argument("--footprints", help="vector file of known footprints: vectorise them (no model needed)")
     p.add_argument("--tile-size", type=int, default=1024)
     p.add_argument("--overlap", type=int, default=None, help="default 128, a quarter of tiles under 512")
@@ -102,9 +104,8 @@ def main(argv=None) -> int:
             labels = footprint_label_raster(src, Path(args.footprints), Path(tmp) / "labels.tif")
             gdf = sg.vectorize(labels, out, generator=LabelSegmenter(), **kwargs)
         else:
-            gdf = sg.vectorize(src, out, model=args.model, generator_options={
-                "points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
-                "stability_score_thresh": args.stability_thresh}, **kwargs)
+            options = generator_arguments(args, GENERATOR_OPTIONS)
+            gdf = sg.vectorize(src, out, model=args.model, generator_options=options, **kwargs)
     draw_overlay(src, gdf, png, tile_size=args.tile_size, overlap=args.overlap,
                  bands=None if args.footprints else args.bands)
     crossing = int((gdf["n_tiles"] > 1).sum())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 import torch
@@ -85,6 +87,46 @@ def mask_to_box(mask: np.ndarray) -> list[int]:
     segment-anything's records); [0, 0, 0, 0] for an empty mask."""
     x0, y0, x1, y1 = batched_mask_to_box(torch.as_tensor(np.asarray(mask, dtype=bool))[None])[0].tolist()
     return [x0, y0, x1 - x0, y1 - y0]
+
+
+class MaskBox(NamedTuple):
+    """A mask's tight box in pixels, half-open: columns x0..x1-1 and rows y0..y1-1 hold the mask
+    (so `mask[y0:y1, x0:x1]` is its crop and x1 - x0 its width)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+
+def tight_box(mask: np.ndarray) -> MaskBox | None:
+    """HxW binary mask -> the smallest box that holds all its pixels (MaskBox, half-open), or None
+    for an empty mask."""
+    mask = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(mask[y0:y1].any(axis=0))
+    return MaskBox(int(cols[0]), y0, int(cols[-1]) + 1, y1)
+
+
+def crop_to_box(mask: np.ndarray) -> tuple[MaskBox, np.ndarray] | None:
+    """HxW binary mask -> (its tight box, the mask cropped to it as a contiguous bool array), or
+    None for an empty mask."""
+    mask = np.asarray(mask, dtype=bool)
+    box = tight_box(mask)
+    if box is None:
+        return None
+    return box, np.ascontiguousarray(mask[box.y0 : box.y1, box.x0 : box.x1])
 
 
 def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:

@@ -43,16 +43,17 @@ logger = logging.getLogger(__name__)
 class SamModelConfig(etac.Config):
     """Configuration of :class:`SamModel` (a dict in, as FiftyOne model configs are).
 
-    Keys: ``model`` (name, checkpoint path; default ``$SAMKIT_CHECKPOINT`` else mobile_sam),
-    ``device``, the segment-everything options ``points_per_side``, ``points_per_batch``,
-    ``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``, ``crop_n_layers``,
-    ``min_mask_region_area``, ``max_masks``; for prompts ``box_batch_size`` and
+    Keys: ``model`` (name, checkpoint path; default ``$SAMKIT_CHECKPOINT``, else ``$SAMKIT_MODEL``,
+    else mobile_sam), ``device``, ``dtype`` (float32, bfloat16, float16), the segment-everything
+    options ``points_per_side``, ``points_per_batch``, ``pred_iou_thresh``, ``stability_score_thresh``,
+    ``box_nms_thresh``, ``crop_n_layers``, ``min_mask_region_area`` (``samkit.GeneratorOptions``'
+    names and defaults; ``pred_iou_thresh`` None: the model family's), ``max_masks``; for prompts ``box_batch_size`` and
     ``point_labels_attr``; ``confidence_thresh`` (drop masks below this predicted IoU).
     """
 
     def __init__(self, d: Optional[dict] = None) -> None:
         d = dict(d or {})
-        known = {"model", "device", "max_masks", "box_batch_size", "point_labels_attr", "confidence_thresh",
+        known = {"model", "device", "dtype", "max_masks", "box_batch_size", "point_labels_attr", "confidence_thresh",
                  *EVERYTHING_DEFAULTS}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -61,6 +62,7 @@ class SamModelConfig(etac.Config):
             )
         self.model = self.parse_string(d, "model", default=None)
         self.device = self.parse_string(d, "device", default=None)
+        self.dtype = self.parse_string(d, "dtype", default=None)
         for name, default in EVERYTHING_DEFAULTS.items():
             setattr(self, name, self.parse_number(d, name, default=default))
         self.max_masks = self.parse_number(d, "max_masks", default=None)
@@ -106,6 +108,7 @@ class SamModel(fom.Model, fom.SamplesMixin):
             max_masks=config.max_masks,
             box_batch_size=config.box_batch_size,
             point_labels_attr=config.point_labels_attr,
+            dtype=config.dtype,
         )
 
     # -- fiftyone.core.models.Model interface --------------------------------------------------

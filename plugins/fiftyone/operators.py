@@ -3,9 +3,11 @@
 Both run from the App (immediately, streaming progress, or scheduled as delegated operations),
 from Python (``fiftyone.operators.execute_operator``) and on a delegated worker
 (``fiftyone delegated launch``). Parameters not given take the defaults in ``*_DEFAULTS``;
-the model, device and mask folder fall back to the executing process's ``SAMKIT_CHECKPOINT``,
-``SAMKIT_DEVICE`` and ``SAMKIT_MASK_DIR`` (declared as plugin secrets, so FiftyOne resolves
-them from the environment of whoever executes: for a delegated run, the worker).
+the model, device, dtype and mask folder fall back to the executing process's
+``SAMKIT_CHECKPOINT`` / ``SAMKIT_MODEL``, ``SAMKIT_DEVICE``, ``SAMKIT_DTYPE`` and
+``SAMKIT_MASK_DIR`` (declared as plugin secrets, so FiftyOne resolves them from the environment of
+whoever executes: for a delegated run, the worker; the same meaning as everywhere in samkit, see
+``samkit.models``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionOptions
 
 import samkit
+from samkit.models import ENVIRONMENT, device_setting, dtype_setting, model_source
 
 from samkit.fiftyone.runner import (
     MASK_STORAGE_MODES,
@@ -34,6 +37,7 @@ from samkit.fiftyone.segmenter import DEFAULT_BOX_BATCH_SIZE, DEFAULT_POINT_LABE
 
 COMMON_DEFAULTS: dict[str, Any] = {
     "model": "",
+    "dtype": "",
     "skip_existing": True,
     "mask_storage": "auto",
     "mask_dir": "",
@@ -67,6 +71,17 @@ def _secret(ctx, key: str) -> Optional[str]:
     except Exception:  # no secrets backend: fall back to nothing, the runner reads os.environ
         value = None
     return value or None
+
+
+def _model_settings(ctx, model: Optional[str], dtype: Optional[str]) -> dict[str, Any]:
+    """The model, device and dtype of a run: the form's, else the executing process's SAMKIT_*
+    variables as plugin secrets (where FiftyOne has no secrets backend they stay None here, and
+    samkit.get_model reads them from os.environ)."""
+    env = {name: value for name in ENVIRONMENT if (value := _secret(ctx, name))}
+    if not env:
+        return dict(model=model or None, device=None, dtype=dtype or None)
+    return dict(model=model_source(model, environ=env), device=device_setting(None, env),
+                dtype=dtype_setting(dtype or None, env))
 
 
 def _from_app(ctx) -> bool:
@@ -127,7 +142,17 @@ def _add_common_inputs(inputs: "types.Object", ctx, defaults: dict[str, Any]) ->
         label="Model",
         description=(
             "mobile_sam, vit_b, vit_l, vit_h, or a checkpoint file path on the machine that runs "
-            "the operation. Empty: $SAMKIT_CHECKPOINT there, else mobile_sam."
+            "the operation. Empty: $SAMKIT_CHECKPOINT there, else $SAMKIT_MODEL, else mobile_sam."
+        ),
+    )
+    inputs.str(
+        "dtype",
+        default=defaults["dtype"],
+        required=False,
+        label="Precision",
+        description=(
+            "float32, bfloat16 (faster on CPUs with AVX-512 BF16) or float16 (GPUs). "
+            "Empty: $SAMKIT_DTYPE there, else float32."
         ),
     )
     inputs.bool(
@@ -244,8 +269,7 @@ class _SamOperator(foo.Operator):
         """Job arguments both operators take: model, device, resume and mask storage."""
         p = lambda name: _param(ctx, self.defaults, name)  # noqa: E731
         return dict(
-            model=p("model") or _secret(ctx, "SAMKIT_CHECKPOINT"),
-            device=_secret(ctx, "SAMKIT_DEVICE"),
+            **_model_settings(ctx, p("model"), p("dtype")),
             skip_existing=bool(p("skip_existing")),
             mask_storage=p("mask_storage"),
             mask_dir=p("mask_dir") or _secret(ctx, "SAMKIT_MASK_DIR"),
@@ -326,7 +350,7 @@ class SegmentEverything(_SamOperator):
         inputs.int("points_per_batch", default=d["points_per_batch"], min=1, max=4096, label="Batch size",
                    description="Point prompts decoded at once (memory vs. speed)")
         inputs.float("pred_iou_thresh", default=d["pred_iou_thresh"], min=0.0, max=1.0,
-                     label="Predicted IoU threshold")
+                     label="Predicted IoU threshold", description="Empty: the model family's default")
         inputs.float("stability_score_thresh", default=d["stability_score_thresh"], min=0.0, max=1.0,
                      label="Stability score threshold")
         inputs.float("box_nms_thresh", default=d["box_nms_thresh"], min=0.0, max=1.0,

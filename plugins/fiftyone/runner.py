@@ -389,7 +389,7 @@ def iter_segment_everything(
     device: Optional[str] = None,
     points_per_side: int = EVERYTHING_DEFAULTS["points_per_side"],
     points_per_batch: int = EVERYTHING_DEFAULTS["points_per_batch"],
-    pred_iou_thresh: float = EVERYTHING_DEFAULTS["pred_iou_thresh"],
+    pred_iou_thresh: Optional[float] = EVERYTHING_DEFAULTS["pred_iou_thresh"],
     stability_score_thresh: float = EVERYTHING_DEFAULTS["stability_score_thresh"],
     box_nms_thresh: float = EVERYTHING_DEFAULTS["box_nms_thresh"],
     crop_n_layers: int = EVERYTHING_DEFAULTS["crop_n_layers"],
@@ -400,6 +400,7 @@ def iter_segment_everything(
     mask_dir: Optional[str] = None,
     error_field: Optional[str] = None,
     stop_requested: Optional[Callable[[], bool]] = None,
+    dtype: Optional[str] = None,
 ) -> Generator[Progress, None, RunSummary]:
     """:func:`segment_everything` as a job: checks the inputs, lists the samples to do and loads
     the model now (errors raise here), then returns a generator that yields a :class:`Progress`
@@ -422,11 +423,12 @@ def iter_segment_everything(
 
     options = dict(
         points_per_side=int(points_per_side), points_per_batch=int(points_per_batch),
-        pred_iou_thresh=float(pred_iou_thresh), stability_score_thresh=float(stability_score_thresh),
+        pred_iou_thresh=None if pred_iou_thresh is None else float(pred_iou_thresh),
+        stability_score_thresh=float(stability_score_thresh),
         box_nms_thresh=float(box_nms_thresh), crop_n_layers=int(crop_n_layers),
         min_mask_region_area=int(min_mask_region_area),
     )
-    segmenter = Segmenter(model, device, everything_options=options, max_masks=max_masks)
+    segmenter = Segmenter(model, device, everything_options=options, max_masks=max_masks, dtype=dtype)
 
     def write(sample, labels):
         if writer.store(sample.id, labels.detections, replace=True):
@@ -449,11 +451,12 @@ def segment_everything(samples, label_field: str = "sam", model: Any = None, *,
     Each detection has a box-relative ``mask``, ``confidence`` = SAM's predicted IoU clamped to [0, 1], and the
     attributes ``predicted_iou``, ``stability_score`` and ``area`` (pixels). Options:
     ``points_per_side``, ``points_per_batch`` (prompts decoded at once), ``pred_iou_thresh``,
-    ``stability_score_thresh``, ``box_nms_thresh``, ``crop_n_layers``, ``min_mask_region_area``,
+    ``stability_score_thresh``, ``box_nms_thresh``, ``crop_n_layers``, ``min_mask_region_area``
+    (``samkit.GeneratorOptions``' names and defaults; ``pred_iou_thresh`` None: the model family's),
     ``max_masks`` (best by predicted IoU), ``skip_existing`` (resume: default True),
-    ``mask_storage`` ("auto", "inline", "png"), ``mask_dir``, ``error_field``, ``device``.
+    ``mask_storage`` ("auto", "inline", "png"), ``mask_dir``, ``error_field``, ``device``, ``dtype``.
     ``model``: a name ("mobile_sam", "vit_b", ...), a checkpoint path or a loaded ``samkit.Sam``;
-    default ``$SAMKIT_CHECKPOINT``, else mobile_sam.
+    default ``$SAMKIT_CHECKPOINT``, else ``$SAMKIT_MODEL``, else mobile_sam.
     """
     return drive(iter_segment_everything(samples, label_field, model, **options), progress)
 
@@ -471,6 +474,7 @@ def iter_segment_prompts(
     mask_dir: Optional[str] = None,
     error_field: Optional[str] = None,
     stop_requested: Optional[Callable[[], bool]] = None,
+    dtype: Optional[str] = None,
 ) -> Generator[Progress, None, RunSummary]:
     """:func:`segment_prompts` as a job (see :func:`iter_segment_everything`)."""
     started = time.monotonic()
@@ -527,7 +531,7 @@ def iter_segment_prompts(
     if not todo_ids:
         return _finished(summary, samples, target, started)
 
-    segmenter = Segmenter(model, device, box_batch_size=batch_size, point_labels_attr=point_labels_attr)
+    segmenter = Segmenter(model, device, box_batch_size=batch_size, point_labels_attr=point_labels_attr, dtype=dtype)
 
     def has_prompts(sample) -> bool:
         value = sample[prompt_field]
@@ -563,6 +567,6 @@ def segment_prompts(samples, prompt_field: str, label_field: Optional[str] = Non
     and ``area`` are added. Keypoints: each Keypoint is one object; per-point labels (1
     positive, 0 negative) come from its ``point_labels_attr`` attribute (default
     ``sam_labels``), NaN points are ignored. Options: ``batch_size`` (boxes decoded at once),
-    ``skip_existing``, ``mask_storage``, ``mask_dir``, ``error_field``, ``device``.
+    ``skip_existing``, ``mask_storage``, ``mask_dir``, ``error_field``, ``device``, ``dtype``.
     """
     return drive(iter_segment_prompts(samples, prompt_field, label_field, model, **options), progress)

@@ -10,9 +10,6 @@ crop's exact pixel size.
 from __future__ import annotations
 
 import math
-import os
-import threading
-from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -20,56 +17,18 @@ import numpy as np
 import fiftyone.core.labels as fol
 
 import samkit
+from samkit.options import GeneratorOptions
+from samkit.utils.mask_utils import crop_to_box
 from samkit.utils.mask_utils import score_of_predicted_iou as confidence_of  # as FiftyOne's zoo SAM clamps
 
-# MaskGenerator options the FiftyOne side exposes, with SAM's defaults.
-EVERYTHING_DEFAULTS: dict[str, Any] = {
-    "points_per_side": 32,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "box_nms_thresh": 0.7,
-    "crop_n_layers": 0,
-    "min_mask_region_area": 0,
-}
+# The segment-everything settings the FiftyOne side exposes, under their official names, with
+# GeneratorOptions' defaults (pred_iou_thresh None: the model family's).
+EVERYTHING_OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                      "box_nms_thresh", "crop_n_layers", "min_mask_region_area")
+EVERYTHING_DEFAULTS: dict[str, Any] = {name: GeneratorOptions.default(name) for name in EVERYTHING_OPTIONS}
 
 DEFAULT_POINT_LABELS_ATTR = "sam_labels"  # FiftyOne's SAM integration reads the same attribute
 DEFAULT_BOX_BATCH_SIZE = 64
-
-_MODELS: "OrderedDict[tuple[str, str], samkit.Sam]" = OrderedDict()
-_MODELS_LOCK = threading.Lock()
-_MAX_CACHED_MODELS = 2
-
-
-def resolve_model_spec(model: Optional[str] = None, env: Optional[dict] = None) -> str:
-    """The model to load: ``model`` if given, else ``$SAMKIT_CHECKPOINT``, else ``mobile_sam``."""
-    if model is not None and str(model).strip():
-        return str(model).strip()
-    env = os.environ if env is None else env
-    return (env.get("SAMKIT_CHECKPOINT") or "").strip() or "mobile_sam"
-
-
-def get_model(model: Any = None, device: Optional[str] = None) -> "samkit.Sam":
-    """A loaded model: ``model`` itself if it is one, else loaded once per process and kept.
-
-    The App server and delegated workers run many operations in one process; loading a
-    checkpoint each time would cost seconds, so the last two models stay in memory.
-    """
-    if isinstance(model, samkit.Sam):
-        return model
-    spec = resolve_model_spec(model)
-    device = device or os.environ.get("SAMKIT_DEVICE") or None
-    key = (spec, str(device))
-    with _MODELS_LOCK:
-        cached = _MODELS.get(key)
-        if cached is not None:
-            _MODELS.move_to_end(key)
-            return cached
-        loaded = samkit.load_model(spec, device=device)
-        _MODELS[key] = loaded
-        while len(_MODELS) > _MAX_CACHED_MODELS:
-            _MODELS.popitem(last=False)
-        return loaded
 
 
 def tight_crop(mask: np.ndarray) -> Optional[tuple[list[float], np.ndarray]]:
@@ -77,15 +36,12 @@ def tight_crop(mask: np.ndarray) -> Optional[tuple[list[float], np.ndarray]]:
 
     None for an empty mask.
     """
-    height, width = mask.shape
-    cols = np.flatnonzero(mask.any(axis=0))
-    if cols.size == 0:
+    found = crop_to_box(mask)
+    if found is None:
         return None
-    rows = np.flatnonzero(mask.any(axis=1))
-    x0, x1 = int(cols[0]), int(cols[-1]) + 1
-    y0, y1 = int(rows[0]), int(rows[-1]) + 1
-    box = [x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height]
-    return box, np.ascontiguousarray(mask[y0:y1, x0:x1])
+    box, crop = found
+    height, width = mask.shape
+    return [box.x0 / width, box.y0 / height, box.width / width, box.height / height], crop
 
 
 def box_pixels(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
@@ -201,8 +157,11 @@ class Segmenter:
         max_masks: Optional[int] = None,
         box_batch_size: int = DEFAULT_BOX_BATCH_SIZE,
         point_labels_attr: str = DEFAULT_POINT_LABELS_ATTR,
+        dtype: Optional[str] = None,
     ) -> None:
-        self.model = get_model(model, device)
+        # a name or path is loaded once per process (samkit.get_model): the App server and
+        # delegated workers run many operations in one process
+        self.model = samkit.get_model(model, device, dtype)
         self.everything_options = {**EVERYTHING_DEFAULTS, **(everything_options or {})}
         self.max_masks = int(max_masks) if max_masks else None
         self.box_batch_size = max(1, int(box_batch_size))
@@ -225,10 +184,7 @@ class Segmenter:
         if self._generator is None:
             self._generator = samkit.MaskGenerator(self.model, predictor=self.predictor, **self.everything_options)
         self.last_problems = []
-        records = self._generator.generate(image)
-        records = sorted(records, key=lambda r: float(r["predicted_iou"]), reverse=True)
-        if self.max_masks is not None:
-            records = records[: self.max_masks]
+        records = samkit.best_first(self._generator.generate(image), self.max_masks)
         detections = []
         for record in records:
             crop = tight_crop(np.asarray(record["segmentation"], dtype=bool))
@@ -288,15 +244,10 @@ class Segmenter:
 
         results: dict[int, tuple[np.ndarray, float]] = {}
         if todo:
-            self.predictor.set_image(image)
-            for start in range(0, len(todo), self.box_batch_size):
-                chunk = todo[start : start + self.box_batch_size]
-                boxes = np.stack([prompt for _, prompt in chunk])
-                masks, scores, _ = self.predictor.predict_batch(
-                    boxes=boxes, multimask_output=False, return_low_res=False
-                )
-                for offset, (det, _) in enumerate(chunk):
-                    results[id(det)] = (np.asarray(masks[offset, 0], dtype=bool), float(scores[offset, 0]))
+            found = samkit.segment_objects(self.predictor, [samkit.Prompt(box=prompt) for _, prompt in todo], image,
+                                           stability=False, batch_size=self.box_batch_size)
+            for (det, _), obj in zip(todo, found):
+                results[id(det)] = (obj.mask, obj.score)
 
         for det, _ in todo:
             if not results[id(det)][0].any():  # a usable box, but SAM saw nothing in it
@@ -338,15 +289,10 @@ class Segmenter:
             else:
                 prompts.append((kp, prompt))
         out = []
-        if prompts:
-            self.predictor.set_image(image)
-        for kp, (coords, labels) in prompts:
-            multimask = len(coords) == 1
-            masks, scores, _ = self.predictor.predict(
-                point_coords=coords, point_labels=labels, multimask_output=multimask, return_low_res=False
-            )
-            best = int(np.argmax(scores))
-            new = self._new_detection(kp, np.asarray(masks[best], dtype=bool), float(scores[best]))
+        points = [samkit.Prompt(coords, labels) for _, (coords, labels) in prompts]
+        found = samkit.segment_objects(self.predictor, points, image if prompts else None, stability=False)
+        for (kp, _), obj in zip(prompts, found):
+            new = self._new_detection(kp, obj.mask, obj.score)
             if new is None:
                 self.last_problems.append(
                     f"{_named('keypoint', kp)} gave an empty mask (no object found at its points)"

@@ -26,8 +26,9 @@ def vectorize(
     dst=None,
     *,
     generator=None,
-    model: str = "mobile_sam",
+    model: str | None = None,
     device: str | None = None,
+    dtype: str | None = None,
     generator_options: dict | None = None,
     bands=None,
     tile_size: int = 1024,
@@ -64,7 +65,9 @@ def vectorize(
     - ``src``: any raster GDAL reads; ``dst``: output path, format from its extension
       (.gpkg default choice, .geojson, .shp, .fgb, .parquet); None writes nothing.
     - ``generator``: anything with ``generate(image) -> records`` like ``samkit.MaskGenerator``;
-      None builds a MaskGenerator on ``model`` (``generator_options`` passed to it).
+      None builds a MaskGenerator on ``model`` (``generator_options``: ``samkit.GeneratorOptions``
+      names). ``model`` None: ``$SAMKIT_CHECKPOINT``, else ``$SAMKIT_MODEL``, else mobile_sam;
+      ``device`` / ``dtype`` None: ``$SAMKIT_DEVICE`` / ``$SAMKIT_DTYPE``, else the best device, float32.
     - ``bands`` (1-based, 1 or 3), ``stretch`` (auto | none | minmax | (p_lo, p_hi) | values),
       ``nodata`` (override value), ``crs`` (assign) or ``pixel_space``.
     - ``tile_size``/``overlap`` in pixels; ``min_area`` in m^2 (pixels in pixel space);
@@ -96,12 +99,12 @@ def vectorize(
         if prompts is not None:
             records, px_geoms = _run_prompts(ds, spec, out_crs, transform, prompts, prompts_crs=prompts_crs,
                                              skip_outside=skip_outside, predictor=predictor, model=model,
-                                             device=device, tile_size=tile_size, progress=progress)
+                                             device=device, dtype=dtype, tile_size=tile_size, progress=progress)
             columns = PROMPT_COLUMNS
             store = None
         else:
             records, px_geoms, store = _run_grid(
-                ds, spec, transform, dst_path, generator=generator, model=model, device=device,
+                ds, spec, transform, dst_path, generator=generator, model=model, device=device, dtype=dtype,
                 generator_options=generator_options, tile_size=tile_size, overlap=overlap,
                 iou_thresh=iou_thresh, dask=dask, resume=resume, checkpoint_dir=checkpoint_dir,
                 progress=progress)
@@ -131,7 +134,7 @@ def vectorize(
     return gdf
 
 
-def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, generator_options, tile_size,
+def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, dtype, generator_options, tile_size,
               overlap, iou_thresh, dask, resume, checkpoint_dir, progress):
     from .generators import GeneratorSpec, fingerprint
     from .merge import merge_tiles
@@ -140,7 +143,7 @@ def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, genera
 
     grid = TileGrid(ds.width, ds.height, tile_size=tile_size, overlap=overlap)
     if generator is None:
-        generator = GeneratorSpec.create(model, device, **(generator_options or {}))
+        generator = GeneratorSpec.create(model, device, dtype, **(generator_options or {}))
     elif generator_options:
         raise GeoError("generator_options only apply when samkit builds the generator (generator=None)")
     store = None
@@ -174,7 +177,7 @@ def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, genera
 
 
 def _run_prompts(ds, spec, out_crs, transform, prompts, *, prompts_crs, skip_outside, predictor, model, device,
-                 tile_size, progress):
+                 dtype, tile_size, progress):
     from collections import Counter
 
     from tqdm.auto import tqdm
@@ -187,7 +190,7 @@ def _run_prompts(ds, spec, out_crs, transform, prompts, *, prompts_crs, skip_out
     if predictor is None:
         import samkit
 
-        predictor = samkit.Predictor(samkit.load_model(model, device=device))
+        predictor = samkit.Predictor(samkit.get_model(model, device=device, dtype=dtype))
     parts, owner = [], []  # what is asked: prompts, and the parts of long thin boxes
     for k, p in enumerate(plist):
         pieces = split_long_box(p, tile_size)
@@ -266,39 +269,26 @@ def _answer_prompt(predictor, p, win, read_shape, valid, width, height):
     is not the raster's edge)."""
     from shapely import affinity
 
+    from samkit import Prompt, segment_objects
+    from samkit.utils.mask_utils import crop_to_box
+
     from .merge import trace
     from .tiling import window_name
 
     fy, fx = read_shape[0] / win.h, read_shape[1] / win.w
-    kwargs = {}
-    if len(p.points):
-        kwargs["point_coords"] = ((p.points - [win.c0, win.r0]) * [fx, fy]).astype(np.float32)
-        kwargs["point_labels"] = p.labels.astype(np.int64)
-    if p.box is not None:
-        kwargs["box"] = ((p.box - [win.c0, win.r0, win.c0, win.r0]) * [fx, fy, fx, fy]).astype(np.float32)
-    single = len(p.points) == 1 and p.box is None
-    masks, scores, low_res = predictor.predict(multimask_output=single, return_logits=True, **kwargs)
-    best = int(np.argmax(scores))
-    logits = np.asarray(masks[best])
-    if logits.dtype == bool:  # a predictor that ignores return_logits
-        mask = logits.copy()
-        lr = np.asarray(low_res[best], dtype=np.float32)
-        stability = float((lr > 1).sum() / max(1, (lr > -1).sum()))
-    else:
-        mask = logits > 0
-        stability = float((logits > 1).sum() / max(1, (logits > -1).sum()))
-    mask &= valid
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    points = (p.points - [win.c0, win.r0]) * [fx, fy] if len(p.points) else None
+    box = (p.box - [win.c0, win.r0, win.c0, win.r0]) * [fx, fy, fx, fy] if p.box is not None else None
+    [answer] = segment_objects(predictor, [Prompt(points, p.labels if len(p.points) else None, box)])
+    found = crop_to_box(answer.mask & valid)
+    if found is None:
         return None, False
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    h, w = mask.shape
+    (c0, r0, c1, r1), crop = found
+    h, w = valid.shape
     cut = ((r0 == 0 and win.r0 > 0) or (c0 == 0 and win.c0 > 0) or (r1 == h and win.r0 + win.h < height)
            or (c1 == w and win.c0 + win.w < width))
-    g = trace(np.ascontiguousarray(mask[r0:r1, c0:c1]), int(r0), int(c0))
+    g = trace(crop, r0, c0)
     g = affinity.affine_transform(g, [1 / fx, 0, 0, 1 / fy, win.c0, win.r0])  # read grid -> raster pixels
-    record = {"prompt_id": str(p.prompt_id), "score": float(scores[best]), "stability_score": stability,
+    record = {"prompt_id": str(p.prompt_id), "score": answer.score, "stability_score": answer.stability_score,
               "tile": window_name(win.c0, win.r0, win.w, win.h)}
     return (g, record), cut
 

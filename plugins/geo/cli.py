@@ -10,7 +10,12 @@ import argparse
 import json
 import sys
 
+from samkit.options import add_generator_arguments, generator_arguments, whole_number
+
 GEO_MODULES = {"rasterio", "geopandas", "shapely", "pyproj", "pyogrio", "affine", "pyarrow"}
+#: the samkit.GeneratorOptions settings `vectorize` takes as flags (--points-per-side, ...)
+GENERATOR_OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                     "min_mask_region_area")
 
 
 def _common_raster(p: argparse.ArgumentParser) -> None:
@@ -50,9 +55,10 @@ def _common_output(p: argparse.ArgumentParser) -> None:
 
 def _model(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="mobile_sam",
-                   help="mobile_sam (default), vit_b, vit_l, vit_h or a checkpoint path")
-    g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    g.add_argument("--model", help="mobile_sam, vit_b, vit_l, vit_h or a checkpoint path (default: "
+                                   "$SAMKIT_CHECKPOINT, else $SAMKIT_MODEL, else mobile_sam)")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: $SAMKIT_DEVICE, else the best available)")
+    g.add_argument("--dtype", help="float32, bfloat16 or float16 (default: $SAMKIT_DTYPE, else float32)")
 
 
 def add_commands(subparsers) -> None:
@@ -75,11 +81,7 @@ def add_commands(subparsers) -> None:
                    help="IoU inside a tile overlap above which two pieces are one object (default 0.5)")
     _model(v)
     m = v.add_argument_group("segment everything (samkit.MaskGenerator)")
-    m.add_argument("--points-per-side", type=_positive_int, default=32)
-    m.add_argument("--points-per-batch", type=int, default=None)
-    m.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    m.add_argument("--stability-thresh", type=float, default=0.95)
-    m.add_argument("--min-mask-region-area", type=int, default=None)
+    add_generator_arguments(m, GENERATOR_OPTIONS, old_flags={"--stability-thresh": "stability_score_thresh"})
     m.add_argument("--generator", metavar="MODULE:NAME",
                    help="use another segmenter: a class or factory (called without arguments) whose object has"
                         " generate(image) -> MaskGenerator records, e.g. samkit.geo.testing:LabelSegmenter")
@@ -108,7 +110,7 @@ def add_commands(subparsers) -> None:
                                           " (EPSG:4326, ..., or 'raster')")
     src.add_argument("--skip-outside", action="store_true", help="drop prompts outside the raster instead of"
                                                                    " failing")
-    src.add_argument("--window-size", type=_positive_int, default=1024,
+    src.add_argument("--window-size", type=whole_number(1), default=1024,
                      help="window read around prompts (default 1024)")
     _common_output(p)
     _common_raster(p)
@@ -167,17 +169,6 @@ def _make_generator(spec: str):
                        "factory that needs none and returns an object with generate(image)") from None
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
     try:
@@ -228,12 +219,7 @@ def _report(gdf, args) -> None:
 
 def _vectorize(args) -> int:
     api = _api()
-    opts = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
-            "stability_score_thresh": args.stability_thresh}
-    if args.points_per_batch:
-        opts["points_per_batch"] = args.points_per_batch
-    if args.min_mask_region_area is not None:
-        opts["min_mask_region_area"] = args.min_mask_region_area
+    opts = generator_arguments(args, GENERATOR_OPTIONS)
     dask = args.dask
     if dask is not None and dask.isdigit():
         dask = int(dask)
@@ -241,7 +227,7 @@ def _vectorize(args) -> int:
     if args.generator:
         generator, opts = _make_generator(args.generator), None
     gdf = api.vectorize(args.raster, args.output, generator=generator, model=args.model, device=args.device,
-                        generator_options=opts,
+                        dtype=args.dtype, generator_options=opts,
                         tile_size=args.tile_size, overlap=args.overlap, iou_thresh=args.iou_thresh, dask=dask,
                         checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume,
                         keep_checkpoints=args.keep_checkpoints, **_raster_kwargs(args), **_output_kwargs(args))
@@ -263,7 +249,7 @@ def _prompt(args) -> int:
         raise GeoError("no prompts: give --points FILE, --boxes FILE, --point X Y or --box XMIN YMIN XMAX YMAX")
     gdf = api.vectorize(args.raster, args.output, prompts=sources if len(sources) > 1 else sources[0],
                         prompts_crs=args.prompt_crs if (args.points or args.boxes) else None,
-                        skip_outside=args.skip_outside, model=args.model, device=args.device,
+                        skip_outside=args.skip_outside, model=args.model, device=args.device, dtype=args.dtype,
                         tile_size=args.window_size, **_raster_kwargs(args), **_output_kwargs(args))
     _report(gdf, args)
     return 0

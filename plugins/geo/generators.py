@@ -1,54 +1,53 @@
-"""Which segmenter runs on each tile: a user object, or a MaskGenerator built lazily per process."""
+"""Which segmenter runs on each tile: a user object, or a MaskGenerator on a model loaded once per process."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from dataclasses import dataclass, field
 
 from .errors import GeoError
-
-#: MaskGenerator defaults for geospatial tiles (documented in README, overridable)
-DEFAULT_GENERATOR_OPTIONS = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
 
 
 @dataclass(frozen=True)
 class GeneratorSpec:
     """A ``samkit.MaskGenerator`` on ``model``, described so that it can be sent to Dask workers
-    and built once in each process (loading the checkpoint once per worker, not per tile)."""
+    and built in each process on the process's model cache (``samkit.get_model``: the checkpoint
+    is loaded once per worker, not per tile)."""
 
     model: str = "mobile_sam"
     device: str | None = None
-    options: tuple = field(default_factory=tuple)  # sorted (key, value) pairs
+    options: tuple = field(default_factory=tuple)  # sorted (key, value) pairs: samkit.GeneratorOptions names
+    dtype: str | None = None
 
     @classmethod
-    def create(cls, model="mobile_sam", device=None, **options):
-        opts = dict(DEFAULT_GENERATOR_OPTIONS)
-        opts.update({k: v for k, v in options.items() if v is not None})
-        return cls(str(model), device, tuple(sorted(opts.items())))
+    def create(cls, model=None, device=None, dtype=None, **options):
+        """``model`` None: $SAMKIT_CHECKPOINT, else $SAMKIT_MODEL, else mobile_sam; ``dtype`` None:
+        $SAMKIT_DTYPE, else float32 (both decided here, so every worker runs the same model);
+        ``options`` left out or None take samkit.GeneratorOptions' defaults."""
+        from samkit.models import dtype_setting, model_source
+        from samkit.options import GeneratorOptions
+
+        opts = {k: v for k, v in options.items() if v is not None}
+        try:
+            GeneratorOptions().replace(**opts)
+        except ValueError as exc:
+            raise GeoError(str(exc)) from None
+        dtype = dtype_setting(dtype)
+        return cls(model_source(model), device, tuple(sorted(opts.items())), None if dtype is None else str(dtype))
 
     def build(self):
         try:
-            from samkit import MaskGenerator, load_model
+            from samkit import MaskGenerator, get_model
         except ImportError as exc:  # pragma: no cover - core missing
             raise GeoError(f"samkit's core is not importable ({exc}); reinstall samkit") from exc
-        model = load_model(self.model, device=self.device)
-        return MaskGenerator(model, **dict(self.options))
-
-
-_built: dict = {}
-_lock = threading.Lock()
+        return MaskGenerator(get_model(self.model, device=self.device, dtype=self.dtype), **dict(self.options))
 
 
 def resolve(generator):
-    """The object whose ``generate`` to call: specs are built once per process and cached."""
+    """The object whose ``generate`` to call: a spec is built on the process's loaded model."""
     if isinstance(generator, GeneratorSpec):
-        with _lock:
-            gen = _built.get(generator)
-            if gen is None:
-                gen = _built[generator] = generator.build()
-        return gen
+        return generator.build()
     if not callable(getattr(generator, "generate", None)):
         raise GeoError(
             f"generator must have a generate(image) -> list of records method (like samkit.MaskGenerator);"
@@ -65,6 +64,8 @@ def fingerprint(generator) -> str:
     """
     if isinstance(generator, GeneratorSpec):
         desc = {"spec": [generator.model, list(map(list, generator.options))]}
+        if generator.dtype is not None:  # (absent from float32 runs, so their checkpoints stay valid)
+            desc["dtype"] = generator.dtype
     else:
         fp = getattr(generator, "fingerprint", None)
         if callable(fp):

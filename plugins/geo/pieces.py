@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from samkit.utils.files import atomic_output
+from samkit.utils.mask_utils import crop_to_box
 
 from .errors import GeoError
 from .raster import RasterSpec, gdal_env, open_raster, read_tile, read_valid
@@ -139,15 +140,13 @@ def pieces_from_records(tile: Tile, records, valid: np.ndarray):
                 mask, off_r, off_c = sub & valid[hr0:hr1, hc0:hc1], hr0, hc0
         if mask is None:
             mask, off_r, off_c = record_mask(rec, valid.shape) & valid, 0, 0
-        rows = np.flatnonzero(mask.any(axis=1))
-        if rows.size == 0:
+        found = crop_to_box(mask)
+        if found is None:
             continue
-        cols = np.flatnonzero(mask.any(axis=0))
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        crop = np.ascontiguousarray(mask[r0:r1, c0:c1])
+        box, crop = found
         score = float(rec.get("predicted_iou", 1.0))
         stability = float(rec.get("stability_score", 1.0))
-        yield crop, (tile.r0 + off_r + int(r0), tile.c0 + off_c + int(c0)), score, stability
+        yield crop, (tile.r0 + off_r + box.y0, tile.c0 + off_c + box.x0), score, stability
 
 
 _local = threading.local()

@@ -117,8 +117,9 @@ class SamBackend:
 
                     torch.set_num_threads(self.settings.threads)
                 self.warm_up()
-                self._model = samkit.load_model(self.settings.model_source, device=self.settings.device,
-                                                dtype=self.settings.dtype)
+                # from the process's model cache, as in every samkit front end (one load per checkpoint)
+                self._model = samkit.get_model(self.settings.model_source, device=self.settings.device,
+                                               dtype=self.settings.dtype)
                 log.info("loaded %s (%s) on %s in %.1f s", self.settings.model_source, self._model.arch,
                          self._model.device, time.perf_counter() - t0)
             except Exception as e:  # reported by /health and every predict
@@ -276,6 +277,17 @@ class SamBackend:
             # Only negative clicks: nothing to segment yet.
             return {"result": [], "score": 0.0, "model_version": self.model_version}
 
+        import samkit
+
+        if len(box_arr) > 1 and not len(coords):
+            prompts = [samkit.Prompt(box=box) for box in box_arr]
+            labels = [box.label or label for box in boxes]  # each rectangle keeps its own label
+        else:
+            if len(box_arr) > 1:
+                log.warning("%d rectangles with keypoints in one request: SAM takes one box per "
+                            "object, the last rectangle is used", len(box_arr))
+            prompts = [samkit.Prompt(coords, point_labels, box_arr[-1] if len(box_arr) else None)]
+            labels = [label]
         with self._interactive_lock:
             t_lock = time.perf_counter()
             # one predictor for all clicks: it knows the last image it was given, so a click on
@@ -285,24 +297,9 @@ class SamBackend:
             predictor = self._interactive_predictor
             predictor.set_image(image)
             t_embed = time.perf_counter()
-            if len(box_arr) > 1 and not len(coords):
-                masks, scores, _ = predictor.predict_batch(boxes=box_arr, multimask_output=False, return_low_res=False)
-                masks, scores = masks[:, 0], scores[:, 0]
-                labels = [box.label or label for box in boxes]  # each rectangle keeps its own label
-            else:
-                if len(box_arr) > 1:
-                    log.warning("%d rectangles with keypoints in one request: SAM takes one box per "
-                                   "object, the last rectangle is used", len(box_arr))
-                labels = [label]
-                single_point = len(coords) == 1 and not len(box_arr)
-                masks, scores, _ = predictor.predict(
-                    point_coords=coords if len(coords) else None,
-                    point_labels=point_labels if len(coords) else None,
-                    box=box_arr[-1] if len(box_arr) else None,
-                    multimask_output=single_point,
-                    best_only=True,
-                    return_low_res=False,
-                )
+            # no stability score: Label Studio keeps none, and a click should not wait for one
+            found = samkit.segment_objects(predictor, prompts, stability=False)
+        masks, scores = [obj.mask for obj in found], [obj.score for obj in found]
         self._count(predictor)
         t_dec = time.perf_counter()
         result = []
@@ -344,6 +341,8 @@ class SamBackend:
         return _with_new_ids(result)
 
     def _batch_compute(self, image: np.ndarray, rects: list[Region], outputs, predictor) -> dict:
+        import samkit
+
         h, w = image.shape[:2]
         masks: list[tuple[np.ndarray, float, str | None]] = []
         if rects:
@@ -354,22 +353,20 @@ class SamBackend:
                 boxes, rects = boxes[inside], [r for r, keep in zip(rects, inside) if keep]
             if rects:
                 with self._batch_lock:
-                    predictor.set_image(image)
-                    m, s, _ = predictor.predict_batch(boxes=boxes, multimask_output=False, return_low_res=False)
-                masks = [(m[i, 0], float(s[i, 0]), rects[i].label) for i in range(len(rects))]
+                    found = samkit.segment_objects(predictor, [samkit.Prompt(box=box) for box in boxes], image,
+                                                   stability=False)
+                masks = [(obj.mask, obj.score, rect.label) for obj, rect in zip(found, rects)]
         else:
-            import samkit
-
             gen = samkit.MaskGenerator(
                 self.model, points_per_side=self.points_per_side,
                 pred_iou_thresh=self.settings.pred_iou_thresh,
-                stability_score_thresh=self.settings.stability_thresh,
+                stability_score_thresh=self.settings.stability_score_thresh,
                 min_mask_region_area=self.settings.min_area, predictor=predictor)
             with self._batch_lock:
                 records = gen.generate(image)
-            records = [r for r in records if r["area"] >= self.settings.min_area]
-            records.sort(key=lambda r: -r["predicted_iou"])
-            masks = [(r["segmentation"], r["predicted_iou"], None) for r in records[: self.settings.max_regions]]
+            records = samkit.best_first([r for r in records if r["area"] >= self.settings.min_area],
+                                        self.settings.max_regions)
+            masks = [(r["segmentation"], r["predicted_iou"], None) for r in records]
         self._count(predictor)
         result = []
         for mask, score, label in masks:

@@ -3,7 +3,7 @@
 | variable | default | meaning |
 |---|---|---|
 | SAMKIT_MODEL | mobile_sam | model name (mobile_sam, vit_b, vit_l, vit_h) or a checkpoint path |
-| SAMKIT_CHECKPOINT | | checkpoint file; wins over SAMKIT_MODEL |
+| SAMKIT_CHECKPOINT | | checkpoint file; wins over SAMKIT_MODEL (a model name here still works, deprecated) |
 | SAMKIT_DEVICE | auto | cpu, cuda, cuda:1, mps; auto picks a GPU when there is one |
 | SAMKIT_DTYPE | float32 | float32, bfloat16 or float16 compute (float16 needs a GPU: on a CPU use bfloat16) |
 | SAMKIT_LS_THREADS | | CPU threads for PyTorch (default: all cores); 1 keeps clicks steady on a busy CPU |
@@ -22,8 +22,8 @@
 | LOCAL_FILES_DOCUMENT_ROOT | | read /data/local-files/?d=... from this folder directly |
 | SAMKIT_LS_BATCH | auto | batch pre-labelling: auto (masks for a task's rectangles, else segment everything), boxes (only tasks with rectangles), off |
 | SAMKIT_LS_POINTS_PER_SIDE | 32 on a GPU, 16 on CPU | segment-everything grid for batch pre-labelling |
-| SAMKIT_LS_PRED_IOU_THRESH | 0.88 | segment-everything: keep masks with predicted IoU above |
-| SAMKIT_LS_STABILITY_THRESH | 0.95 | segment-everything: keep masks with stability above |
+| SAMKIT_LS_PRED_IOU_THRESH | the model family's (SAM 1: 0.88) | segment-everything: keep masks with predicted IoU above |
+| SAMKIT_LS_STABILITY_SCORE_THRESH | 0.95 | segment-everything: keep masks with stability score at least (was SAMKIT_LS_STABILITY_THRESH, deprecated) |
 | SAMKIT_LS_MAX_REGIONS | 100 | segment-everything: most masks per task (best first) |
 | SAMKIT_LS_MIN_AREA | 25 | drop masks / polygon parts smaller than this many pixels, fill smaller holes |
 | SAMKIT_LS_MAX_POLYGONS | 20 | most polygon regions per mask (largest parts first; a warning names what is dropped) |
@@ -39,6 +39,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
+from samkit.options import GeneratorOptions, deprecated
+
+# Old spellings that still work, with a deprecation message: environment variable -> new one,
+# and Settings field -> new one.
+OLD_VARIABLES = {"SAMKIT_LS_STABILITY_THRESH": "SAMKIT_LS_STABILITY_SCORE_THRESH"}
+OLD_FIELDS = {"stability_thresh": "stability_score_thresh"}
+
 
 def _env(name: str, default=None, *alts: str):
     for key in (name, *alts):
@@ -46,6 +53,15 @@ def _env(name: str, default=None, *alts: str):
         if value not in (None, ""):
             return value
     return default
+
+
+def _renamed(name: str) -> str:
+    """`name`, or its old spelling when only that is set (with a deprecation message)."""
+    for old, new in OLD_VARIABLES.items():
+        if new == name and _env(name) is None and _env(old) is not None:
+            deprecated(old, name, stacklevel=4)
+            return old
+    return name
 
 
 def env_number(name: str, kind: type, default=None, *alts: str):
@@ -65,7 +81,7 @@ def env_number(name: str, kind: type, default=None, *alts: str):
 
 @dataclass
 class Settings:
-    model: str = "mobile_sam"
+    model: str | None = None  # None: samkit.models.model_source's default
     checkpoint: str | None = None
     device: str | None = None
     dtype: str | None = None
@@ -86,8 +102,8 @@ class Settings:
     local_files_root: str | None = None
     batch: str = "auto"
     points_per_side: int | None = None  # None: 32 on a GPU, 16 on CPU
-    pred_iou_thresh: float = 0.88
-    stability_thresh: float = 0.95
+    pred_iou_thresh: float | None = None  # None: the model family's default
+    stability_score_thresh: float = GeneratorOptions.default("stability_score_thresh")
     max_regions: int = 100
     min_area: int = 25
     max_polygons: int = 20
@@ -100,7 +116,7 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
         s = cls(
-            model=_env("SAMKIT_MODEL", "mobile_sam"),
+            model=_env("SAMKIT_MODEL"),
             checkpoint=_env("SAMKIT_CHECKPOINT"),
             device=_env("SAMKIT_DEVICE"),
             dtype=_env("SAMKIT_DTYPE"),
@@ -121,8 +137,9 @@ class Settings:
             local_files_root=_env("LOCAL_FILES_DOCUMENT_ROOT"),
             batch=_env("SAMKIT_LS_BATCH", "auto"),
             points_per_side=env_number("SAMKIT_LS_POINTS_PER_SIDE", int),
-            pred_iou_thresh=env_number("SAMKIT_LS_PRED_IOU_THRESH", float, 0.88),
-            stability_thresh=env_number("SAMKIT_LS_STABILITY_THRESH", float, 0.95),
+            pred_iou_thresh=env_number("SAMKIT_LS_PRED_IOU_THRESH", float),
+            stability_score_thresh=env_number(_renamed("SAMKIT_LS_STABILITY_SCORE_THRESH"), float,
+                                              GeneratorOptions.default("stability_score_thresh")),
             max_regions=env_number("SAMKIT_LS_MAX_REGIONS", int, 100),
             min_area=env_number("SAMKIT_LS_MIN_AREA", int, 25),
             max_polygons=env_number("SAMKIT_LS_MAX_POLYGONS", int, 20),
@@ -133,6 +150,12 @@ class Settings:
             log_level=_env("SAMKIT_LS_LOG_LEVEL", "INFO"),
         )
         names = {f.name for f in fields(cls)}
+        for old, new in OLD_FIELDS.items():
+            if old in overrides:
+                deprecated(f"Settings {old}", new)
+                value = overrides.pop(old)
+                if overrides.get(new) is None:
+                    overrides[new] = value
         for key, value in overrides.items():
             if key not in names:
                 raise TypeError(f"unknown setting {key!r}")
@@ -198,9 +221,19 @@ class Settings:
 
     def batch_signature(self) -> tuple:
         """The settings a batch answer depends on."""
-        return (self.points_per_side, self.pred_iou_thresh, self.stability_thresh, self.max_regions,
+        return (self.points_per_side, self.pred_iou_thresh, self.stability_score_thresh, self.max_regions,
                 self.min_area, self.max_polygons, self.max_polygon_points, self.polygon_tolerance, self.output)
 
     @property
     def model_source(self) -> str:
-        return self.checkpoint or self.model
+        """What to load: SAMKIT_CHECKPOINT (--checkpoint), else SAMKIT_MODEL (--model), else mobile_sam;
+        read with the meaning every samkit front end gives them (samkit.models)."""
+        from samkit.models import model_source
+
+        return model_source(self.model, self.checkpoint, environ={})
+
+    @property
+    def stability_thresh(self) -> float:
+        """Deprecated name of stability_score_thresh."""
+        deprecated("Settings.stability_thresh", "Settings.stability_score_thresh")
+        return self.stability_score_thresh

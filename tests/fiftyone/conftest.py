@@ -40,8 +40,8 @@ FIFTYONE_ENV = {
     "FIFTYONE_DEFAULT_DATASET_DIR": str(_ROOT / "fiftyone"),
     "FIFTYONE_SHOW_PROGRESS_BARS": "false",
 }
-for _name in ("FIFTYONE_DATABASE_URI", "FIFTYONE_DATABASE_NAME", "SAMKIT_CHECKPOINT", "SAMKIT_DEVICE",
-              "SAMKIT_MASK_DIR"):
+for _name in ("FIFTYONE_DATABASE_URI", "FIFTYONE_DATABASE_NAME", "SAMKIT_CHECKPOINT", "SAMKIT_MODEL", "SAMKIT_DEVICE",
+              "SAMKIT_DTYPE", "SAMKIT_MASK_DIR"):
     os.environ.pop(_name, None)
 os.environ.update(FIFTYONE_ENV)
 
@@ -74,7 +74,7 @@ atexit.register(_cleanup)
 
 def _fiftyone_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    for name in ("SAMKIT_CHECKPOINT", "SAMKIT_DEVICE", "SAMKIT_MASK_DIR"):
+    for name in ("SAMKIT_CHECKPOINT", "SAMKIT_MODEL", "SAMKIT_DEVICE", "SAMKIT_DTYPE", "SAMKIT_MASK_DIR"):
         env.pop(name, None)
     env.update(FIFTYONE_ENV)
     env["HOME"] = str(FIFTYONE_HOME)

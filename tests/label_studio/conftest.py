@@ -126,7 +126,7 @@ def make_client(sam_model, shared_cache):
 
     def make(fresh_cache: bool = False, **overrides):
         defaults = dict(checkpoint="mobile_sam_random.pt", device="cpu", points_per_side=4, pred_iou_thresh=0.0,
-                        stability_thresh=0.0, max_regions=5)
+                        stability_score_thresh=0.0, max_regions=5)
         defaults.update(overrides)
         settings = Settings.from_env(**defaults)
         backend = SamBackend(settings, model=sam_model, cache=None if fresh_cache else shared_cache)
@@ -153,7 +153,7 @@ def serve_backend(sam_model):
 
     def serve(**overrides):
         defaults = dict(checkpoint="mobile_sam_random.pt", device="cpu", points_per_side=4, pred_iou_thresh=0.0,
-                        stability_thresh=0.0, max_regions=3)
+                        stability_score_thresh=0.0, max_regions=3)
         settings = Settings.from_env(**{**defaults, **overrides})
         backend = SamBackend(settings, model=sam_model)
         port = free_port()
@@ -378,7 +378,7 @@ def backend_server(mobile_sam_checkpoint, tmp_path_factory):
         "SAMKIT_CHECKPOINT": str(mobile_sam_checkpoint), "SAMKIT_DEVICE": "cpu",
         # Random weights need zero thresholds for segment-everything to keep any mask; a small
         # grid keeps batch pre-labelling quick on CPU.
-        "SAMKIT_LS_POINTS_PER_SIDE": "4", "SAMKIT_LS_PRED_IOU_THRESH": "0", "SAMKIT_LS_STABILITY_THRESH": "0",
+        "SAMKIT_LS_POINTS_PER_SIDE": "4", "SAMKIT_LS_PRED_IOU_THRESH": "0", "SAMKIT_LS_STABILITY_SCORE_THRESH": "0",
         "SAMKIT_LS_MAX_REGIONS": "3", "SAMKIT_LS_CACHE_SIZE": "16",
     })
     cmd = [*serve_command(), "--host", "127.0.0.1", "--port", str(port)]
