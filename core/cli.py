@@ -94,6 +94,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+class ProgressBar:
+    """A tqdm bar for MaskGenerator's progress callback: drawn only on a terminal and without -q,
+    so a log file or CI output gets no carriage-return lines."""
+
+    def __init__(self, desc: str, quiet: bool) -> None:
+        self.desc = desc
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="prompt", dynamic_ncols=True, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def nothing_found_hint(stats) -> str:
+    """Why segment-everything kept no mask, and which options to lower (GenerationStats)."""
+    if stats is None or stats.candidates == 0:
+        return "no masks found"
+    best = f" (the best was {stats.best_iou:.2f})" if stats.best_iou is not None else ""
+    if stats.above_iou == 0:
+        why = (f"none of the {stats.candidates} candidate masks had a predicted IoU above "
+               f"--pred-iou-thresh {stats.pred_iou_thresh:g}{best}")
+    elif stats.above_stability == 0:
+        why = (f"{stats.above_iou} of {stats.candidates} candidate masks passed --pred-iou-thresh "
+               f"{stats.pred_iou_thresh:g}, none --stability-score-thresh {stats.stability_score_thresh:g}")
+    else:
+        why = f"{stats.above_stability} masks passed both thresholds, none survived --min-mask-region-area"
+    return (f"no masks found: {why}. Lower the thresholds to keep more, e.g. --pred-iou-thresh 0.5 "
+            "--stability-score-thresh 0.8 (0 keeps every candidate)")
+
+
 def cmd_everything(args: argparse.Namespace) -> int:
     from .ultralytics_api import SAM
 
@@ -107,8 +147,14 @@ def cmd_everything(args: argparse.Namespace) -> int:
     }
     sam = SAM(args.model, device=args.device, dtype=args.dtype, **options)
     start = time.perf_counter()
-    result = sam(args.image)[0]
-    print(f"segment everything: {time.perf_counter() - start:.1f} s")
+    bar = ProgressBar("segment everything", args.quiet)
+    try:
+        result = sam(args.image, progress=bar)[0]
+    finally:
+        bar.close()
+    print(f"segment everything: {len(result)} masks in {time.perf_counter() - start:.1f} s")
+    if len(result) == 0:
+        print(f"samkit: warning: {nothing_found_hint(sam.last_stats)}", file=sys.stderr)
     _write_outputs(result, Path(args.output), write_masks=args.png_masks)
     return 0
 
@@ -153,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-n-layers", type=int, default=0)
     p.add_argument("--min-mask-region-area", type=int, default=0)
     p.add_argument("--png-masks", action="store_true", help="also write one PNG per mask")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (none is drawn outside a terminal)")
     add_model_options(p)
     p.set_defaults(func=cmd_everything)
 

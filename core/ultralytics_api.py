@@ -24,7 +24,7 @@ from .build import load_model
 from .errors import PromptError
 from .utils.files import atomic_output
 from .utils.image_io import ImageLike, load_image
-from .mask_generator import MaskGenerator
+from .mask_generator import GenerationStats, MaskGenerator, ProgressCallback
 from .predictor import Predictor
 from .utils.visualize import overlay_masks, save_png
 
@@ -104,6 +104,7 @@ class SAM:
         self.model = load_model(model, device=device, dtype=dtype)
         self.predictor = Predictor(self.model)
         self.generator_options = generator_options
+        self.last_stats: GenerationStats | None = None  # of the last segment-everything call
 
     def info(self, verbose: bool = True) -> dict[str, Any]:
         """Print and return the architecture, parameter count, size and device."""
@@ -125,29 +126,33 @@ class SAM:
 
     def __call__(
         self, source: ImageLike | Sequence[ImageLike], bboxes=None, points=None, labels=None,
-        multimask_output: bool = False,
+        multimask_output: bool = False, progress: ProgressCallback | None = None,
     ) -> list[Result]:
-        return self.predict(source, bboxes=bboxes, points=points, labels=labels, multimask_output=multimask_output)
+        return self.predict(source, bboxes=bboxes, points=points, labels=labels, multimask_output=multimask_output,
+                            progress=progress)
 
     def predict(
         self, source: ImageLike | Sequence[ImageLike], bboxes=None, points=None, labels=None,
-        multimask_output: bool = False,
+        multimask_output: bool = False, progress: ProgressCallback | None = None,
     ) -> list[Result]:
-        """Segment each source. Without prompts every object is segmented (segment everything)."""
+        """Segment each source. Without prompts every object is segmented (segment everything);
+        then `progress(done, total)` is called as the grid's prompts are decoded and
+        `last_stats` (GenerationStats) says how many candidates passed each threshold."""
         sources = list(source) if isinstance(source, (list, tuple)) else [source]
         results = []
         for item in sources:
             image = load_image(item)
             path = str(item) if isinstance(item, (str, os.PathLike)) else None
             if bboxes is None and points is None:
-                results.append(self._everything(image, path))
+                results.append(self._everything(image, path, progress))
             else:
                 results.append(self._prompted(image, path, bboxes, points, labels, multimask_output))
         return results
 
-    def _everything(self, image: np.ndarray, path: str | None) -> Result:
+    def _everything(self, image: np.ndarray, path: str | None, progress: ProgressCallback | None = None) -> Result:
         generator = MaskGenerator(self.model, predictor=self.predictor, **self.generator_options)
-        records = generator.generate(image)
+        records = generator.generate(image, progress=progress)
+        self.last_stats = generator.last_stats
         if not records:
             empty = np.zeros((0, *image.shape[:2]), dtype=bool)
             return Result(image, empty, np.zeros((0, 4)), np.zeros(0), path)
