@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import SamkitError
+from .utils.files import output_directory
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -65,7 +66,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(result, out_dir: Path, write_masks: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_directory(out_dir)
     result.save(out_dir / "overlay.png")
     result.save_json(out_dir / "masks.json")
     if write_masks:
@@ -85,6 +86,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise SamkitError("give --points (with --labels) and/or --box; use `samkit everything` for automatic masks")
     if points is not None and labels is not None and len(labels) != len(points):
         raise SamkitError(f"{len(points)} points but {len(labels)} labels: give one label (1 or 0) per point")
+    output_directory(args.output, create=False)  # before any work
     sam = SAM(args.model, device=args.device, dtype=args.dtype)
     # All points describe one object (the interactive convention), so nest them one level deeper.
     nested_points = [points] if points is not None else None
@@ -145,6 +147,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
         "crop_n_layers": args.crop_n_layers,
         "min_mask_region_area": args.min_mask_region_area,
     }
+    output_directory(args.output, create=False)  # before any work
     sam = SAM(args.model, device=args.device, dtype=args.dtype, **options)
     start = time.perf_counter()
     bar = ProgressBar("segment everything", args.quiet)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ import numpy as np
 from .utils import mask_utils
 from .build import load_model
 from .errors import PromptError
-from .utils.files import atomic_output
+from .utils.files import atomic_output, output_directory
 from .utils.image_io import ImageLike, load_image
 from .mask_generator import GenerationStats, MaskGenerator, ProgressCallback
 from .predictor import Predictor
@@ -51,14 +50,14 @@ class Result:
         )
 
     def save(self, filename: str | os.PathLike = "overlay.png") -> str:
-        """Write `plot()` as a PNG and return its path."""
+        """Write `plot()` as a PNG and return its path (its folder must exist: OutputError)."""
         save_png(filename, self.plot())
         return str(filename)
 
     def save_masks(self, directory: str | os.PathLike) -> list[str]:
-        """One PNG per mask (0 / 255) in `directory`; returns the paths."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        """One PNG per mask (0 / 255) in `directory` (created; the folder above it must exist);
+        returns the paths."""
+        directory = output_directory(directory)
         paths = []
         for i, mask in enumerate(self.masks):
             path = directory / f"mask_{i:04d}.png"
