@@ -49,6 +49,54 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("samkit"))
 
 
+def _unknown_model(name_or_path) -> str:
+    return (f"no checkpoint file at {str(name_or_path)!r} and it is not a known model name; "
+            f"use a path to a .pth/.pt file or one of: {', '.join(_MODELS)}")
+
+
+_REACHABLE: dict[str, tuple[float, bool]] = {}  # host -> (when checked, reachable)
+
+
+def _host_reachable(url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the URL's host opens (remembered for a minute)."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    key = f"{parts.hostname}:{port}"
+    checked = _REACHABLE.get(key)
+    if checked is not None and time.monotonic() - checked[0] < 60:
+        return checked[1]
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        ok = True
+    except OSError:
+        ok = False
+    _REACHABLE[key] = (time.monotonic(), ok)
+    return ok
+
+
+def checkpoint_problem(name_or_path: str | os.PathLike, timeout: float = 3.0) -> str | None:
+    """Why load_model(name_or_path) could not even get its file, found without loading anything:
+    None when the file exists (a path, or a name already in the cache) or its download server
+    answers; else the one-line message load_model would end with, naming what to do. For checks
+    that must be cheap and early (a form's validation) rather than a first step of a long run."""
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.is_file():
+        return None
+    model = lookup(str(name_or_path))
+    if model is None:
+        return _unknown_model(name_or_path)
+    spec = CHECKPOINTS[model.name]  # the view fetch_checkpoint reads
+    cached = cache_dir() / spec.filename
+    if cached.is_file() or _host_reachable(spec.url, timeout):
+        return None
+    return (f"{spec.filename} is not in {cached.parent} and {spec.url.split('/')[2]} cannot be reached to download "
+            f"it: download {spec.url} elsewhere and put it at {cached}, or give the file's path as the model")
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The given device, or the best available: CUDA, then Apple MPS, then CPU."""
     if device is not None:
@@ -119,10 +167,7 @@ def load_model(
     else:
         spec = lookup(str(name_or_path))
         if spec is None:
-            raise CheckpointError(
-                f"no checkpoint file at {str(name_or_path)!r} and it is not a known model name; "
-                f"use a path to a .pth/.pt file or one of: {', '.join(_MODELS)}"
-            )
+            raise CheckpointError(_unknown_model(name_or_path))
         checkpoint_path = fetch_checkpoint(spec.name, download=download)
     state_dict = read_state_dict(checkpoint_path)
     spec = infer_spec(state_dict, checkpoint_path)
