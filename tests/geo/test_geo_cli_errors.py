@@ -51,6 +51,20 @@ def nocrs_raster(tmp_path):
     return path
 
 
+def test_a_raster_without_georeferencing_gives_only_our_one_line(tmp_path):
+    """rasterio warns (two lines) when it opens a raster without a geotransform; samkit's own
+    error says it better, so the warning is not shown before it (nor by `geo info`)."""
+    path = tmp_path / "plain.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=48, count=3, dtype="uint8") as ds:
+        ds.write(np.zeros((3, 48, 64), np.uint8))
+    proc = _run(SAMKIT, "geo", "vectorize", str(path), "-o", str(tmp_path / "o.gpkg"),
+                "--generator", "samkit.geo.testing:LabelSegmenter")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("samkit: error: ") and "no CRS" in proc.stderr
+    info = _run(SAMKIT, "geo", "info", str(path))
+    assert info.returncode == 0 and "Warning" not in info.stderr, info.stderr
+
+
 def test_geo_error_is_a_samkit_error():
     assert issubclass(GeoError, samkit.SamkitError)
 
