@@ -24,7 +24,7 @@ from .errors import PromptError
 from .utils.files import atomic_output, output_directory
 from .utils.image_io import ImageLike, load_image
 from .mask_generator import GenerationStats, MaskGenerator, ProgressCallback
-from .predictor import Predictor
+from .predictor import Predictor, check_prompts
 from .utils.visualize import overlay_masks, save_png
 
 
@@ -162,6 +162,7 @@ class SAM:
 
     def _prompted(self, image, path, bboxes, points, labels, multimask_output) -> Result:
         point_sets, label_sets, box_array = nest_prompts(bboxes, points, labels)
+        check_prompts(image.shape[:2], point_sets, label_sets, box_array)  # before the encoder runs
         self.predictor.set_image(image)
         masks, scores, _ = self.predictor.predict_batch(
             point_sets, label_sets, box_array, multimask_output=multimask_output, return_low_res=False
