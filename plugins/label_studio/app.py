@@ -135,6 +135,11 @@ def create_app(settings: Settings | None = None, backend: SamBackend | None = No
 
     @app.post("/setup")
     async def setup(request: Request):
+        if backend.model_error:
+            # Label Studio connects a model whose /setup answers 200 (its Validate and Save): a
+            # backend that cannot predict must say so here, where the user connects it
+            return JSONResponse({"error": f"the samkit backend cannot predict: {backend.model_error}"},
+                                status_code=503)
         req = parse_body(SetupRequest, await request.body(), "/setup")
         return await run_in_threadpool(backend.setup, req)
 
