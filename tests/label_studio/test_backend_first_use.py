@@ -74,6 +74,29 @@ def test_a_click_with_the_shipped_config_answers_with_the_brush_alone(make_clien
     assert points <= 2000 and size_both - size < points * 25 + len(both["polygonlabels"]) * 500
 
 
+def test_clicks_run_on_one_pytorch_thread_by_default(backend_server, payloads, image_server):
+    """SAMKIT_LS_THREADS' default (1 on a CPU): with more threads a click waits for the slowest of
+    them at every step, and on a CPU shared with other work that made clicks seconds long
+    (benchmarks/bench_label_studio_load.py; benchmarks/RESULTS.md)."""
+    import requests
+
+    body = copy.deepcopy(payloads["ls_to_backend_predict_interactive_kp1"]["body"])
+    body["tasks"][0]["data"]["image"] = f"{image_server.url}/public/dog.jpg"
+    for region in body["params"]["context"]["result"]:
+        region["original_width"], region["original_height"] = 800, 534
+    assert requests.post(f"{backend_server.url}/predict", json=body, timeout=300).status_code == 200
+    assert backend_server.stats()["click_threads"] == 1
+
+
+def test_the_thread_setting():
+    from samkit.label_studio.settings import Settings
+
+    assert Settings(threads=None).torch_threads("cpu") == 1
+    assert Settings(threads=None).torch_threads("cuda") is None  # PyTorch's own default
+    assert Settings(threads=0).torch_threads("cpu") is None  # all cores
+    assert Settings(threads=3).torch_threads("cpu") == 3
+
+
 def test_the_answer_is_gzipped_for_a_client_that_asks(make_client, payloads, image_server):
     """Label Studio's client (requests) asks for gzip; the random weights' ragged mask makes a
     brush RLE of hundreds of KB of JSON, which gzip shrinks several times over."""
