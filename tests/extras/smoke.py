@@ -99,13 +99,27 @@ def check_label_studio(work: Path, checkpoint: str) -> None:
         log.close()
 
 
-def check_fiftyone(work: Path) -> None:
-    """FiftyOne imports with its App server, and the plugin installs and its operators import."""
+def check_fiftyone(work: Path, checkpoint: str) -> None:
+    """FiftyOne imports with its App server; the plugin installs; a dataset in a fresh database
+    gets masks from SamModel through apply_model (FiftyOne starts its own MongoDB)."""
     run(sys.executable, "-c", "import fiftyone, fiftyone.server.app, fiftyone.operators; "
                               "import samkit.fiftyone.operators, samkit.fiftyone.model")
     plugins = work / "fo-plugins"
     run(SAMKIT, "fiftyone", "install", "--plugins-dir", str(plugins))
     assert (plugins / "@samkit" / "fiftyone" / "fiftyone.yml").is_file(), "samkit fiftyone install linked nothing"
+    env = {**os.environ, "FIFTYONE_DATABASE_DIR": str(work / "fo-db"), "FIFTYONE_DO_NOT_TRACK": "true",
+           "HOME": str(work / "fo-home"), "FIFTYONE_DATABASE_VALIDATION": "false"}
+    image = REPO / "examples" / "images" / "dog.jpg"
+    out = run(sys.executable, "-c", f"""
+import fiftyone as fo
+from samkit.fiftyone import SamModel
+dataset = fo.Dataset()
+dataset.add_sample(fo.Sample(filepath={str(image)!r}))
+dataset.apply_model(SamModel(model={checkpoint!r}, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0,
+                             device="cpu"), "sam")
+print(len(dataset.first()["sam"].detections))
+""", env=env)
+    assert int(out.stdout.strip().splitlines()[-1]) > 0, out.stdout
 
 
 def check_geo(work: Path, dask: bool) -> None:
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             elif extra == "label-studio":
                 check_label_studio(work, args.checkpoint)
             elif extra == "fiftyone":
-                check_fiftyone(work)
+                check_fiftyone(work, args.checkpoint)
             elif extra == "geo":
                 check_geo(work, dask="dask" in args.extras)
             else:
