@@ -6,7 +6,7 @@
 | SAMKIT_CHECKPOINT | | checkpoint file; wins over SAMKIT_MODEL |
 | SAMKIT_DEVICE | auto | cpu, cuda, cuda:1, mps; auto picks a GPU when there is one |
 | SAMKIT_DTYPE | float32 | float32, bfloat16 or float16 compute (float16 needs a GPU: on a CPU use bfloat16) |
-| SAMKIT_LS_THREADS | 1 on a CPU | PyTorch CPU threads; 0: all cores. More threads wait for each other when other work shares the CPU: a click took ~0.6 s with 1 and ~5 s with 2 on a busy 2-core VM (benchmarks/RESULTS.md) |
+| SAMKIT_LS_THREADS | 1 on a CPU | PyTorch CPU threads; 0: all cores. More threads wait for each other when other work shares the CPU: a click took 0.4-0.6 s with 1 and 2-5 s with 2 on a busy 2-core VM (benchmarks/RESULTS.md) |
 | LABEL_STUDIO_URL | | where the backend fetches /data/... images and project tasks |
 | LABEL_STUDIO_API_KEY | | legacy token or personal access token |
 | SAMKIT_LS_BASIC_AUTH_USER / _PASS | | require HTTP basic auth on every endpoint (/health too: send it there as well) |
@@ -205,8 +205,8 @@ class Settings:
         One thread, because a click is many small operations: with more threads each waits for
         the others at every step, and when anything else runs on the machine (an annotator's
         browser, a second backend, a shared VM) one of them is always late. Measured on a click
-        as Label Studio sends it (benchmarks/bench_label_studio_load.py, RESULTS.md): ~0.6 s with
-        1 thread against ~5 s with 2 on a busy 2-core VM; the issue's report on an AVX2 laptop
+        as Label Studio sends it (benchmarks/bench_label_studio_load.py, RESULTS.md): 0.4-0.6 s
+        with 1 thread against 2-5 s with 2 on a busy 2-core VM; issue 23's report on a busy AVX2
         CPU, 175 ms against ~1 s. Batch pre-labelling is slower with one thread on an idle
         machine; SAMKIT_LS_THREADS=0 gives it every core."""
         if self.threads is not None:
