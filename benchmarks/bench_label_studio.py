@@ -152,7 +152,7 @@ def main(argv=None):
     parts = {k: statistics.median(t[k] for t in timings) * 1000 for k in timings[0]}
     breakdown = ", ".join(f"{k.removesuffix('_s')} {v:.1f} ms" for k, v in parts.items() if k != "total_s")
     rows.append(Row(label, "one click: the /predict request, in-process", "fp32", t_req, None,
-                    f"brush and polygon regions, {len(content) // 1024} KB of JSON; backend: {breakdown}; "
+                    f"the shipped config's regions (brush), {len(content) // 1024} KB of JSON; backend: {breakdown}; "
                     f"its brush RLE equals the click's above: {bool(brush) and brush[0]['value']['rle'] == click_rle}"))
     end = bench_core.machine()
     print()

@@ -36,6 +36,7 @@ _LAZY_EXPORTS = {
     "Predictor": "predictor",
     "Sam": "modeling.sam",
     "SAM": "ultralytics_api",
+    "SAMPredictor": "ultralytics_api",
     "Result": "ultralytics_api",
 }
 _SUBMODULES = {

@@ -10,6 +10,7 @@ import re
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -47,6 +48,54 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("samkit"))
+
+
+def _unknown_model(name_or_path) -> str:
+    return (f"no checkpoint file at {str(name_or_path)!r} and it is not a known model name; "
+            f"use a path to a .pth/.pt file or one of: {', '.join(_MODELS)}")
+
+
+_REACHABLE: dict[str, tuple[float, bool]] = {}  # host -> (when checked, reachable)
+
+
+def _host_reachable(url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the URL's host opens (remembered for a minute)."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    key = f"{parts.hostname}:{port}"
+    checked = _REACHABLE.get(key)
+    if checked is not None and time.monotonic() - checked[0] < 60:
+        return checked[1]
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        ok = True
+    except OSError:
+        ok = False
+    _REACHABLE[key] = (time.monotonic(), ok)
+    return ok
+
+
+def checkpoint_problem(name_or_path: str | os.PathLike, timeout: float = 3.0) -> str | None:
+    """Why load_model(name_or_path) could not even get its file, found without loading anything:
+    None when the file exists (a path, or a name already in the cache) or its download server
+    answers; else the one-line message load_model would end with, naming what to do. For checks
+    that must be cheap and early (a form's validation) rather than a first step of a long run."""
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.is_file():
+        return None
+    model = lookup(str(name_or_path))
+    if model is None:
+        return _unknown_model(name_or_path)
+    spec = CHECKPOINTS[model.name]  # the view fetch_checkpoint reads
+    cached = cache_dir() / spec.filename
+    if cached.is_file() or _host_reachable(spec.url, timeout):
+        return None
+    return (f"{spec.filename} is not in {cached.parent} and {spec.url.split('/')[2]} cannot be reached to download "
+            f"it: download {spec.url} elsewhere and put it at {cached}, or give the file's path as the model")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -119,10 +168,7 @@ def load_model(
     else:
         spec = lookup(str(name_or_path))
         if spec is None:
-            raise CheckpointError(
-                f"no checkpoint file at {str(name_or_path)!r} and it is not a known model name; "
-                f"use a path to a .pth/.pt file or one of: {', '.join(_MODELS)}"
-            )
+            raise CheckpointError(_unknown_model(name_or_path))
         checkpoint_path = fetch_checkpoint(spec.name, download=download)
     state_dict = read_state_dict(checkpoint_path)
     spec = infer_spec(state_dict, checkpoint_path)
@@ -185,6 +231,14 @@ def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
     except OSError:
         head = b""
     kind = next((name for signature, name in _FILE_SIGNATURES if head.startswith(signature)), None)
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        # torch's own words for this ("failed finding central directory. This is an internal
+        # miniz error...") run on for three sentences; the cause is simple: the end is missing
+        return CheckpointError(
+            f"cannot read checkpoint {path}: it is truncated ({path.stat().st_size:,} bytes of a PyTorch zip archive "
+            "whose end is missing: an interrupted download or copy). Download it again (samkit download MODEL) "
+            "or pass the complete file."
+        )
     if kind is None and head and all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
         kind = f"a text file (it starts {head.decode('ascii').splitlines()[0]!r})"
     if kind is not None:
@@ -198,7 +252,8 @@ def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
             for line in text.splitlines()
             if line.strip() and not line.startswith(("Weights only", "Please file", "Check the doc"))
         ]
-        detail = (lines[-1] if lines else text.splitlines()[0] if text else type(exc).__name__)[:200]
+        detail = lines[-1] if lines else text.splitlines()[0] if text else type(exc).__name__
+        detail = detail.split(". ")[0].rstrip(".")  # its first sentence, never one cut mid-way
         reason = f"it is truncated, corrupt or not a PyTorch weights file ({detail.strip()})"
     return CheckpointError(
         f"cannot read checkpoint {path}: {reason}. Download it again (samkit download MODEL) or pass the right file."
@@ -257,11 +312,24 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Pa
 
 def fetch_checkpoint(arch: str, download: bool = True) -> Path:
     """Path of the official checkpoint of model `arch` (a registry name) in the cache, downloading
-    and verifying it once."""
+    and verifying it once.
+
+    A file already there under the official name (downloaded by samkit, or copied in by hand) is
+    checked against the official hash the first time it is used; a small marker beside it
+    remembers that it passed, for as long as its size and modification time stay the same."""
     spec = CHECKPOINTS[arch]
     directory = cache_dir()
     path = directory / spec.filename
     if path.is_file():
+        if not _verified_before(path):
+            try:
+                verify_checkpoint(path, spec)
+            except CheckpointError as exc:
+                raise CheckpointError(
+                    f"{path} is not the official {spec.filename}: {exc}. Delete it and run `samkit download "
+                    f"{arch}` (or put the right file there); to use this file anyway, pass its path as the model"
+                ) from None
+            _remember_verified(path)
         return path
     if not download:
         raise CheckpointError(f"{spec.filename} is not in {directory}; download it with `samkit download {arch}`")
@@ -277,33 +345,66 @@ def fetch_checkpoint(arch: str, download: bool = True) -> Path:
                 f"download that URL elsewhere and either put the file at {path} or pass its path: "
                 f"samkit.load_model('/path/to/{spec.filename}') / --model /path/to/{spec.filename}"
             ) from None
-        verify_checkpoint(partial, spec)
+        try:
+            verify_checkpoint(partial, spec)
+        except CheckpointError as exc:
+            raise CheckpointError(f"the download from {spec.url} is not the official file: {exc}") from None
+    _remember_verified(path)
     return path
 
 
+def _verified_marker(path: Path) -> Path:
+    return path.with_name(f".{path.name}.samkit-verified")
+
+
+def _file_identity(path: Path) -> dict[str, int]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _verified_before(path: Path) -> bool:
+    """Whether `path` passed verify_checkpoint as it is now (same size and modification time)."""
+    import json
+
+    try:
+        return json.loads(_verified_marker(path).read_text()) == _file_identity(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _remember_verified(path: Path) -> None:
+    import json
+
+    try:
+        with atomic_output(_verified_marker(path)) as tmp:
+            tmp.write_text(json.dumps(_file_identity(path)))
+    except OSError:  # a read-only cache: the file is checked again next time, nothing worse
+        pass
+
+
 def verify_checkpoint(path: Path, spec: Checkpoint) -> None:
-    """Check a downloaded file against what is known of the official one."""
+    """Check a file (a download, or one copied into the cache) against what is known of the
+    official one."""
     if spec.md5_prefix is not None:
         digest = _file_digest(path, hashlib.md5())
         if not digest.startswith(spec.md5_prefix):
             raise CheckpointError(
-                f"downloaded {spec.filename} has MD5 {digest}, which does not start with {spec.md5_prefix} as the "
-                "official file name says: the download is corrupt or the server returned another file"
+                f"{spec.filename} has MD5 {digest}, which does not start with {spec.md5_prefix} as the "
+                "official file name says: the file is corrupt or another file"
             )
     if spec.md5 is not None:
         digest = _file_digest(path, hashlib.md5())
         if digest != spec.md5:
             raise CheckpointError(
-                f"downloaded {spec.filename} has MD5 {digest}, expected {spec.md5}: the download is corrupt or the "
-                "server returned another file"
+                f"{spec.filename} has MD5 {digest}, expected {spec.md5}: the file is corrupt or another file"
             )
     if spec.git_blob_sha1 is not None:
         blob = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
         digest = _file_digest(path, blob)
         if digest != spec.git_blob_sha1:
             raise CheckpointError(
-                f"downloaded {spec.filename} has git blob SHA-1 {digest}, expected {spec.git_blob_sha1}: "
-                "the download is corrupt"
+                f"{spec.filename} has git blob SHA-1 {digest}, expected {spec.git_blob_sha1}: "
+                "the file is corrupt or another file"
             )
 
 

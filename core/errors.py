@@ -17,3 +17,8 @@ class CheckpointError(SamkitError):
 
 class PromptError(SamkitError, ValueError):
     """Point, box or mask prompts are malformed or do not fit the image."""
+
+
+class OutputError(SamkitError, OSError):
+    """An output file or directory cannot be written where the user asked (missing folder,
+    a file where a directory belongs, no permission)."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from itertools import product
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,6 +25,27 @@ from .predictor import UPSCALE_CHUNK, Predictor
 from .modeling.sam import Sam
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+#: generate()'s progress callback: (prompts done, prompts in all), called after each batch
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class GenerationStats:
+    """What one generate() call saw, for telling a user why few or no masks came out.
+
+    candidates: masks the decoder proposed (3 per grid point); above_iou: those whose predicted
+    IoU passed pred_iou_thresh; above_stability: those that also passed stability_score_thresh;
+    kept: records returned (after NMS and small-region removal); best_iou: the highest predicted
+    IoU of any candidate (None before the first batch)."""
+
+    candidates: int = 0
+    above_iou: int = 0
+    above_stability: int = 0
+    kept: int = 0
+    best_iou: float | None = None
+    pred_iou_thresh: float | None = None  # the thresholds that were applied
+    stability_score_thresh: float | None = None
 
 
 class MaskGenerator:
@@ -90,16 +112,29 @@ class MaskGenerator:
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        self.last_stats = GenerationStats()
+        self._progress: ProgressCallback | None = None
+        self._done = self._total = 0
 
     @torch.inference_mode()
-    def generate(self, image: ImageLike) -> list[dict[str, Any]]:
+    def generate(self, image: ImageLike, progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
         """HxWx3 uint8 RGB image (or a path / PIL image) -> one record per mask:
-        segmentation, area, bbox (XYWH), predicted_iou, point_coords, stability_score, crop_box (XYWH)."""
+        segmentation, area, bbox (XYWH), predicted_iou, point_coords, stability_score, crop_box (XYWH).
+
+        progress, if given, is called as progress(prompts_done, prompts_total) after each batch of
+        grid points (a command line draws its bar with it). `last_stats` then says how many
+        candidates passed each threshold (GenerationStats)."""
         image = load_image(image)
         previous_state = self.predictor.current_state
+        self.last_stats = GenerationStats(pred_iou_thresh=self.pred_iou_thresh,
+                                          stability_score_thresh=self.stability_score_thresh)
+        self._progress, self._done = progress, 0
+        crop_boxes, layer_idxs = generate_crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio)
+        self._total = sum(len(self.point_grids[layer]) for layer in layer_idxs)
         try:
             data = self._generate_masks(image)
         finally:
+            self._progress = None
             # A predictor shared with interactive use keeps pointing at the image it had.
             self.predictor.set_image_state(previous_state)
         if self.min_mask_region_area > 0:
@@ -123,6 +158,7 @@ class MaskGenerator:
                     "crop_box": mask_utils.box_xyxy_to_xywh(data["crop_boxes"][i]),
                 }
             )
+        self.last_stats.kept = len(records)
         return records
 
     # -- stages -----------------------------------------------------------------------------
@@ -152,6 +188,9 @@ class MaskGenerator:
         for start in range(0, len(points_for_image), self.points_per_batch):
             points = points_for_image[start : start + self.points_per_batch]
             parts.append(self._process_batch(points, (crop_h, crop_w), crop_box, orig_size))
+            self._done += len(points)
+            if self._progress is not None:
+                self._progress(self._done, self._total)
         data = concat_data(parts)
         keep = mask_utils.nms(data["boxes"], data["iou_preds"], self.box_nms_thresh)
         data = filter_data(data, keep)
@@ -181,6 +220,12 @@ class MaskGenerator:
         if self.pred_iou_thresh > 0.0:
             keep = iou_preds > self.pred_iou_thresh
         index = torch.nonzero(keep).flatten()
+        stats = self.last_stats
+        stats.candidates += len(iou_preds)
+        stats.above_iou += len(index)
+        if len(iou_preds):
+            best = float(iou_preds.max())
+            stats.best_iou = best if stats.best_iou is None else max(stats.best_iou, best)
 
         threshold = self.model.mask_threshold
         kept_index, stability, masks = [], [], []
@@ -199,6 +244,7 @@ class MaskGenerator:
                 (len(chunk), logits.shape[2], logits.shape[1]), dtype=torch.bool, device=logits.device
             )
             masks.append(torch.gt(logits.transpose(1, 2), threshold, out=column_major))
+        stats.above_stability += sum(len(chunk) for chunk in kept_index)
         if kept_index:
             index = torch.cat(kept_index)
             stability_t = torch.cat(stability)

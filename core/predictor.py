@@ -282,8 +282,8 @@ class Predictor:
         right of a non-square image (~1/3 of the decoder's upscaling for a 3:2 photo).
         """
         state = self._require_state()
-        coords, labels = self._check_points(point_coords, point_labels, state, batched=False)
-        boxes = self._check_boxes(box, state, batched=False)
+        coords, labels = self._check_points(point_coords, point_labels, state.original_size, batched=False)
+        boxes = self._check_boxes(box, state.original_size, batched=False)
         masks_in = self._check_mask_input(mask_input)
         prompts = PromptBatch(
             None if coords is None else coords[None], None if labels is None else labels[None], boxes, masks_in
@@ -307,14 +307,7 @@ class Predictor:
         return_low_res=False, as in predict).
         """
         state = self._require_state()
-        coords, labels = self._check_points(point_coords, point_labels, state, batched=True)
-        box_array = self._check_boxes(boxes, state, batched=True)
-        if coords is not None and box_array is not None and coords.shape[0] != box_array.shape[0]:
-            raise PromptError(
-                f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box"
-            )
-        if coords is None and box_array is None:
-            raise PromptError("predict_batch needs point_coords/point_labels or boxes")
+        coords, labels, box_array = check_prompts(state.original_size, point_coords, point_labels, boxes)
         output = DecodeOutput(multimask_output, return_logits, best_only=False, return_low_res=return_low_res)
         return self._decode(PromptBatch(coords, labels, box_array), output, state)
 
@@ -435,7 +428,7 @@ class Predictor:
 
     # -- validation --------------------------------------------------------------------------
     @staticmethod
-    def _check_points(point_coords, point_labels, state: ImageState, batched: bool):
+    def _check_points(point_coords, point_labels, original_size: tuple[int, int], batched: bool):
         if point_coords is None and point_labels is None:
             return None, None
         if point_coords is None or point_labels is None:
@@ -458,7 +451,7 @@ class Predictor:
             raise PromptError(
                 f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}"
             )
-        height, width = state.original_size
+        height, width = original_size
         outside = (coords[..., 0] < 0) | (coords[..., 0] > width) | (coords[..., 1] < 0) | (coords[..., 1] > height)
         if outside.any():
             x, y = coords[outside][0]
@@ -468,7 +461,7 @@ class Predictor:
         return coords, labels.astype(np.int64)
 
     @staticmethod
-    def _check_boxes(box, state: ImageState, batched: bool):
+    def _check_boxes(box, original_size: tuple[int, int], batched: bool):
         if box is None:
             return None
         boxes = np.asarray(box, dtype=np.float64)
@@ -487,7 +480,7 @@ class Predictor:
             raise PromptError(
                 f"box {b.tolist()} has x1 < x0 or y1 < y0; boxes are [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1"
             )
-        height, width = state.original_size
+        height, width = original_size
         disjoint = (boxes[:, 0] > width) | (boxes[:, 1] > height) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
         if disjoint.any():
             b = boxes[disjoint][0]
@@ -509,3 +502,17 @@ class Predictor:
                 f"mask_input must be the (1, 256, 256) low-res logits of an earlier call, got shape {mask.shape}"
             )
         return mask
+
+
+def check_prompts(original_size: tuple[int, int], point_coords=None, point_labels=None, boxes=None):
+    """The checks of predict_batch for an image of original_size (H, W), before it is encoded:
+    point_coords (B, N, 2) with point_labels (B, N) and/or boxes (B, 4), XY pixels. Raises
+    PromptError naming what is wrong; returns (coords, labels, boxes) as predict_batch uses them
+    (None where not given; boxes that only overhang the image clipped to it)."""
+    coords, labels = Predictor._check_points(point_coords, point_labels, original_size, batched=True)
+    box_array = Predictor._check_boxes(boxes, original_size, batched=True)
+    if coords is not None and box_array is not None and coords.shape[0] != box_array.shape[0]:
+        raise PromptError(f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box")
+    if coords is None and box_array is None:
+        raise PromptError("predict_batch needs point_coords/point_labels or boxes")
+    return coords, labels, box_array

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import OutputError
+
 
 def temporary_path(path: Path, suffix: str | None = None) -> Path:
     """A unique name beside `path` for writing it: `.{stem}.tmp-{pid}-{8 hex}{suffix}`, the suffix
@@ -38,6 +40,7 @@ def atomic_output(path: str | os.PathLike, durable: bool = False) -> Iterator[Pa
     the finished file to disk before the rename, so a power cut cannot leave it empty.
     """
     path = Path(path)
+    _check_parent(path)
     tmp = temporary_path(path)
     try:
         yield tmp
@@ -45,6 +48,48 @@ def atomic_output(path: str | os.PathLike, durable: bool = False) -> Iterator[Pa
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        # an error about the hidden temporary name would puzzle the user: name their path
+        if not isinstance(exc, OutputError) and str(tmp) in (str(exc.filename), str(exc.filename2)):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _check_parent(path: Path) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise OutputError(f"cannot write {path}: {parent} {what}")
+
+
+def output_directory(path: str | os.PathLike, create: bool = True) -> Path:
+    """The directory a command writes its files into, checked (and made, with create=True).
+
+    samkit's one rule for outputs: the file or directory you name is created, the folders above
+    it never are (a typo must not build a tree somewhere else), so its parent must exist. An
+    existing file where the directory belongs is refused. Raises OutputError naming the fix."""
+    path = Path(os.fspath(path)).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} exists and is not a directory: name a directory for the outputs "
+                          "(it is created if missing)")
+    if not path.is_dir():
+        parent = path.parent
+        if not parent.is_dir():
+            raise OutputError(f"cannot create the output directory {path}: {parent} does not exist "
+                              "(samkit creates only the last folder of an output path; create the others first)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot create the output directory {path}: {parent} is not writable")
+        if create:
+            try:
+                path.mkdir()
+            except FileExistsError:  # made meanwhile by someone else: fine if it is a directory
+                if not path.is_dir():
+                    raise OutputError(f"{path} exists and is not a directory") from None
+            except OSError as exc:
+                raise OutputError(f"cannot create the output directory {path}: {exc.strerror or exc}") from exc
+    elif not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {path}: the directory is not writable")
+    return path

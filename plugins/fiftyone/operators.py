@@ -134,8 +134,23 @@ def _label_fields(dataset, doc_types) -> list[str]:
     return sorted(schema)
 
 
+def _model_problem(ctx, defaults: dict[str, Any]) -> Optional[str]:
+    """Why the model cannot be loaded here, checked before the run (see _add_common_inputs)."""
+    if ctx.requesting_delegated_execution and not ctx.delegated:
+        return None  # the worker that will run it has its own files and network
+    try:
+        if _target_view(ctx).limit(1).count() == 0:
+            return None  # nothing to run on: the run says so plainly and loads no model
+    except Exception:  # no dataset yet (the App's form opening): the check below still helps
+        pass
+    from samkit.build import checkpoint_problem
+    from samkit.fiftyone.segmenter import resolve_model_spec
+
+    return checkpoint_problem(resolve_model_spec(_param(ctx, defaults, "model") or _secret(ctx, "SAMKIT_CHECKPOINT")))
+
+
 def _add_common_inputs(inputs: "types.Object", ctx, defaults: dict[str, Any]) -> None:
-    inputs.str(
+    model = inputs.str(
         "model",
         default=defaults["model"],
         required=False,
@@ -155,6 +170,13 @@ def _add_common_inputs(inputs: "types.Object", ctx, defaults: dict[str, Any]) ->
             "Empty: $SAMKIT_DTYPE there, else float32."
         ),
     )
+    # A model that cannot be found (a wrong path; a name not downloaded yet with no network) is
+    # an invalid input: the App shows it at the field, and execute_operator raises it as one
+    # line ("Validation error. Path: model. Reason: ...") instead of the run's traceback.
+    problem = _model_problem(ctx, defaults)
+    if problem:
+        model.invalid = True
+        model.error_message = problem
     inputs.bool(
         "skip_existing",
         default=defaults["skip_existing"],

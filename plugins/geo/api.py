@@ -87,6 +87,14 @@ def vectorize(
         raise GeoError(f"the id raster is a GeoTIFF: give it a .tif name, got {id_path.name}")
     if min_area < 0 or simplify < 0:
         raise GeoError("min_area and simplify must be >= 0")
+    if checkpoint_dir is not None:  # checked before the model loads; made when the first tile runs
+        from samkit.errors import OutputError
+        from samkit.utils.files import output_directory
+
+        try:
+            output_directory(checkpoint_dir, create=False)
+        except OutputError as exc:
+            raise GeoError(f"checkpoint directory: {exc}") from None
     out_to_crs = raster.to_pyproj(to_crs) if to_crs is not None else None
 
     ds, spec, out_crs, transform = raster.prepare(src, bands=bands, nodata=nodata, stretch=stretch, crs=crs,
@@ -112,6 +120,8 @@ def vectorize(
         gdf, px_geoms = _finish(ds, spec, records, px_geoms, out_crs, transform, columns,
                                 min_area=min_area, simplify=simplify, fill_holes=fill_holes, regularize=regularize)
         if len(gdf) == 0 and not allow_empty:
+            if store is not None and not keep_checkpoints:
+                store.remove()  # "nothing was written" means nothing, no hidden tile folder either
             raise GeoError(
                 f"no objects found in {ds.name} (after nodata, min_area={min_area}); nothing was written."
                 " Lower the model's thresholds, check --bands/--nodata, or pass allow_empty=True"

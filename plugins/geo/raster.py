@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,7 +84,11 @@ def open_raster(src) -> rasterio.DatasetReader:
     if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
         raise GeoError(f"raster not found: {path}")
     try:
-        ds = rasterio.open(path)
+        with warnings.catch_warnings():
+            # a raster without georeferencing is answered by samkit's own one-line error (or by
+            # --crs / --pixel-space); rasterio's two-line warning before it says nothing more
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
         raise GeoError(f"cannot read raster {path}: {exc} (is it a raster GDAL can open?)") from exc
     if ds.count < 1:

@@ -8,7 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from samkit.utils.files import atomic_output
+from samkit.errors import OutputError
+from samkit.utils.files import atomic_output, output_directory
 from samkit.utils.prefetch import prefetch
 
 from .errors import GeoError, RemoteReadError
@@ -29,9 +30,10 @@ class TileStore:
         self.dir = Path(directory)
         self.fingerprint = dict(fingerprint, format=FORMAT_VERSION)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise GeoError(f"cannot create the checkpoint directory {self.dir}: {exc.strerror}") from exc
+            # samkit's rule for outputs: the folder named is made, never the folders above it
+            output_directory(self.dir)
+        except OutputError as exc:
+            raise GeoError(f"checkpoint directory: {exc}") from None
         manifest = self.dir / MANIFEST
         old = None
         if manifest.exists():

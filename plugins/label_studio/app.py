@@ -30,6 +30,7 @@ import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import samkit
@@ -135,6 +136,11 @@ def create_app(settings: Settings | None = None, backend: SamBackend | None = No
 
     @app.post("/setup")
     async def setup(request: Request):
+        if backend.model_error:
+            # Label Studio connects a model whose /setup answers 200 (its Validate and Save): a
+            # backend that cannot predict must say so here, where the user connects it
+            return JSONResponse({"error": f"the samkit backend cannot predict: {backend.model_error}"},
+                                status_code=503)
         req = parse_body(SetupRequest, await request.body(), "/setup")
         return await run_in_threadpool(backend.setup, req)
 
@@ -220,5 +226,9 @@ def create_app(settings: Settings | None = None, backend: SamBackend | None = No
 
     if settings.basic_auth_user:
         app.add_middleware(BasicAuthMiddleware, user=settings.basic_auth_user, password=settings.basic_auth_pass)
+    # A click's answer is mostly a brush RLE as a JSON list of small numbers: ~15 KB for a smooth
+    # mask, ~600 KB for a ragged one (random weights), which gzip at level 1 makes ~45 KB in ~2 ms.
+    # Label Studio's client (requests) asks for gzip and decodes it; one that does not gets JSON.
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=1)
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_request_mb * 2**20))
     return app

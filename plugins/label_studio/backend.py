@@ -86,6 +86,8 @@ class SamBackend:
         self._ready = threading.Event()
         if model is not None:
             self._ready.set()
+        self._threads: int | None = None  # PyTorch CPU threads, once the model is loaded
+        self.click_threads: int | None = None  # what the last click ran with (/stats)
         self._interactive_lock = threading.Lock()
         self._interactive_predictor = None
         self._batch_lock = threading.Lock()
@@ -112,10 +114,10 @@ class SamBackend:
 
             t0 = time.perf_counter()
             try:
-                if self.settings.threads:
-                    import torch
+                from samkit.build import resolve_device
 
-                    torch.set_num_threads(self.settings.threads)
+                self._threads = self.settings.torch_threads(resolve_device(self.settings.device).type)
+                self._use_threads()
                 self.warm_up()
                 # from the process's model cache, as in every samkit front end (one load per checkpoint)
                 self._model = samkit.get_model(self.settings.model_source, device=self.settings.device,
@@ -132,6 +134,15 @@ class SamBackend:
             threading.Thread(target=_load, name="samkit-load-model", daemon=True).start()
         else:
             _load()
+
+    def _use_threads(self) -> None:
+        """Apply the thread setting in the calling thread: PyTorch keeps it per thread, and request
+        threads may have started before the model was loaded."""
+        if self._threads:
+            import torch
+
+            if torch.get_num_threads() != self._threads:
+                torch.set_num_threads(self._threads)
 
     @property
     def model(self):
@@ -191,6 +202,7 @@ class SamBackend:
             "image_downloads": self.fetcher.downloads,
             "token_refreshes": self.fetcher.tokens.refreshes,
             "requests": dict(self.requests),
+            "click_threads": self.click_threads,
             "last_timings": dict(self.last_timings),
         }
 
@@ -290,6 +302,10 @@ class SamBackend:
             labels = [label]
         with self._interactive_lock:
             t_lock = time.perf_counter()
+            self._use_threads()
+            import torch
+
+            self.click_threads = torch.get_num_threads()
             # one predictor for all clicks: it knows the last image it was given, so a click on
             # the same (cached, read-only) image does not hash its pixels again
             if self._interactive_predictor is None:
@@ -353,6 +369,7 @@ class SamBackend:
                 boxes, rects = boxes[inside], [r for r, keep in zip(rects, inside) if keep]
             if rects:
                 with self._batch_lock:
+                    self._use_threads()
                     found = samkit.segment_objects(predictor, [samkit.Prompt(box=box) for box in boxes], image,
                                                    stability=False)
                 masks = [(obj.mask, obj.score, rect.label) for obj, rect in zip(found, rects)]
@@ -363,6 +380,7 @@ class SamBackend:
                 stability_score_thresh=self.settings.stability_score_thresh,
                 min_mask_region_area=self.settings.min_area, predictor=predictor)
             with self._batch_lock:
+                self._use_threads()
                 records = gen.generate(image)
             records = samkit.best_first([r for r in records if r["area"] >= self.settings.min_area],
                                         self.settings.max_regions)

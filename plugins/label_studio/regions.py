@@ -100,8 +100,10 @@ def polygon_regions(mask: np.ndarray, control: Control, label: str | None, score
     if used != tolerance or min_hole > max(min_area, 1):
         count = sum(len(p) for p in polygons[:max_polygons])
         simplified = f", simplified at {used:g} px instead of {tolerance:g}" if used != tolerance else ""
-        log.warning("a mask's outline needed more than %d points: %d kept (holes under %d px filled%s); raise "
-                    "SAMKIT_LS_MAX_POLYGON_POINTS to keep more detail", max_points, count, min_hole, simplified)
+        # debug, not warning: a click on a ragged mask meets the limit every time (it is how the
+        # answer stays small), and a warning per click fills the log (issue 23)
+        log.debug("a mask's outline needed more than %d points: %d kept (holes under %d px filled%s); raise "
+                  "SAMKIT_LS_MAX_POLYGON_POINTS to keep more detail", max_points, count, min_hole, simplified)
     if len(polygons) > max_polygons:
         # never silently: a speckled mask would otherwise lose parts without anyone knowing
         kept = sum(_area(p) for p in polygons[:max_polygons])

@@ -6,7 +6,7 @@
 | SAMKIT_CHECKPOINT | | checkpoint file; wins over SAMKIT_MODEL (a model name here still works, deprecated) |
 | SAMKIT_DEVICE | auto | cpu, cuda, cuda:1, mps; auto picks a GPU when there is one |
 | SAMKIT_DTYPE | float32 | float32, bfloat16 or float16 compute (float16 needs a GPU: on a CPU use bfloat16) |
-| SAMKIT_LS_THREADS | | CPU threads for PyTorch (default: all cores); 1 keeps clicks steady on a busy CPU |
+| SAMKIT_LS_THREADS | 1 on a CPU | PyTorch CPU threads; 0: all cores. More threads wait for each other when other work shares the CPU: a click took 0.4-0.6 s with 1 and 2-5 s with 2 on a busy 2-core VM (benchmarks/RESULTS.md) |
 | LABEL_STUDIO_URL | | where the backend fetches /data/... images and project tasks |
 | LABEL_STUDIO_API_KEY | | legacy token or personal access token |
 | SAMKIT_LS_BASIC_AUTH_USER / _PASS | | require HTTP basic auth on every endpoint (/health too: send it there as well) |
@@ -85,7 +85,7 @@ class Settings:
     checkpoint: str | None = None
     device: str | None = None
     dtype: str | None = None
-    threads: int | None = None
+    threads: int | None = None  # None: 1 on a CPU (torch_threads); 0: all cores
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
     basic_auth_user: str | None = None
@@ -175,6 +175,8 @@ class Settings:
             raise SamkitError(f"SAMKIT_LS_BATCH must be auto, boxes or off, not {self.batch!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SamkitError("set both SAMKIT_LS_BASIC_AUTH_USER and SAMKIT_LS_BASIC_AUTH_PASS, or neither")
+        if self.threads is not None and self.threads < 0:
+            raise SamkitError("SAMKIT_LS_THREADS must be 0 (all cores) or more")
         if self.cache_size < 1:
             raise SamkitError("SAMKIT_LS_CACHE_SIZE must be at least 1")
         if self.points_per_side is not None and self.points_per_side < 1:
@@ -218,6 +220,21 @@ class Settings:
             raise SamkitError(f"SAMKIT_DTYPE={self.dtype} on a CPU makes every click many times slower "
                               "(CPUs have no fast float16 kernels): use bfloat16 or float32 on a CPU, "
                               "or float16 with a GPU (SAMKIT_DEVICE=cuda)")
+
+    def torch_threads(self, device_type: str) -> int | None:
+        """PyTorch's CPU threads for the backend: the setting, else 1 when the model runs on the CPU
+        (None: leave PyTorch's default, all cores).
+
+        One thread, because a click is many small operations: with more threads each waits for
+        the others at every step, and when anything else runs on the machine (an annotator's
+        browser, a second backend, a shared VM) one of them is always late. Measured on a click
+        as Label Studio sends it (benchmarks/bench_label_studio_load.py, RESULTS.md): 0.4-0.6 s
+        with 1 thread against 2-5 s with 2 on a busy 2-core VM; issue 23's report on a busy AVX2
+        CPU, 175 ms against ~1 s. Batch pre-labelling is slower with one thread on an idle
+        machine; SAMKIT_LS_THREADS=0 gives it every core."""
+        if self.threads is not None:
+            return self.threads or None
+        return 1 if device_type == "cpu" else None
 
     def batch_signature(self) -> tuple:
         """The settings a batch answer depends on."""

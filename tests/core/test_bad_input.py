@@ -63,7 +63,7 @@ def test_wrong_checkpoint_names_keys(tmp_path, mobile_sam_checkpoint):
 def test_truncated_checkpoint(tmp_path, mobile_sam_checkpoint):
     path = tmp_path / "mobile_sam.pt"
     path.write_bytes(mobile_sam_checkpoint.read_bytes()[:200_000])
-    with pytest.raises(samkit.CheckpointError, match="truncated, corrupt"):
+    with pytest.raises(samkit.CheckpointError, match="it is truncated"):
         samkit.load_model(path, device="cpu")
 
 

@@ -21,7 +21,7 @@ def read_masks(out_dir):
 def test_predict_points_writes_what_the_predictor_gives(mobile_sam, mobile_sam_checkpoint, images_dir, tmp_path,
                                                          capsys):
     image = images_dir / "dog.jpg"
-    rc = main(["predict", str(image), "--points", "300,250;500,300", "--labels", "1,0",
+    rc = main(["predict", str(image), "--points", "300,250;500,300", "--labels", "1,0", "--png-masks",
                "--model", str(mobile_sam_checkpoint), "--device", "cpu", "-o", str(tmp_path)])
     assert rc == 0 and "1 masks" in capsys.readouterr().out
     doc, masks = read_masks(tmp_path)

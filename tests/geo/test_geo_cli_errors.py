@@ -51,6 +51,20 @@ def nocrs_raster(tmp_path):
     return path
 
 
+def test_a_raster_without_georeferencing_gives_only_our_one_line(tmp_path):
+    """rasterio warns (two lines) when it opens a raster without a geotransform; samkit's own
+    error says it better, so the warning is not shown before it (nor by `geo info`)."""
+    path = tmp_path / "plain.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=48, count=3, dtype="uint8") as ds:
+        ds.write(np.zeros((3, 48, 64), np.uint8))
+    proc = _run(SAMKIT, "geo", "vectorize", str(path), "-o", str(tmp_path / "o.gpkg"),
+                "--generator", "samkit.geo.testing:LabelSegmenter")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("samkit: error: ") and "no CRS" in proc.stderr
+    info = _run(SAMKIT, "geo", "info", str(path))
+    assert info.returncode == 0 and "Warning" not in info.stderr, info.stderr
+
+
 def test_geo_error_is_a_samkit_error():
     assert issubclass(GeoError, samkit.SamkitError)
 
@@ -84,7 +98,7 @@ def test_nothing_found(geo_dir, tmp_path):
     out = tmp_path / "o.gpkg"
     with pytest.raises(GeoError, match="no objects found.*nothing was written.*allow_empty"):
         sg.vectorize(src, out, generator=Nothing(), progress=False)
-    assert os.listdir(tmp_path) == [".o.gpkg.samkit-tiles"]  # only what a re-run would resume from
+    assert os.listdir(tmp_path) == []  # "nothing was written": no hidden tile folder either
     gdf = sg.vectorize(src, out, generator=Nothing(), allow_empty=True, progress=False)
     back = gpd.read_file(out)
     assert len(gdf) == len(back) == 0 and back.crs.to_epsg() == 32618

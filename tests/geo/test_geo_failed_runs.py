@@ -60,14 +60,27 @@ def test_a_damaged_raster_found_mid_run_leaves_no_checkpoint_directory(tmp_path)
     assert os.listdir(out) == []
 
 
-def test_no_objects_keeps_the_checkpoints_a_rerun_resumes_from(geo_dir, tmp_path):
+def test_no_objects_leaves_no_checkpoints_unless_kept(geo_dir, tmp_path):
     class Nothing:
         def generate(self, image):
             return []
 
-    with pytest.raises(GeoError, match="no objects found"):
+    with pytest.raises(GeoError, match="no objects found.*nothing was written"):
         sg.vectorize(geo_dir / "rasterio__shade.tif", tmp_path / "o.gpkg", generator=Nothing(), progress=False)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(GeoError, match="no objects found"):
+        sg.vectorize(geo_dir / "rasterio__shade.tif", tmp_path / "o.gpkg", generator=Nothing(), progress=False,
+                     keep_checkpoints=True)
     assert os.listdir(tmp_path) == [".o.gpkg.samkit-tiles"]
+
+
+def test_a_checkpoint_dir_under_a_missing_folder_is_refused_before_any_work(small_raster, tmp_path):
+    """The rule of every samkit output: the folder named is made, the folders above it never are."""
+    gen = LabelSegmenter()
+    with pytest.raises(GeoError, match=r"checkpoint directory: cannot create .*no.* does not exist"):
+        sg.vectorize(small_raster, tmp_path / "o.gpkg", generator=gen, checkpoint_dir=tmp_path / "no" / "ck",
+                     progress=False)
+    assert gen.calls == 0 and os.listdir(tmp_path) == []
 
 
 KILLED_WHILE_WRITING = textwrap.dedent("""
