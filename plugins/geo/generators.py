@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from dataclasses import dataclass, field
 
 from .errors import GeoError
@@ -37,18 +36,12 @@ class GeneratorSpec:
         return MaskGenerator(model, **dict(self.options))
 
 
-_built: dict = {}
-_lock = threading.Lock()
-
-
 def resolve(generator):
     """The object whose ``generate`` to call: specs are built once per process and cached."""
     if isinstance(generator, GeneratorSpec):
-        with _lock:
-            gen = _built.get(generator)
-            if gen is None:
-                gen = _built[generator] = generator.build()
-        return gen
+        from samkit.utils.cluster import built_once
+
+        return built_once(generator, generator.build)
     if not callable(getattr(generator, "generate", None)):
         raise GeoError(
             f"generator must have a generate(image) -> list of records method (like samkit.MaskGenerator);"
