@@ -112,6 +112,7 @@ class TextDetector(Detector):
         self.names = dict(enumerate(self.phrases))
         self._model = None
         self._processor = None
+        self.load()  # now: a model that cannot load fails the run before it starts, not image by image
 
     def _unloaded(self) -> tuple[str, ...]:
         return ("_model", "_processor")
@@ -151,9 +152,10 @@ class TextDetector(Detector):
 class GroundingDino(TextDetector):
     """GroundingDINO: one query per candidate box, scored against every token of the prompt.
 
-    A box's score is its best token's (the box threshold, conf); its class is the phrase whose
-    tokens score highest for it, kept when that phrase's best token passes text_threshold (the
-    official pipeline turns the tokens above text_threshold into a label string instead)."""
+    A box's score is its best token's, as in the official pipeline (the box threshold: conf); its
+    class is the phrase whose tokens score highest for it, kept when that phrase's best token
+    passes text_threshold (the official pipeline turns the tokens above text_threshold into a
+    label string instead, which need not be one of the phrases)."""
 
     kind = "GroundingDINO text detector"
 
@@ -198,7 +200,7 @@ class GroundingDino(TextDetector):
         in_phrase = token_phrase >= 0
         if not in_phrase.any():
             return Detections.empty(self.names)
-        scores = probs[:, in_phrase].max(axis=1).astype(np.float64)
+        scores = probs.max(axis=1).astype(np.float64)  # every token counts, as in the official pipeline
         per_phrase = np.stack([
             probs[:, token_phrase == c].max(axis=1) if (token_phrase == c).any() else np.zeros(len(probs))
             for c in range(len(self.phrases))
