@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import SamkitError
+from ..errors import ImageError
 from .detectors import DetectOptions, Detector, finalize, load_detector
 from .formats import get_format
 from .formats.base import Encoder, RunInfo, Writer
@@ -31,6 +31,11 @@ from .shapes import objects_from_masks
 # image's boxes are split into calls of at most 64 boxes and this budget.
 MASK_BYTES = 1 << 28
 MAX_BOXES_PER_CALL = 64
+
+
+# What fails one image, not the run: an unreadable image, a malformed label file. Anything else
+# (a checkpoint that does not load, ...) stops the run with its own error.
+PER_IMAGE_ERRORS = (ImageError, AnnotateError)
 
 
 class AnnotateWarning(UserWarning):
@@ -75,7 +80,7 @@ class Pipeline:
 
         try:
             return self.run(load_image(info.path), info)
-        except SamkitError as exc:
+        except PER_IMAGE_ERRORS as exc:
             return ImageResult(info, error=str(exc))
 
 
@@ -130,10 +135,10 @@ def resolve_classes(classes: Any, detector: Detector) -> tuple[int, ...] | None:
     described = ", ".join(f"{k}: {v}" for k, v in sorted(detector.names.items())[:20]) or (
         ", ".join(map(str, sorted(known)[:20])) if known else "none known")
     if not ids:
-        raise AnnotateError(f"classes {', '.join(unknown) or items} match none of the {detector.kind}'s classes "
+        raise AnnotateError(f"classes {', '.join(unknown) or items} match none of the classes of the {detector.kind} "
                             f"({described})")
     if unknown:
-        warnings.warn(f"classes {', '.join(unknown)} are not among the {detector.kind}'s classes ({described}); "
+        warnings.warn(f"classes {', '.join(unknown)} are not among the classes of the {detector.kind} ({described}); "
                       "the others are kept", AnnotateWarning, stacklevel=3)
     return tuple(sorted(set(ids)))
 
@@ -230,6 +235,8 @@ def auto_annotate(
         "format_options": writer.fingerprint(),
     }
     pipeline = Pipeline(detector, sam_model, device or None, shape, writer.encoder(shape))
+    # SAM loads before anything is written (a wrong checkpoint fails here); Dask workers load their own
+    predictor = pipeline.predictor() if dask is None else None
     summary = AnnotateSummary(out, writer.name, images=len(images), names=dict(detector.names))
     done = writer.start(RunInfo(root, fingerprint, bool(skip_existing), dict(detector.names)))
     todo = [info for info in images if writer.done_key(info) not in done]
@@ -238,7 +245,8 @@ def auto_annotate(
 
     bar = tqdm(total=len(images), initial=summary.skipped_existing, desc="auto-annotate", unit="image",
                disable=None if progress else True, dynamic_ncols=True, file=sys.stderr)
-    results = _distributed(pipeline, todo, dask) if dask is not None and todo else _in_process(pipeline, todo)
+    results = _distributed(pipeline, todo, dask) if dask is not None and todo else _in_process(pipeline, todo,
+                                                                                                   predictor)
     try:
         with contextlib.closing(results):
             for result in results:
@@ -279,19 +287,18 @@ def _record(result: ImageResult, writer: Writer, summary: AnnotateSummary, bar) 
     bar.update(1)
 
 
-def _in_process(pipeline: Pipeline, todo: list[ImageInfo]) -> Iterator[ImageResult]:
+def _in_process(pipeline: Pipeline, todo: list[ImageInfo], predictor) -> Iterator[ImageResult]:
     """Images one after the other in this process; the next is read while this one is worked on."""
     from ..utils.image_io import load_image
     from ..utils.prefetch import prefetch
 
     if not todo:
         return
-    predictor = pipeline.predictor()
     with contextlib.closing(prefetch(todo, lambda info: load_image(info.path))) as loaded:
         for info, future in loaded:
             try:
                 result = pipeline.run(future.result(), info, predictor)
-            except SamkitError as exc:
+            except PER_IMAGE_ERRORS as exc:
                 result = ImageResult(info, error=str(exc))
             yield result
 
