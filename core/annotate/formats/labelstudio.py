@@ -6,8 +6,9 @@ with those classes for the project to import into.
 Label Studio reads local images through its local-files storage: a task's image is
 `url_prefix + path relative to document_root` (by default "/data/local-files/?d=" and
 $LOCAL_FILES_DOCUMENT_ROOT, else the data folder's parent: start Label Studio with
-LOCAL_FILES_SERVING_ENABLED=true and that LOCAL_FILES_DOCUMENT_ROOT). Give url_prefix (e.g. an
-HTTP server's address) to point elsewhere.
+LOCAL_FILES_SERVING_ENABLED=true and that LOCAL_FILES_DOCUMENT_ROOT, and add a Local Files
+storage for the images folder to the project). Give url_prefix (e.g. an HTTP server's address)
+to point elsewhere: then a task's image is url_prefix + the file name.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from .base import JournalWriter, RunInfo, json_items
 
 DEFAULT_URL_PREFIX = "/data/local-files/?d="
 # Label Studio's editor slows to a crawl on polygons of tens of thousands of points
-# (see samkit.outlines.capped_outlines): the same caps as the Label Studio adapter's defaults.
+# (see samkit.outlines.capped_outlines): the same caps as the Label Studio adapter's defaults
+# (format options max_polygons, max_polygon_points: the largest pieces first; a ragged mask is
+# simplified more coarsely).
 MAX_POLYGONS = 20
 MAX_POLYGON_POINTS = 2000
 
@@ -38,6 +41,8 @@ class LabelStudioEncoder:
     shape: ShapeOptions
     from_name: str
     to_name: str
+    max_polygons: int = MAX_POLYGONS
+    max_polygon_points: int = MAX_POLYGON_POINTS
 
     def __call__(self, image: ImageInfo, objects: list[ObjectMask], names: dict[int, str]) -> list[dict[str, Any]]:
         regions = []
@@ -50,8 +55,8 @@ class LabelStudioEncoder:
                                       obj.score))
                 continue
             crop = obj.crop if self.shape.holes else fill_holes(obj.crop)
-            found, _, _ = capped_outlines(crop, self.shape.tolerance, 0, MAX_POLYGONS, MAX_POLYGON_POINTS)
-            for ring in found[:MAX_POLYGONS]:
+            found, _, _ = capped_outlines(crop, self.shape.tolerance, 0, self.max_polygons, self.max_polygon_points)
+            for ring in found[: self.max_polygons]:
                 value = {"points": percent_points(ring + obj.origin, image.width, image.height), "closed": True,
                          "polygonlabels": [label]}
                 regions.append(region(self.from_name, self.to_name, "polygonlabels", image.width, image.height,
@@ -67,18 +72,21 @@ class LabelStudioWriter(JournalWriter):
 
     def __init__(self, output_dir: str | os.PathLike, url_prefix: str = DEFAULT_URL_PREFIX,
                  document_root: str | os.PathLike | None = None, from_name: str = "label", to_name: str = "image",
-                 data_key: str = "image", model_version: str = "samkit-auto-annotate") -> None:
+                 data_key: str = "image", model_version: str = "samkit-auto-annotate",
+                 max_polygons: int | str = MAX_POLYGONS, max_polygon_points: int | str = MAX_POLYGON_POINTS) -> None:
         super().__init__(output_dir)
+        self.max_polygons, self.max_polygon_points = int(max_polygons), int(max_polygon_points)
         self.url_prefix = url_prefix
         self.document_root = document_root
         self.from_name, self.to_name, self.data_key, self.model_version = from_name, to_name, data_key, model_version
 
     def encoder(self, shape: ShapeOptions) -> LabelStudioEncoder:
         self.mask_format = shape.mask_format
-        return LabelStudioEncoder(shape, self.from_name, self.to_name)
+        return LabelStudioEncoder(shape, self.from_name, self.to_name, self.max_polygons, self.max_polygon_points)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"from_name": self.from_name, "to_name": self.to_name}
+        return {"from_name": self.from_name, "to_name": self.to_name, "max_polygons": self.max_polygons,
+                "max_polygon_points": self.max_polygon_points}
 
     def start(self, run: RunInfo) -> set[str]:
         root = self.document_root or os.environ.get("LOCAL_FILES_DOCUMENT_ROOT") or run.root.parent
