@@ -24,8 +24,9 @@ _BUILT_IN = {
 }
 _REGISTERED: dict[str, Callable[..., Writer]] = {}
 
-# what to install for a format other packages provide
-_EXTRAS = {"fiftyone": 'pip install "samkit[fiftyone]"'}
+# what to install for a format other packages provide (an editable install made before the
+# format existed also needs reinstalling: entry points are written at install time)
+_EXTRAS = {"fiftyone": 'pip install -e ".[fiftyone]" (or "samkit[fiftyone]")'}
 
 
 def register_format(name: str, factory: Callable[..., Writer]) -> None:
