@@ -80,7 +80,7 @@ def _brush_tokens_to_bytes(count: int, lengths: np.ndarray, values: np.ndarray) 
 
 
 def percent_points(ring: np.ndarray, width: int, height: int) -> list[list[float]]:
-    """A pixel-centre outline ((K, 2) XY, as samkit.outlines gives) -> Label Studio polygon points:
+    """A pixel-centre outline ((K, 2) XY, as samkit.utils.outlines gives) -> Label Studio polygon points:
     [x, y] in percent of the image size, 4 decimals, the pixel centres moved to pixel corners'
     frame (+0.5) and clipped to [0, 100]."""
     pts = np.asarray(ring, dtype=np.float64) + 0.5

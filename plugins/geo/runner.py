@@ -84,7 +84,7 @@ class TileStore:
 
 def _client(dask):
     """(client, close function) for ``dask``: a Client, a scheduler address, or a number of local
-    worker processes (samkit.cluster, shared with auto-annotation)."""
+    worker processes (samkit.utils.cluster, shared with auto-annotation)."""
     return dask_client(dask, GeoError)
 
 

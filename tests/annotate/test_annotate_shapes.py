@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from samkit import outlines
+from samkit.utils import outlines
 from samkit.annotate.formats.coco import CocoEncoder
 from samkit.annotate.formats.yolo import YoloEncoder
 from samkit.annotate.records import Detections, ImageInfo, ShapeOptions

@@ -29,7 +29,7 @@ from .base import JournalWriter, RunInfo, json_items
 
 DEFAULT_URL_PREFIX = "/data/local-files/?d="
 # Label Studio's editor slows to a crawl on polygons of tens of thousands of points
-# (see samkit.outlines.capped_outlines): the same caps as the Label Studio adapter's defaults
+# (see samkit.utils.outlines.capped_outlines): the same caps as the Label Studio adapter's defaults
 # (format options max_polygons, max_polygon_points: the largest pieces first; a ragged mask is
 # simplified more coarsely).
 MAX_POLYGONS = 20
