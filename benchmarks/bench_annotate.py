@@ -9,7 +9,9 @@ tests/core/oracle.py, or --checkpoint), and write YOLO segmentation labels:
   set_image, all its boxes in one predict_torch call with multimask_output=False (what
   Ultralytics' auto_annotate does with its SAM), then per mask cv2.findContours (external, simple
   chain), the largest contour, normalised, one line per box;
-* samkit: samkit.auto_annotate(images, boxes.json, sam_model=the same weights, format="yolo").
+* samkit: samkit.auto_annotate(images, boxes.json, sam_model=the same weights, format="yolo"), in
+  float32 and with dtype="bfloat16" (the image encoder, which dominates with a few boxes an
+  image, then takes about half the time on a CPU with bf16 support).
 
 Model loading is outside both timings. The two sides run alternately `--repeats` times; the
 table shows the median images per minute and the ratio, and checks that both wrote the same
@@ -172,6 +174,8 @@ def speed(args, work: Path) -> list[list[str]]:
         official_model, checkpoint = oracle.official_vit_b()
     official = sam.SamPredictor(official_model)
     ours = samkit.load_model(checkpoint, device="cpu")
+    ours_bf16 = samkit.load_model(checkpoint, device="cpu", dtype="bfloat16")
+    models = {"samkit": ours, "samkit-bf16": ours_bf16}
     n = len(boxes)
     log(f"speed: {n} images, {sum(len(b) for b in boxes.values())} boxes, ViT-B")
     # warm-up: one image each (first calls allocate)
@@ -179,24 +183,31 @@ def speed(args, work: Path) -> list[list[str]]:
     official_pipeline(official, images, {k: boxes[k] for k in first}, work / "warm-official")
     with warnings.catch_warnings():  # the other images' boxes are not used: expected here
         warnings.simplefilter("ignore")
-        samkit.auto_annotate(images / first[0], boxes_json, sam_model=ours, output_dir=work / "warm-ours",
-                             progress=False)
-    times = {"official": [], "samkit": []}
+        for side, model in models.items():
+            samkit.auto_annotate(images / first[0], boxes_json, sam_model=model, output_dir=work / f"warm-{side}",
+                                 progress=False)
+    times: dict[str, list[float]] = {"official": [], "samkit": [], "samkit-bf16": []}
+    sides = list(times)
     for repeat in range(args.repeats):
-        for side in ("samkit", "official") if repeat % 2 else ("official", "samkit"):
+        for side in sides[::-1] if repeat % 2 else sides:
             out = work / f"{side}-{repeat}"
             start = time.perf_counter()
             if side == "official":
                 official_pipeline(official, images, boxes, out)
             else:
-                samkit.auto_annotate(images, boxes_json, sam_model=ours, output_dir=out, progress=False)
+                samkit.auto_annotate(images, boxes_json, sam_model=models[side], output_dir=out, progress=False)
             times[side].append(time.perf_counter() - start)
             log(f"  {side}: {times[side][-1]:.1f} s")
-    mean_iou, count_ours, count_theirs = agreement(images, work / "samkit-0", work / "official-0")
-    t_ours, t_theirs = statistics.median(times["samkit"]), statistics.median(times["official"])
-    return [["ViT-B, YOLO labels from boxes", f"{n}", f"{60 * n / t_ours:.1f} ({t_ours:.1f} s)",
-             f"{60 * n / t_theirs:.1f} ({t_theirs:.1f} s)", f"{t_theirs / t_ours:.2f}x",
-             f"{count_ours} / {count_theirs} objects; mean polygon IoU {mean_iou:.3f}"]]
+    t_theirs = statistics.median(times["official"])
+    rows = []
+    for side, precision in (("samkit", "fp32"), ("samkit-bf16", "bf16")):
+        mean_iou, count_ours, count_theirs = agreement(images, work / f"{side}-0", work / "official-0")
+        t_ours = statistics.median(times[side])
+        rows.append([f"ViT-B, YOLO labels from boxes, samkit {precision} vs official fp32", f"{n}",
+                     f"{60 * n / t_ours:.1f} ({t_ours:.1f} s)", f"{60 * n / t_theirs:.1f} ({t_theirs:.1f} s)",
+                     f"{t_theirs / t_ours:.2f}x",
+                     f"{count_ours} / {count_theirs} objects; mean polygon IoU with the official {mean_iou:.3f}"])
+    return rows
 
 
 def long_folder(args, work: Path) -> list[list[str]]:

@@ -22,6 +22,7 @@ def add_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--text", "-t", default=None, help="what to find, for a text detector: 'building. tree.'")
     p.add_argument("--model", "-m", default="mobile_sam", help="SAM model name or checkpoint (default mobile_sam)")
     p.add_argument("--device", default="", help="cpu, cuda, cuda:N or mps (default: best available)")
+    p.add_argument("--dtype", default=None, help="SAM's precision: float32 (default), bfloat16 or float16")
     p.add_argument("--format", "-f", default="yolo", help="yolo (default), coco, labelstudio, or fiftyone "
                                                           "(with samkit[fiftyone]; -O dataset=NAME)")
     p.add_argument("--output-dir", "-o", default=None, help="default: <images>_auto_annotate_labels beside the images")
@@ -86,7 +87,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             format=args.format, text=args.text, text_threshold=args.text_threshold, mask_format=args.mask_format,
             holes=args.holes, pieces=args.pieces, min_area=args.min_area, non_overlapping=args.non_overlapping,
             tolerance=args.tolerance, skip_existing=args.skip_existing, dask=dask, progress=args.progress,
-            format_options=_format_options(args.format_option),
+            format_options=_format_options(args.format_option), dtype=args.dtype,
         )
     except KeyboardInterrupt:
         print("samkit: interrupted; the images done so far are kept: run the same command with --skip-existing "

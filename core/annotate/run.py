@@ -50,19 +50,27 @@ class Pipeline:
     detector: Detector
     sam: Any  # a model name / checkpoint path, or a loaded samkit.Sam
     device: str | None
+    dtype: str | None
     shape: ShapeOptions
     encoder: Encoder
+    _predictor: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def predictor(self):
-        from ..utils.cluster import built_once
+        """SAM's predictor for this pipeline, made on first use (on a Dask worker: once per worker,
+        the scattered pipeline lives there for the whole run)."""
         from ..predictor import Predictor
 
         if isinstance(self.sam, Predictor):  # the caller's, with its embedding cache
             return self.sam
-        if isinstance(self.sam, (str, os.PathLike)):
-            key = ("samkit.annotate", str(self.sam), self.device)
-            return built_once(key, lambda: Predictor(_load_sam(self.sam, self.device), cache_size=1))
-        return built_once(("samkit.annotate", id(self.sam)), lambda: Predictor(self.sam, cache_size=1))
+        if self._predictor is None:
+            model = self.sam
+            if isinstance(model, (str, os.PathLike)):
+                model = _load_sam(model, self.device, self.dtype)
+            self._predictor = Predictor(model, cache_size=1)
+        return self._predictor
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_predictor": None}
 
     def run(self, image: np.ndarray, info: ImageInfo, predictor=None) -> ImageResult:
         """One image, already read: detections, masks, objects, the encoded payload."""
@@ -84,10 +92,10 @@ class Pipeline:
             return ImageResult(info, error=str(exc))
 
 
-def _load_sam(sam, device):
+def _load_sam(sam, device, dtype):
     from ..build import load_model
 
-    return load_model(sam, device=device)
+    return load_model(sam, device=device, dtype=dtype)
 
 
 def segment(image: np.ndarray, dets: Detections, predictor, shape: ShapeOptions):
@@ -143,12 +151,14 @@ def resolve_classes(classes: Any, detector: Detector) -> tuple[int, ...] | None:
     return tuple(sorted(set(ids)))
 
 
-def _sam_fingerprint(sam: Any) -> str:
+def _sam_fingerprint(sam: Any, dtype: str | None) -> str:
+    """The SAM model and its precision, as words (compared when a run resumes)."""
     if isinstance(sam, (str, os.PathLike)):
         path = Path(sam).expanduser()
-        return str(path.resolve()) if path.exists() else str(sam)
+        return f"{path.resolve() if path.exists() else sam}:{dtype or 'float32'}"
     model = getattr(sam, "model", sam)  # a Predictor's model
-    return f"{getattr(model, 'arch', type(model).__name__)}:{getattr(model, 'checkpoint_path', None)}"
+    precision = str(getattr(model, "compute_dtype", None) or getattr(model, "dtype", "")).replace("torch.", "")
+    return f"{getattr(model, 'arch', type(model).__name__)}:{getattr(model, 'checkpoint_path', None)}:{precision}"
 
 
 def auto_annotate(
@@ -176,6 +186,7 @@ def auto_annotate(
     dask: Any = None,
     progress: bool = True,
     format_options: dict[str, Any] | None = None,
+    dtype: str | None = None,
 ) -> AnnotateSummary:
     """Detect objects in every image of `data` and segment them with SAM; write a segmentation
     dataset. Ultralytics' `auto_annotate` arguments, defaults and output layout, and more:
@@ -187,7 +198,9 @@ def auto_annotate(
       or folder) with `text`, or a callable image -> (boxes, scores, classes).
     - sam_model: any name or checkpoint samkit.load_model takes, a loaded model, or a
       samkit.Predictor (its embedding cache is used).
-    - device: "" picks the best available ("cpu", "cuda", "cuda:1", "mps").
+    - device: "" picks the best available ("cpu", "cuda", "cuda:1", "mps"); dtype: SAM's compute
+      precision for a model loaded by name ("bfloat16" roughly halves the image encoder's time on a
+      CPU with bf16 support; None: float32).
     - conf, iou, imgsz, max_det, classes: the detector's score threshold (the box threshold of
       a text detector), class-aware NMS IoU, YOLO input size, most boxes per image, and the
       class ids (or names) to keep. Boxes from label files keep every box (no conf, NMS or
@@ -229,12 +242,12 @@ def auto_annotate(
                          non_overlapping=bool(non_overlapping), tolerance=float(tolerance), mask_format=mask_format)
     fingerprint = {
         "detector": detector.fingerprint(),
-        "sam_model": _sam_fingerprint(sam_model),
+        "sam_model": _sam_fingerprint(sam_model, dtype),
         "detect": {k: v for k, v in dataclasses.asdict(detector.options).items() if k != "device"},
         "shape": dataclasses.asdict(shape),
         "format_options": writer.fingerprint(),
     }
-    pipeline = Pipeline(detector, sam_model, device or None, shape, writer.encoder(shape))
+    pipeline = Pipeline(detector, sam_model, device or None, dtype, shape, writer.encoder(shape))
     # SAM loads before anything is written (a wrong checkpoint fails here); Dask workers load their own
     predictor = pipeline.predictor() if dask is None else None
     summary = AnnotateSummary(out, writer.name, images=len(images), names=dict(detector.names))

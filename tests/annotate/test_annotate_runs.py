@@ -68,6 +68,9 @@ def test_rerun_overwrites_never_appends_and_skip_existing_resumes(images_dir, sa
         samkit.auto_annotate(data, BoxDetector(), sam_model=sam_predictor, output_dir=out, conf=0.5,
                              skip_existing=True, progress=False)
     assert (out / "a.txt").read_text() == "kept\n"  # refused before touching anything
+    with pytest.raises(AnnotateError, match="other settings.*sam_model"):  # SAM's precision counts too
+        samkit.auto_annotate(data, BoxDetector(), sam_model=sam_predictor.model.checkpoint_path, dtype="bfloat16",
+                             output_dir=out, skip_existing=True, progress=False)
 
 
 def test_empty_and_corrupt_images(images_dir, sam_predictor, tmp_path):
