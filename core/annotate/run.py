@@ -233,7 +233,7 @@ def auto_annotate(
     factory = get_format(format)
     out = Path(output_dir).expanduser() if output_dir is not None else default_output_dir(data)
     _check_output(out, detector)
-    writer = factory(out, **(format_options or {}))
+    writer = make_writer(factory, format, out, format_options or {})
     mask_format = mask_format or writer.mask_formats[0]
     if mask_format not in writer.mask_formats:
         raise AnnotateError(f"format {writer.name} writes {' or '.join(writer.mask_formats)} masks, "
@@ -273,6 +273,24 @@ def auto_annotate(
     finally:
         bar.close()
     return summary
+
+
+def make_writer(factory, name: str, out: Path, options: dict[str, Any]) -> Writer:
+    """factory(out, **options), with options it does not take named in one line."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # not introspectable: let the call say
+        parameters = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    known = [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+             or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD][1:]  # after output_dir
+    unknown = sorted(set(options) - set(known)) if parameters and not takes_any else []
+    if unknown:
+        raise AnnotateError(f"format {name!r} has no option {', '.join(unknown)} "
+                            f"(its options: {', '.join(known) or 'none'})")
+    return factory(out, **options)
 
 
 def _check_output(out: Path, detector: Detector) -> None:

@@ -88,6 +88,10 @@ def test_more_bad_input(data, tmp_path, mobile_sam_checkpoint):
     assert "needs the ultralytics package" in error_of(data, "yolo11n.pt")
     assert "torchvision" in error_of(data, "yolo11n.pt") and "format=onnx" in error_of(data, "yolo11n.pt")
     assert "pieces must be one of" in error_of(data, labels, pieces="some", sam_model=mobile_sam_checkpoint)
+    assert "not under Label Studio's local-files document root" in error_of(
+        data, labels, format="labelstudio", sam_model=mobile_sam_checkpoint, output_dir=tmp_path / "ls",
+        format_options={"document_root": str(tmp_path / "elsewhere")})
+    assert "has no option colour" in error_of(data, labels, format="coco", format_options={"colour": "red"})
     with pytest.raises(samkit.CheckpointError):  # the model loads before any output is written
         samkit.auto_annotate(data, labels, sam_model=tmp_path / "nope.pt", output_dir=tmp_path / "out",
                              progress=False)

@@ -52,10 +52,8 @@ class Writer:
     name = "format"
     mask_formats: tuple[str, ...] = ("polygons",)
 
-    def __init__(self, output_dir: str | os.PathLike, **options: Any) -> None:
+    def __init__(self, output_dir: str | os.PathLike) -> None:
         self.output_dir = Path(output_dir)
-        if options:
-            raise AnnotateError(f"format {self.name!r} has no option {', '.join(sorted(options))}")
 
     def encoder(self, shape: ShapeOptions) -> Encoder:
         raise NotImplementedError
