@@ -18,6 +18,7 @@ from .errors import CheckpointError, ImageError, PromptError, SamkitError
 __version__ = "0.1.0"
 
 _LAZY_EXPORTS = {
+    "auto_annotate": "annotate",
     "CHECKPOINTS": "build",
     "build_sam": "build",
     "cache_dir": "build",
@@ -40,8 +41,8 @@ _LAZY_EXPORTS = {
     "Result": "ultralytics_api",
 }
 _SUBMODULES = {
-    "build", "cli", "errors", "fast", "image_state", "mask_generator", "modeling", "models", "options", "predictor",
-    "prompts", "registry", "ultralytics_api", "utils",
+    "annotate", "build", "cli", "errors", "fast", "image_state", "mask_generator", "modeling", "models", "options",
+    "predictor", "prompts", "registry", "ultralytics_api", "utils",
 }
 # The utilities lived at the top of the package before the layout of issue 18 and are documented
 # there (`from samkit import mask_utils`, `samkit.transforms.upscale_logits`, `from samkit.prefetch

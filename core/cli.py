@@ -1,4 +1,4 @@
-"""The `samkit` command: model info and download, prompted and automatic segmentation.
+"""The `samkit` command: model info and download, prompted and automatic segmentation, auto-annotation.
 
 Adapters add their own sub-commands (`samkit geo`, `samkit label-studio`, `samkit fiftyone`): each
 registers an `add_commands(subparsers)` function under the entry-point group `samkit.commands`
@@ -266,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (none is drawn outside a terminal)")
     add_model_options(p)
     p.set_defaults(func=cmd_everything)
+
+    from .annotate.cli import add_command as add_annotate
+
+    add_annotate(sub)
 
     for add in registered_commands():
         add(sub)

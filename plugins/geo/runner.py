@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 from samkit.errors import OutputError
+from samkit.utils.cluster import dask_client
 from samkit.utils.files import atomic_output, output_directory
 from samkit.utils.prefetch import prefetch
 
@@ -86,34 +86,8 @@ class TileStore:
 
 def _client(dask):
     """(client, close function) for ``dask``: a Client, a scheduler address, or a number of local
-    worker processes."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as exc:
-        raise GeoError('Dask is not installed: pip install "samkit[dask]"') from exc
-    if isinstance(dask, Client):
-        return dask, lambda: None
-    if isinstance(dask, bool) or (isinstance(dask, int) and dask < 1):
-        raise GeoError(f"dask must be a scheduler address, a Client or a number of local workers >= 1, got {dask!r}")
-    if isinstance(dask, int) or (isinstance(dask, str) and dask.isdigit()):
-        n = int(dask)
-        threads = max(1, (os.cpu_count() or 1) // n)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                               env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-        client = Client(cluster)
-
-        def close():
-            client.close()
-            cluster.close()
-
-        return client, close
-    if isinstance(dask, str):
-        try:
-            client = Client(dask, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise GeoError(f"cannot reach the Dask scheduler at {dask}: {exc}") from exc
-        return client, client.close
-    raise GeoError(f"dask must be a scheduler address, a Client or a number of local workers, got {dask!r}")
+    worker processes (samkit.utils.cluster, shared with auto-annotation)."""
+    return dask_client(dask, GeoError)
 
 
 def run_tiles(grid, spec, generator, *, store: TileStore | None = None, dask=None, progress: bool = True,
