@@ -25,6 +25,7 @@ _LAZY_EXPORTS = {
     "load_image": "utils.image_io",
     "GeneratorOptions": "mask_generator",
     "MaskGenerator": "mask_generator",
+    "OnnxPredictor": "export.onnx_predictor",
     "EmbeddingCache": "predictor",
     "Predictor": "predictor",
     "Sam": "modeling.sam",
@@ -32,7 +33,7 @@ _LAZY_EXPORTS = {
     "Result": "ultralytics_api",
 }
 _SUBMODULES = {
-    "build", "cli", "errors", "fast", "image_state", "mask_generator", "modeling", "predictor", "registry",
+    "build", "cli", "errors", "export", "fast", "image_state", "mask_generator", "modeling", "predictor", "registry",
     "ultralytics_api", "utils",
 }
 # The utilities lived at the top of the package before the layout of issue 18 and are documented

@@ -434,7 +434,7 @@ class Predictor:
                     target[...] = (logits > self.model.mask_threshold).cpu().numpy()
         return masks, scores.cpu().numpy(), low_res.cpu().numpy() if return_low_res else None
 
-    # -- validation (samkit.prompts, shared with the torch-free OnnxPredictor) -----------------
+    # -- validation (samkit.utils.prompts, shared with the torch-free OnnxPredictor) -----------
     @staticmethod
     def _check_points(point_coords, point_labels, state: ImageState, batched: bool):
         return check_points(point_coords, point_labels, state.original_size, batched)
