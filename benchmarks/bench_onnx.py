@@ -181,7 +181,7 @@ def bench(args, ours, official_model, SamPredictor, export_dir, image, options, 
         encoder_repeats = max(1, min(args.repeats, 3))
         times, results = time_alternating({
             "samkit": lambda: predictor.compute_image_state(image).features,
-            "onnx": lambda: onnx_fp32.compute_image_state(image).embedding,
+            "onnx": lambda: onnx_fp32.compute_image_state(image).features,
         }, encoder_repeats)
         diff = float(np.abs(results["samkit"].numpy() - results["onnx"]).max())
         rows.append(("image encoder (once per image)", (times["samkit"], None, times["onnx"], None),
@@ -231,7 +231,7 @@ def bench(args, ours, official_model, SamPredictor, export_dir, image, options, 
     rows.append(("one click, best mask only", (times["samkit"], times["official"], times["fp32"], times["int8"]),
                  check))
 
-    feeds = onnx_exports.feeds(state.embedding, (height, width), point, label)
+    feeds = onnx_exports.feeds(state.features, (height, width), point, label)
     import onnxruntime
 
     sessions = {
