@@ -345,6 +345,7 @@ def test_failed_export_leaves_nothing(tmp_path, mobile_sam, monkeypatch):
         return 18
 
     monkeypatch.setattr(exporter, "_export_graph", export_graph)
+    monkeypatch.setattr(exporter, "_io_description", lambda path: {})
     with pytest.raises(RuntimeError, match="disk full"):
         samkit.export(mobile_sam, tmp_path / "out", parts=("encoder", "decoder"))
     assert len(written) == 1 and not list(tmp_path.iterdir())
