@@ -103,6 +103,20 @@ def test_matches_predictor(onnx_predictor, mobile_sam, images_dir):
                             f"{name}: refine {sorted(case)}")
 
 
+def test_preprocessing_is_samkits(onnx_predictor, mobile_sam, images_dir):
+    """The encoder's input, made in numpy, is samkit's (resize, normalisation, padding) to the bit.
+    Checked directly: the seeded TinyViT's embedding hardly reacts to its input's scale (a swap of
+    the colour channels moves it by ~4e-5), so the embedding comparison alone would not catch it."""
+    import torch
+
+    for name, image in images(images_dir).items():
+        tensor, input_size = onnx_predictor.preprocess(image)
+        resized = samkit.transforms.resize_longest_side(image, 1024)
+        expected = mobile_sam.preprocess(torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None])
+        assert input_size == resized.shape[:2], name
+        assert tensor.dtype == np.float32 and np.array_equal(tensor, expected.numpy()), name
+
+
 def test_predict_batch_matches(onnx_predictor, dog_predictor, images_dir):
     onnx_predictor.set_image(images_dir / "dog.jpg")
     boxes = np.array([[50, 40, 300, 400], [400, 100, 780, 500], [10, 10, 60, 60]])
