@@ -42,7 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "core"))
 
-import onnx_exports  # noqa: E402, F401  TEMPORARY: traces the official decoder until samkit's plain one lands
+import onnx_exports  # noqa: E402  (tests/core/onnx_exports.py: the official decoder's inputs)
 import oracle  # noqa: E402  (tests/core/oracle.py: official package import, weights)
 
 import samkit  # noqa: E402

@@ -162,21 +162,18 @@ class Sam1Decoder(nn.Module):
 
 
 def plain_modules(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The model's prompt encoder and mask decoder as plain reference modules (the official
-    interface). samkit's fast decoder (it keeps per-image work between prompts: `prepare_image`)
-    is swapped for the plain one with the same weights; plain modules are used as they are."""
+    """The model's prompt encoder and mask decoder: samkit's plain reference modules (modeling/),
+    which the model holds; its fast inference engine (samkit.fast) only reads their weights and
+    is never traced."""
+    from ..modeling.mask_decoder import MaskDecoder
+    from ..modeling.prompt_encoder import PromptEncoder
+
     prompt_encoder, mask_decoder = model.prompt_encoder, model.mask_decoder
-    if hasattr(mask_decoder, "prepare_image"):
-        try:
-            from ..modeling.mask_decoder import MaskDecoder as PlainMaskDecoder
-            from ..modeling.prompt_encoder import PromptEncoder as PlainPromptEncoder
-        except ImportError as exc:  # pragma: no cover - until the plain reference modules land
-            raise SamkitError(f"the plain SAM decoder modules are not available ({exc})") from None
-        plain_prompt = PlainPromptEncoder()
-        plain_prompt.load_state_dict(prompt_encoder.state_dict())
-        plain_decoder = PlainMaskDecoder()
-        plain_decoder.load_state_dict(mask_decoder.state_dict())
-        return plain_prompt.eval(), plain_decoder.eval()
+    if not isinstance(prompt_encoder, PromptEncoder) or not isinstance(mask_decoder, MaskDecoder):
+        raise SamkitError(
+            f"cannot export a SAM decoder made of {type(prompt_encoder).__name__} and "
+            f"{type(mask_decoder).__name__}: expected samkit's plain PromptEncoder and MaskDecoder"
+        )
     return prompt_encoder, mask_decoder
 
 

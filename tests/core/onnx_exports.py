@@ -117,24 +117,3 @@ def session(path: Path):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 2
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-# TEMPORARY (until samkit's plain reference decoder lands on main): trace the official modules
-# loaded with the model's weights.
-def _official_plain_modules(model):
-    oracle.official()
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
-
-    prompt = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
-                           mask_in_chans=16)
-    decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
-                          transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8))
-    state = model.state_dict()
-    prompt.load_state_dict({k[15:]: v for k, v in state.items() if k.startswith("prompt_encoder.")})
-    decoder.load_state_dict({k[13:]: v for k, v in state.items() if k.startswith("mask_decoder.")})
-    return prompt.eval(), decoder.eval()
-
-
-import samkit.export.sam1 as _sam1  # noqa: E402
-
-_sam1.plain_modules = _official_plain_modules
