@@ -33,6 +33,7 @@ _LAZY_EXPORTS = {
     "Prompt": "prompts",
     "best_first": "prompts",
     "segment_objects": "prompts",
+    "OnnxPredictor": "export.onnx_predictor",
     "EmbeddingCache": "predictor",
     "Predictor": "predictor",
     "Sam": "modeling.sam",
@@ -41,8 +42,8 @@ _LAZY_EXPORTS = {
     "Result": "ultralytics_api",
 }
 _SUBMODULES = {
-    "annotate", "build", "cli", "errors", "fast", "image_state", "mask_generator", "modeling", "models", "options",
-    "predictor", "prompts", "registry", "ultralytics_api", "utils",
+    "annotate", "build", "cli", "errors", "export", "fast", "image_state", "mask_generator", "modeling", "models",
+    "options", "predictor", "prompts", "registry", "ultralytics_api", "utils",
 }
 # The utilities lived at the top of the package before the layout of issue 18 and are documented
 # there (`from samkit import mask_utils`, `samkit.transforms.upscale_logits`, `from samkit.prefetch

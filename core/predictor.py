@@ -18,6 +18,7 @@ from .image_state import STATE_FORMAT, ImageState
 from .utils.files import atomic_output
 from .utils.image_io import ImageLike, load_image
 from .utils.memory import keep_freed_memory
+from .utils.prompts import check_boxes, check_mask_input, check_points
 from .modeling.sam import Sam
 
 UPSCALE_CHUNK = 16  # prompts whose full-size logits are computed at once
@@ -426,82 +427,18 @@ class Predictor:
                     target[...] = (logits > self.model.mask_threshold).cpu().numpy()
         return masks, scores.cpu().numpy(), low_res.cpu().numpy() if return_low_res else None
 
-    # -- validation --------------------------------------------------------------------------
+    # -- validation (samkit.utils.prompts, shared with the torch-free OnnxPredictor) -----------
     @staticmethod
     def _check_points(point_coords, point_labels, original_size: tuple[int, int], batched: bool):
-        if point_coords is None and point_labels is None:
-            return None, None
-        if point_coords is None or point_labels is None:
-            raise PromptError(
-                "point_coords and point_labels go together: give both (labels 1 = foreground, 0 = background)"
-            )
-        coords = np.asarray(point_coords, dtype=np.float64)
-        labels = np.asarray(point_labels)
-        want = 3 if batched else 2
-        if coords.ndim != want or coords.shape[-1] != 2:
-            shape = "(B, N, 2)" if batched else "(N, 2)"
-            raise PromptError(f"point_coords must have shape {shape} (XY pixels), got {coords.shape}")
-        if labels.shape != coords.shape[:-1]:
-            raise PromptError(
-                f"{coords.shape[-2]} points but point_labels has shape {labels.shape}: give one label per point"
-            )
-        if not np.isfinite(coords).all():
-            raise PromptError("point_coords contain NaN or infinite values")
-        if not np.isin(labels, (0, 1)).all():
-            raise PromptError(
-                f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(labels).tolist()}"
-            )
-        height, width = original_size
-        outside = (coords[..., 0] < 0) | (coords[..., 0] > width) | (coords[..., 1] < 0) | (coords[..., 1] > height)
-        if outside.any():
-            x, y = coords[outside][0]
-            raise PromptError(
-                f"point ({x:g}, {y:g}) lies outside the {width}x{height} image; coordinates are XY pixels"
-            )
-        return coords, labels.astype(np.int64)
+        return check_points(point_coords, point_labels, original_size, batched)
 
     @staticmethod
     def _check_boxes(box, original_size: tuple[int, int], batched: bool):
-        if box is None:
-            return None
-        boxes = np.asarray(box, dtype=np.float64)
-        if batched:
-            if boxes.ndim != 2 or boxes.shape[1] != 4:
-                raise PromptError(f"boxes must have shape (B, 4) as [x0, y0, x1, y1] pixels, got {boxes.shape}")
-        else:
-            if boxes.size != 4:
-                raise PromptError(f"box must be [x0, y0, x1, y1] pixels, got shape {boxes.shape}")
-            boxes = boxes.reshape(1, 4)
-        if not np.isfinite(boxes).all():
-            raise PromptError("box coordinates contain NaN or infinite values")
-        bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-        if bad.any():
-            b = boxes[bad][0]
-            raise PromptError(
-                f"box {b.tolist()} has x1 < x0 or y1 < y0; boxes are [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1"
-            )
-        height, width = original_size
-        disjoint = (boxes[:, 0] > width) | (boxes[:, 1] > height) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
-        if disjoint.any():
-            b = boxes[disjoint][0]
-            raise PromptError(f"box {b.tolist()} lies entirely outside the {width}x{height} image")
-        # A box that only overhangs the image (a rectangle dragged past its edge) is clipped to it.
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-        return boxes
+        return check_boxes(box, original_size, batched)
 
     @staticmethod
     def _check_mask_input(mask_input):
-        if mask_input is None:
-            return None
-        mask = np.asarray(mask_input, dtype=np.float32)
-        if mask.shape == (256, 256):
-            mask = mask[None]
-        if mask.shape != (1, 256, 256):
-            raise PromptError(
-                f"mask_input must be the (1, 256, 256) low-res logits of an earlier call, got shape {mask.shape}"
-            )
-        return mask
+        return check_mask_input(mask_input)
 
 
 def check_prompts(original_size: tuple[int, int], point_coords=None, point_labels=None, boxes=None):
@@ -509,8 +446,8 @@ def check_prompts(original_size: tuple[int, int], point_coords=None, point_label
     point_coords (B, N, 2) with point_labels (B, N) and/or boxes (B, 4), XY pixels. Raises
     PromptError naming what is wrong; returns (coords, labels, boxes) as predict_batch uses them
     (None where not given; boxes that only overhang the image clipped to it)."""
-    coords, labels = Predictor._check_points(point_coords, point_labels, original_size, batched=True)
-    box_array = Predictor._check_boxes(boxes, original_size, batched=True)
+    coords, labels = check_points(point_coords, point_labels, original_size, batched=True)
+    box_array = check_boxes(boxes, original_size, batched=True)
     if coords is not None and box_array is not None and coords.shape[0] != box_array.shape[0]:
         raise PromptError(f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box")
     if coords is None and box_array is None:

@@ -93,3 +93,49 @@ def output_directory(path: str | os.PathLike, create: bool = True) -> Path:
     elif not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write into {path}: the directory is not writable")
     return path
+
+
+def check_new_directory(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse (FileExistsError, a one-line message) to write a folder over something that exists,
+    unless `overwrite` and it is a folder; for callers that check before doing expensive work."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise FileExistsError(f"{path} exists and is not a folder; choose another output path")
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists; choose another folder or pass overwrite (--overwrite)")
+    _check_parent(path)  # the folders above an output are never created (output_directory's rule): OutputError
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder beside `path` to write a folder's files into; it becomes `path` when the
+    block ends normally and is deleted when it raises. Readers never see a partly written folder.
+
+    Its parent folder must exist (OutputError). An existing `path` is refused (FileExistsError) unless `overwrite`; then the old folder is
+    renamed aside, the new one renamed into place and the old one deleted (between the two renames
+    `path` is briefly absent: POSIX cannot swap two folders in one step).
+    """
+    import shutil
+
+    path = Path(path)
+    check_new_directory(path, overwrite)
+    tmp = temporary_path(path, suffix="")
+    tmp.mkdir()
+    try:
+        yield tmp
+        check_new_directory(path, overwrite)  # something may have appeared meanwhile
+        if path.exists():
+            old = temporary_path(path, suffix=".old")
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old, path)  # put the old folder back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -43,3 +43,32 @@ def test_bench_core_miniature_run(tmp_path, mobile_sam_checkpoint, images_dir):
     assert len(interactive) == 4 and all(re.search(r"p10-p90 [0-9.]+-[0-9.]+ ms", r) for r in interactive), interactive
     generator_rows = [r for r in rows if "MaskGenerator" in r and "| fp32 |" in r]
     assert generator_rows and all("same masks" in r for r in generator_rows)
+
+
+def test_bench_onnx_miniature_run(tmp_path, mobile_sam_checkpoint, images_dir):
+    """bench_onnx.py on an existing MobileSAM export (one repeat): every row is there and its
+    checks show the ONNX masks agreeing with samkit's (fp32 to IoU 0.999, int8 to 0.95)."""
+    try:
+        from . import onnx_exports
+    except ImportError:
+        import onnx_exports
+
+    export_dir = onnx_exports.mobile_export(mobile_sam_checkpoint)
+    table = tmp_path / "onnx.md"
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "bench_onnx.py"), "--image", str(images_dir / "dog.jpg"),
+        "--repeats", "1", "--export-dir", str(export_dir), "--markdown", str(table),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = table.read_text()
+    assert "Machine at start:" in text and "L3" in text
+    rows = [line for line in text.splitlines() if line.startswith("| mobile_sam")]
+    stages = [row.split(" | ")[1] for row in rows]
+    assert stages == ["image encoder (once per image)", "one click, 3 masks at 800x534", "one click, best mask only",
+                      "official ONNX usage: 4 masks upscaled in the graph"], stages
+    for row in rows[1:]:
+        for name, minimum in (("fp32", 0.999), ("int8", 0.95)):
+            values = re.search(name + r" IoU ([0-9./]+)", row).group(1).split("/")
+            assert values and all(float(v) >= minimum for v in values), row
+    assert re.search(r"embedding max abs diff [0-9.]+e-0[5-9]", rows[0]), rows[0]

@@ -34,3 +34,37 @@ def test_failed_png_write_leaves_no_file(tmp_path):
     assert not list(tmp_path.iterdir())
     save_png(target, np.zeros((4, 4, 3), dtype=np.uint8))
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_atomic_directory(tmp_path):
+    from samkit.utils.files import atomic_directory
+
+    target = tmp_path / "export"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "a.onnx").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert not list(tmp_path.iterdir())  # neither the folder nor the temporary one
+
+    with atomic_directory(target) as tmp:
+        assert tmp.parent == tmp_path and tmp != target and not target.exists()
+        (tmp / "a.onnx").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"] and (target / "a.onnx").read_text() == "new"
+
+    with pytest.raises(FileExistsError, match="already exists"):
+        with atomic_directory(target):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target, overwrite=True) as tmp:
+            (tmp / "b.onnx").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in target.iterdir()) == ["a.onnx"]  # the old folder untouched
+    with atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "b.onnx").write_text("replacement")
+    assert sorted(p.name for p in target.iterdir()) == ["b.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        with atomic_directory(tmp_path / "file", overwrite=True):
+            pass

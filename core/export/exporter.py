@@ -1,0 +1,345 @@
+"""The exporter: a model's graphs to ONNX files in one folder, with a model.json that describes them.
+
+Each model family describes its own graphs (`FamilyExport`, e.g. `sam1.SAM1`): which parts it
+has, the module to trace for each, example inputs, tensor names and which axes are dynamic. This
+module does what is the same for every family: loading the model, checking the request, running
+torch's exporter, quantising, writing the folder atomically and the metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence
+
+from ..errors import SamkitError
+from ..utils.files import atomic_directory, check_new_directory
+
+FORMATS = ("onnx",)
+METADATA_FILE = "model.json"
+METADATA_VERSION = 1
+# onnx protobuf files are limited to 2 GiB; larger graphs (SAM ViT-H's encoder, 2.5 GB) keep their
+# weights in a `<file>.data` file beside them (ONNX external data), which onnxruntime and
+# onnxruntime-web (the `externalData` session option) read.
+EXTERNAL_DATA_BYTES = 1536 * 2**20
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the caller asked of the graphs (families read what applies to them)."""
+
+    dynamic_points: bool = True
+    num_points: int = 2
+    single_mask: bool = False
+
+
+@dataclass
+class Graph:
+    """One module to export: example inputs by name (in forward's order), output names, and the
+    dynamic axes per input ({axis: name}; inputs not listed are static)."""
+
+    module: Any  # torch.nn.Module
+    inputs: dict[str, Any]  # name -> example torch.Tensor
+    output_names: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    description: dict[str, Any] = field(default_factory=dict)  # what model.json says of this part
+    context: Callable[[], ContextManager[Any]] | None = None  # entered around the export
+
+
+class FamilyExport(Protocol):
+    """How one model family is exported (see sam1.SAM1)."""
+
+    name: str
+    parts: tuple[str, ...]
+    quantizable: tuple[str, ...]
+
+    def graph(self, model: Any, part: str, options: ExportOptions) -> Graph: ...
+
+    def metadata(self, model: Any, options: ExportOptions) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """An export's folder, its files by part ("encoder", "decoder", "decoder_quantized") and the
+    contents of its model.json."""
+
+    output_dir: Path
+    files: dict[str, Path]
+    metadata: dict[str, Any]
+
+
+def families() -> dict[str, FamilyExport]:
+    """Exporters by registry family name (registry.Family.name)."""
+    from .sam1 import SAM1
+
+    return {SAM1.name: SAM1}
+
+
+def family_of(model: Any) -> FamilyExport:
+    """The exporter of a model's family, by the registry record of its `arch`."""
+    from ..registry import MODELS
+
+    spec = MODELS.get(getattr(model, "arch", None))
+    exporters = families()
+    if spec is None or spec.family.name not in exporters:
+        exportable = [name for name, s in MODELS.items() if s.family.name in exporters]
+        what = f"{spec.title} ({spec.family.title})" if spec is not None else repr(getattr(model, "arch", None))
+        raise SamkitError(f"samkit cannot export {what} yet; exportable models: {', '.join(exportable)}")
+    return exporters[spec.family.name]
+
+
+def export_model(
+    model: Any,
+    output_dir: str | os.PathLike,
+    format: str = "onnx",
+    parts: Sequence[str] | str | None = None,
+    opset: int | None = None,
+    quantize: bool = False,
+    dynamic_points: bool = True,
+    single_mask: bool = False,
+    overwrite: bool = False,
+    num_points: int = 2,
+) -> ExportResult:
+    """Export `model` (a samkit model, or a name / checkpoint path for samkit.load_model) into the
+    folder `output_dir`: one `<part>.onnx` per part, `decoder.quant.onnx` with quantize, and
+    `model.json`. See samkit.export for the options."""
+    if str(format).lower() not in FORMATS:
+        raise SamkitError(f"unknown export format {format!r}; samkit exports: {', '.join(FORMATS)}")
+    output_dir = Path(output_dir).expanduser()
+    try:  # before the model is loaded or anything exported
+        check_new_directory(output_dir, overwrite)
+    except FileExistsError as exc:
+        raise SamkitError(str(exc)) from None
+    if isinstance(parts, str):
+        parts = [p.strip() for p in parts.split(",") if p.strip()]
+    if opset is not None and (not isinstance(opset, int) or opset < 18):
+        # The exporter writes opset 18 and converts downwards only where onnx's converter can; it
+        # cannot for these graphs (Reduce/Resize axes as inputs), and a silently kept 18 is worse.
+        raise SamkitError(f"opset {opset!r} is not supported: use 18 or later (or leave it unset for 18)")
+    if not dynamic_points and num_points < 1:
+        raise SamkitError(f"num_points must be at least 1 for a fixed point count, got {num_points}")
+    _require_onnx_packages(quantize)
+
+    if isinstance(model, (str, os.PathLike)):
+        from ..build import load_model
+
+        source_name = os.fspath(model)
+        model = load_model(model, device="cpu")
+    else:
+        source_name = getattr(model, "checkpoint_path", None)
+    family = family_of(model)
+    wanted = tuple(family.parts if parts is None else parts)
+    unknown = [p for p in wanted if p not in family.parts]
+    if unknown or not wanted:
+        raise SamkitError(
+            f"unknown part(s) {', '.join(map(repr, unknown)) or '(none given)'} for {family.name}; "
+            f"choose from {', '.join(family.parts)}"
+        )
+    if quantize and not any(p in family.quantizable for p in wanted):
+        raise SamkitError(f"quantize applies to the {', '.join(family.quantizable)}, which is not being exported")
+    options = ExportOptions(dynamic_points=dynamic_points, num_points=num_points, single_mask=single_mask)
+
+    import torch
+
+    model = _cpu_float32(model)
+    files: dict[str, str] = {}
+    described: dict[str, Any] = {}
+    opsets: set[int] = set()
+    with _atomic_directory(output_dir, overwrite) as tmp:
+        for part in wanted:
+            graph = family.graph(model, part, options)
+            path = tmp / f"{part}.onnx"
+            opsets.add(_export_graph(graph, path, opset, torch))
+            files[part] = path.name
+            described[part] = {"file": path.name, **_io_description(path), **graph.description}
+            data = path.with_name(path.name + ".data")
+            if data.is_file():  # its weights, where the graph is too large for one protobuf file
+                described[part]["external_data"] = data.name
+            if quantize and part in family.quantizable:
+                quantized = tmp / f"{part}.quant.onnx"
+                _quantize(path, quantized)
+                files[f"{part}_quantized"] = quantized.name
+                described[part]["quantized_file"] = quantized.name
+        metadata = {
+            "format": "onnx",
+            "metadata_version": METADATA_VERSION,
+            **family.metadata(model, options),
+            "parts": described,
+            "opset": max(opsets),
+            "source": _source(model, source_name),
+            "samkit_version": _samkit_version(),
+            "exporter": f"torch.onnx dynamo exporter, torch {torch.__version__}",
+        }
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return ExportResult(output_dir, {k: output_dir / v for k, v in files.items()}, metadata)
+
+
+@contextlib.contextmanager
+def _atomic_directory(path: Path, overwrite: bool) -> Iterator[Path]:
+    """files.atomic_directory, its refusal to replace a folder as a SamkitError."""
+    try:
+        with atomic_directory(path, overwrite) as tmp:
+            yield tmp
+    except FileExistsError as exc:
+        if exc.filename is None and str(path) in str(exc):
+            raise SamkitError(str(exc)) from None
+        raise
+
+
+def _require_onnx_packages(quantize: bool) -> None:
+    missing = []
+    for module in ("onnx", "onnxscript") + (("onnxruntime",) if quantize else ()):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise SamkitError(
+            f"ONNX export needs {', '.join(missing)}, which is not installed: pip install \"samkit[onnx]\""
+        )
+
+
+def _cpu_float32(model: Any) -> Any:
+    """The model on the CPU in float32 (graphs are exported in float32 whatever the model runs in).
+    A model elsewhere is copied, never moved: the caller's model stays where it is."""
+    import copy
+
+    import torch
+
+    params = list(model.parameters())
+    on_cpu = all(p.device.type == "cpu" for p in params)
+    if on_cpu and all(p.dtype == torch.float32 for p in params if p.is_floating_point()):
+        return model
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+
+
+def _export_graph(graph: Graph, path: Path, opset: int | None, torch: Any) -> int:
+    """Trace graph.module with torch.export and write it as ONNX; returns the file's opset.
+
+    torch 2.13's dynamo exporter (torch.export + onnxscript), not the legacy TorchScript one:
+    SAM's decoder crops and resizes its masks to sizes computed from the orig_im_size *values*.
+    The TorchScript tracer records `int(tensor)` / `.item()` as constants, so its graph crops
+    every image as the example it was traced with (the official SamOnnxModel exported today gives
+    wrong masks for any other aspect ratio) and drops orig_im_size from the inputs; torch.export
+    keeps them as symbolic sizes with the bounds the module states (torch._check).
+    """
+    names = list(graph.inputs)
+    dims: dict[str, Any] = {}
+    dynamic_shapes = {}
+    for name in names:
+        axes = graph.dynamic_axes.get(name)
+        if not axes:
+            dynamic_shapes[name] = None
+            continue
+        spec = {}
+        for axis, dim_name in axes.items():
+            if dim_name not in dims:
+                dims[dim_name] = torch.export.Dim(dim_name, min=1, max=65536)
+            spec[axis] = dims[dim_name]
+        dynamic_shapes[name] = spec
+    size = sum(p.numel() * p.element_size() for p in graph.module.parameters())
+    size += sum(b.numel() * b.element_size() for b in graph.module.buffers())
+    module = graph.module.eval()
+    try:
+        context = graph.context() if graph.context is not None else contextlib.nullcontext()
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter(), context:
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                tuple(graph.inputs.values()),
+                dynamo=True,
+                input_names=names,
+                output_names=list(graph.output_names),
+                dynamic_shapes=dynamic_shapes if dims else None,
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter's own messages are pages long
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SamkitError(f"torch.onnx could not export the {path.stem}: {first}") from exc
+    written = _opset_of(program.model_proto)
+    if opset is not None and written != opset:
+        raise SamkitError(f"the exporter wrote opset {written} instead of the {opset} asked for; use opset={written}")
+    program.save(str(path), external_data=size > EXTERNAL_DATA_BYTES)
+    return written
+
+
+class _quiet_exporter:
+    """The dynamo exporter prints its progress ("[torch.onnx] Obtain model graph ...") to stdout
+    and torch.export logs warnings about optional torchvision ops: neither is the user's concern."""
+
+    def __enter__(self) -> None:
+        import contextlib
+        import io
+        import logging
+
+        self._loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+        self._levels = [lg.level for lg in self._loggers]
+        for lg in self._loggers:
+            lg.setLevel(logging.ERROR)
+        self._redirect = contextlib.redirect_stdout(io.StringIO())
+        self._redirect.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._redirect.__exit__(*exc)
+        for lg, level in zip(self._loggers, self._levels):
+            lg.setLevel(level)
+
+
+def _opset_of(proto: Any) -> int:
+    return next(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx"))
+
+
+def _io_description(path: Path) -> dict[str, Any]:
+    """Input and output names, element types and shapes (symbolic axes by name) of an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(values) -> dict[str, Any]:
+        out = {}
+        for value in values:
+            tensor = value.type.tensor_type
+            shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+            out[value.name] = {"dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": shape}
+        return out
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def _quantize(source: Path, target: Path) -> None:
+    """int8 dynamic quantisation (weights uint8, activations quantised at run time), as the official
+    SAM export script does it (QUInt8, per tensor)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_exporter():
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QUInt8, per_channel=False)
+
+
+def _source(model: Any, source_name: Any) -> dict[str, Any]:
+    """What the graphs were exported from: the checkpoint file and its SHA-256, or, for a model
+    that came from no file (built or trained in memory), the SHA-256 of its state_dict."""
+    checkpoint = getattr(model, "checkpoint_path", None)
+    if checkpoint and Path(checkpoint).is_file():
+        digest = hashlib.sha256()
+        with open(checkpoint, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return {"checkpoint": str(checkpoint), "sha256": digest.hexdigest(), "given_as": source_name}
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {"checkpoint": None, "state_dict_sha256": digest.hexdigest()}
+
+
+def _samkit_version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,334 @@
+"""samkit.Predictor's set_image / predict on exported ONNX files, without PyTorch.
+
+Only numpy, Pillow, OpenCV and onnxruntime are used (nothing on this module's import path imports
+torch), so a deployment can run an exported (fine-tuned) model with `pip install onnxruntime` and
+samkit's light dependencies. Images are preprocessed as samkit does (transforms.resize_longest_side:
+Pillow's bilinear resize of the longest side, then the model.json normalisation and zero padding),
+and masks are upscaled from the decoder's low-res logits as samkit.Predictor does on a CPU
+(transforms.upscale_logits), so the outputs match Predictor's on the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PromptError, SamkitError
+from ..utils.image_io import ImageLike, load_image
+from ..utils.prompts import check_boxes, check_mask_input, check_points
+from ..utils.transforms import resize_longest_side, scale_boxes, scale_coords, upscale_logits
+
+METADATA_FILE = "model.json"  # as exporter.METADATA_FILE (that module imports torch)
+
+
+@dataclass(frozen=True)
+class OnnxImageState:
+    """What the decoder needs of an image, as samkit's ImageState but in numpy: the embedding
+    (1, 256, 64, 64) float32, the image's (H, W) and its (h, w) inside the model's input, and
+    the finer feature maps of families whose decoder takes them (none for SAM 1)."""
+
+    features: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    high_res_features: tuple[np.ndarray, ...] = ()
+
+
+class OnnxPredictor:
+    """Promptable prediction with a samkit ONNX export (a folder written by samkit.export).
+
+    `set_image` runs the exported encoder (or takes the embedding from a small in-memory cache
+    when the same pixels come again); `predict` runs the exported decoder. Same arguments and
+    outputs as samkit.Predictor.predict / predict_batch. The folder must hold the decoder with all
+    mask outputs (the default export, not --single-mask) and, for set_image, the encoder.
+
+    quantized: use the int8 decoder (decoder.quant.onnx, from an export with quantize=True).
+    providers / session_options: passed to onnxruntime.InferenceSession (default: the CPU).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        quantized: bool = False,
+        providers: list[Any] | None = None,
+        session_options: Any = None,
+        cache_size: int = 8,
+    ) -> None:
+        self.model_dir = Path(model_dir).expanduser()
+        self.metadata = read_metadata(self.model_dir)
+        meta = self.metadata
+        if meta.get("family") != "sam":
+            raise SamkitError(
+                f"{self.model_dir}: OnnxPredictor runs SAM 1 family exports (vit_b/l/h, mobile_sam); "
+                f"this folder holds a {meta.get('family')!r} model"
+            )
+        parts = meta.get("parts", {})
+        decoder = parts.get("decoder")
+        if decoder is None:
+            raise SamkitError(f"{self.model_dir} holds no decoder; export it with parts including 'decoder'")
+        if decoder.get("single_mask"):
+            raise SamkitError(
+                f"{self.model_dir}: the decoder was exported with single_mask, OnnxPredictor needs all mask "
+                "outputs (export again without --single-mask)"
+            )
+        if not decoder.get("dynamic_points", True):
+            raise SamkitError(
+                f"{self.model_dir}: the decoder takes a fixed number of points; OnnxPredictor needs the default "
+                "export with a dynamic point count"
+            )
+        decoder_file = decoder.get("quantized_file") if quantized else decoder.get("file")
+        if decoder_file is None:
+            raise SamkitError(f"{self.model_dir} holds no quantised decoder; export it with quantize=True (--quantize)")
+        try:
+            import onnxruntime
+        except ImportError:
+            raise SamkitError('OnnxPredictor needs onnxruntime: pip install "samkit[onnx]"') from None
+        self._ort = onnxruntime
+        self._providers = providers or ["CPUExecutionProvider"]
+        self._session_options = session_options
+        self.decoder = self._session(decoder_file)
+        encoder = parts.get("encoder")
+        self.encoder = self._session(encoder["file"]) if encoder is not None else None
+        self.image_size = int(meta["input_size"])
+        self.mask_threshold = float(meta.get("mask_threshold", 0.0))
+        low_res = meta.get("low_res_size", [256, 256])
+        self.mask_scale = self.image_size // int(low_res[1])
+        self.low_res_size = (int(low_res[0]), int(low_res[1]))
+        pre = meta["preprocessing"]
+        self.pixel_mean = np.asarray(pre["pixel_mean"], dtype=np.float32)
+        self.pixel_std = np.asarray(pre["pixel_std"], dtype=np.float32)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, OnnxImageState] = OrderedDict()
+        self._state: OnnxImageState | None = None
+        self.encoder_calls = 0
+
+    def _session(self, name: str) -> Any:
+        path = self.model_dir / name
+        if not path.is_file():
+            raise SamkitError(f"{path} is missing; the export folder is incomplete (export it again)")
+        try:
+            return self._ort.InferenceSession(str(path), self._session_options, providers=self._providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
+            raise SamkitError(f"onnxruntime cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
+
+    # -- image -------------------------------------------------------------------------------
+    def image_key(self, image: np.ndarray) -> str:
+        """Cache key of an HxWx3 uint8 image (its pixels and shape)."""
+        digest = hashlib.sha256()
+        digest.update(str(image.shape).encode())
+        digest.update(np.ascontiguousarray(image).data)
+        return digest.hexdigest()[:40]
+
+    def set_image(self, image: ImageLike) -> None:
+        """Make `image` (path, HxWx3 uint8 RGB array or PIL image) the one prompts refer to."""
+        array = load_image(image)
+        key = self.image_key(array)
+        state = self._cache.get(key)
+        if state is None:
+            state = self.compute_image_state(array)
+            self._cache[key] = state
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        self._state = state
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """HxWx3 uint8 -> the encoder's input (1, 3, S, S) float32 and the resized (h, w)."""
+        resized = resize_longest_side(image, self.image_size)
+        height, width = resized.shape[:2]
+        size = self.image_size
+        tensor = np.zeros((1, 3, size, size), dtype=np.float32)
+        normalised = (resized.astype(np.float32) - self.pixel_mean) / self.pixel_std
+        tensor[0, :, :height, :width] = normalised.transpose(2, 0, 1)
+        return tensor, (height, width)
+
+    def compute_image_state(self, image: np.ndarray) -> OnnxImageState:
+        """Run the exported encoder on an HxWx3 uint8 image (no cache)."""
+        if self.encoder is None:
+            raise SamkitError(
+                f"{self.model_dir} holds no encoder; export it with parts including 'encoder', or give an "
+                "embedding with set_image_state"
+            )
+        tensor, input_size = self.preprocess(image)
+        (features,) = self.encoder.run(["image_embeddings"], {"image": tensor})
+        self.encoder_calls += 1
+        return OnnxImageState(features, (image.shape[0], image.shape[1]), input_size)
+
+    @property
+    def current_state(self) -> OnnxImageState | None:
+        return self._state
+
+    def set_image_state(self, state: OnnxImageState | None) -> None:
+        """Use an embedding computed elsewhere (another predictor, a server, the browser)."""
+        self._state = state
+
+    def reset_image(self) -> None:
+        self._state = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._state is not None
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self._require_state().original_size
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._require_state().input_size
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The current image's embedding, (1, 256, 64, 64) float32."""
+        return self._require_state().features
+
+    def _require_state(self) -> OnnxImageState:
+        if self._state is None:
+            raise SamkitError("no image set: call predictor.set_image(image) before predicting")
+        return self._state
+
+    # -- prompts -----------------------------------------------------------------------------
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        best_only: bool = False,
+        return_low_res: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Masks for one object, as samkit.Predictor.predict: point_coords (N, 2) XY pixels with
+        point_labels (N,) 1 / 0, box (4,) XYXY, mask_input (1, 256, 256) low-res logits of an
+        earlier call. Returns masks (C, H, W) bool (float32 logits with return_logits), scores
+        (C,) and low-res logits (C, 256, 256) (None with return_low_res=False); C is 3 with
+        multimask_output, else 1; best_only keeps the highest-scoring one."""
+        state = self._require_state()
+        coords, labels = check_points(point_coords, point_labels, state.original_size, batched=False)
+        boxes = check_boxes(box, state.original_size, batched=False)
+        masks_in = check_mask_input(mask_input)
+        return self._decode(state, coords, labels, None if boxes is None else boxes[0], masks_in,
+                            multimask_output, return_logits, best_only, return_low_res)
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        multimask_output: bool = False,
+        return_logits: bool = False,
+        return_low_res: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Masks for B objects, as samkit.Predictor.predict_batch: point_coords (B, N, 2) +
+        point_labels (B, N) and/or boxes (B, 4). The exported decoder takes one prompt per run,
+        so the B prompts run one after the other. Returns masks (B, C, H, W), scores (B, C),
+        low-res logits (B, C, 256, 256) or None."""
+        state = self._require_state()
+        coords, labels = check_points(point_coords, point_labels, state.original_size, batched=True)
+        box_array = check_boxes(boxes, state.original_size, batched=True)
+        if coords is not None and box_array is not None and coords.shape[0] != box_array.shape[0]:
+            raise PromptError(
+                f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box"
+            )
+        if coords is None and box_array is None:
+            raise PromptError("predict_batch needs point_coords/point_labels or boxes")
+        count = coords.shape[0] if coords is not None else box_array.shape[0]
+        results = [
+            self._decode(
+                state,
+                None if coords is None else coords[i],
+                None if labels is None else labels[i],
+                None if box_array is None else box_array[i],
+                None, multimask_output, return_logits, False, return_low_res,
+            )
+            for i in range(count)
+        ]
+        masks = np.stack([r[0] for r in results])
+        scores = np.stack([r[1] for r in results])
+        low_res = np.stack([r[2] for r in results]) if return_low_res else None
+        return masks, scores, low_res
+
+    def decode_low_res(
+        self,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The decoder alone, on one prompt already in the resized input frame: point_coords (N, 2),
+        point_labels (N,), box (4,), mask_input (1, 256, 256) -> low-res logits (M, 256, 256) and
+        scores (M,) of all M mask outputs (SAM's single-mask output first)."""
+        state = self._require_state()
+        coords = [np.zeros((0, 2), dtype=np.float32)]
+        labels = [np.zeros((0,), dtype=np.float32)]
+        if point_coords is not None:
+            coords.append(np.asarray(point_coords, dtype=np.float32).reshape(-1, 2))
+            labels.append(np.asarray(point_labels, dtype=np.float32).reshape(-1))
+        if box is not None:
+            coords.append(np.asarray(box, dtype=np.float32).reshape(2, 2))
+            labels.append(np.array([2, 3], dtype=np.float32))
+        elif point_coords is not None:
+            # without a box SAM's prompt encoder appends a padding point labelled -1
+            coords.append(np.zeros((1, 2), dtype=np.float32))
+            labels.append(np.array([-1], dtype=np.float32))
+        has_mask = mask_input is not None
+        feeds = {
+            "image_embeddings": state.features,
+            "point_coords": np.concatenate(coords)[None],
+            "point_labels": np.concatenate(labels)[None],
+            "mask_input": (
+                np.asarray(mask_input, dtype=np.float32).reshape(1, 1, *self.low_res_size)
+                if has_mask else np.zeros((1, 1, *self.low_res_size), dtype=np.float32)
+            ),
+            "has_mask_input": np.array([1.0 if has_mask else 0.0], dtype=np.float32),
+            # The graph also upscales its masks to orig_im_size (for code written for the official
+            # ONNX decoder); this predictor upscales the low-res logits itself, as samkit.Predictor
+            # does (OpenCV, only the masks asked for), so it asks the graph for the smallest size.
+            "orig_im_size": np.array([1.0, 1.0], dtype=np.float32),
+        }
+        scores, low_res = self.decoder.run(["iou_predictions", "low_res_masks"], feeds)
+        return low_res[0], scores[0]
+
+    def _decode(self, state, coords, labels, box, mask_input, multimask_output, return_logits, best_only,
+                return_low_res):
+        size = self.image_size
+        frame_coords = None if coords is None else scale_coords(coords, state.original_size, size)
+        frame_box = None if box is None else scale_boxes(box, state.original_size, size)
+        low_res, scores = self.decode_low_res(frame_coords, labels, frame_box, mask_input)
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        low_res, scores = low_res[chosen], scores[chosen]
+        if best_only:
+            best = int(np.argmax(scores))
+            low_res, scores = low_res[best : best + 1], scores[best : best + 1]
+        height, width = state.original_size
+        masks = np.empty((len(scores), height, width), dtype=np.float32 if return_logits else bool)
+        logits = None if return_logits else np.empty((height, width), dtype=np.float32)
+        for i in range(len(scores)):
+            target = masks[i] if return_logits else logits
+            upscale_logits(low_res[i], state.input_size, state.original_size, self.mask_scale, out=target)
+            if not return_logits:
+                np.greater(logits, self.mask_threshold, out=masks[i])
+        return masks, scores.astype(np.float32), (np.ascontiguousarray(low_res) if return_low_res else None)
+
+
+def read_metadata(model_dir: Path) -> dict[str, Any]:
+    """The model.json of an export folder, or a SamkitError saying what is wrong."""
+    if not model_dir.is_dir():
+        raise SamkitError(f"{model_dir} is not a folder; give the folder samkit export wrote")
+    path = model_dir / METADATA_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SamkitError(f"{model_dir} has no {METADATA_FILE}: it is not a samkit export folder") from None
+    except (OSError, ValueError) as exc:
+        raise SamkitError(f"cannot read {path}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != "onnx":
+        raise SamkitError(f"{path} does not describe a samkit ONNX export")
+    return meta

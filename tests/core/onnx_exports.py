@@ -1,0 +1,119 @@
+"""Exports the ONNX tests share (made once per test process, like oracle.official_vit_b).
+
+* ``mobile_export(checkpoint)``: MobileSAM's encoder and decoder, plus the int8 decoder, exported
+  from the seeded MobileSAM checkpoint file (as `samkit export mobile_sam_random.pt` would).
+* ``vit_b_export(single_mask)``: the decoder of oracle.official_vit_b's perturbed ViT-B, exported
+  from its checkpoint file. Its encoder is not exported here: tracing a ViT-B costs more than the
+  rest of these tests together; the encoder graph is checked on MobileSAM and a small ViT.
+* ``official_decoder_export(single_mask)``: the official package's own SamOnnxModel on the same
+  ViT-B weights, exported as its scripts/export_onnx_model.py does (TorchScript exporter, opset 17,
+  the point count dynamic, the example image 1500 x 2250).
+* ``feeds(...)``: the official decoder's inputs built as the official notebook builds them
+  (segment_anything's ResizeLongestSide, a (0, 0) point labelled -1 when there is no box).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import samkit
+
+try:
+    from . import oracle
+except ImportError:
+    import oracle
+
+
+@functools.lru_cache(maxsize=None)
+def mobile_export(checkpoint: Path) -> Path:
+    out = oracle._tmpdir() / "mobile_sam_onnx"
+    samkit.export(str(checkpoint), out, quantize=True)
+    return out
+
+
+def vit_b_export(single_mask: bool = False) -> Path:
+    return _vit_b_export(bool(single_mask))
+
+
+@functools.lru_cache(maxsize=None)
+def _vit_b_export(single_mask: bool) -> Path:
+    _, checkpoint = oracle.official_vit_b()
+    out = oracle._tmpdir() / f"vit_b_onnx_{'single' if single_mask else 'all'}"
+    samkit.export(str(checkpoint), out, parts=("decoder",), single_mask=single_mask)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def vit_b_model() -> samkit.Sam:
+    _, checkpoint = oracle.official_vit_b()
+    return samkit.load_model(checkpoint, device="cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def official_decoder_export(single_mask: bool) -> Path:
+    oracle.official()
+    from segment_anything.utils.onnx import SamOnnxModel
+
+    model, _ = oracle.official_vit_b()
+    onnx_model = SamOnnxModel(model, return_single_mask=single_mask)
+    dummy = {
+        "image_embeddings": torch.randn(1, 256, 64, 64),
+        "point_coords": torch.randint(low=0, high=1024, size=(1, 5, 2), dtype=torch.float),
+        "point_labels": torch.randint(low=0, high=4, size=(1, 5), dtype=torch.float),
+        "mask_input": torch.randn(1, 1, 256, 256, dtype=torch.float),
+        "has_mask_input": torch.tensor([1], dtype=torch.float),
+        "orig_im_size": torch.tensor([1500, 2250], dtype=torch.float),
+    }
+    path = oracle._tmpdir() / f"official_decoder_{'single' if single_mask else 'all'}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            onnx_model, tuple(dummy.values()), str(path), dynamo=False, export_params=True, opset_version=17,
+            do_constant_folding=True, input_names=list(dummy),
+            output_names=["masks", "iou_predictions", "low_res_masks"],
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+        )
+    return path
+
+
+def feeds(embedding, image_size, points=None, labels=None, box=None, mask_input=None) -> dict[str, np.ndarray]:
+    """The official decoder's inputs for prompts in original-image pixels, built as the official
+    onnx_model_example notebook does."""
+    oracle.official()
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    transform = ResizeLongestSide(1024)
+    coords = np.zeros((0, 2))
+    point_labels = np.zeros((0,))
+    if points is not None:
+        coords = np.concatenate([coords, np.asarray(points, dtype=np.float64)])
+        point_labels = np.concatenate([point_labels, np.asarray(labels, dtype=np.float64)])
+    if box is not None:
+        coords = np.concatenate([coords, np.asarray(box, dtype=np.float64).reshape(2, 2)])
+        point_labels = np.concatenate([point_labels, [2, 3]])
+    elif points is not None:
+        coords = np.concatenate([coords, [[0.0, 0.0]]])
+        point_labels = np.concatenate([point_labels, [-1]])
+    coords = transform.apply_coords(coords[None], image_size).astype(np.float32)
+    return {
+        "image_embeddings": np.asarray(embedding, dtype=np.float32),
+        "point_coords": coords,
+        "point_labels": point_labels[None].astype(np.float32),
+        "mask_input": (np.zeros((1, 1, 256, 256), dtype=np.float32) if mask_input is None
+                       else np.asarray(mask_input, dtype=np.float32).reshape(1, 1, 256, 256)),
+        "has_mask_input": np.array([0.0 if mask_input is None else 1.0], dtype=np.float32),
+        "orig_im_size": np.array(image_size, dtype=np.float32),
+    }
+
+
+def session(path: Path):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
