@@ -112,7 +112,8 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     """A temporary folder beside `path` to write a folder's files into; it becomes `path` when the
     block ends normally and is deleted when it raises. Readers never see a partly written folder.
 
-    Its parent folder must exist (OutputError). An existing `path` is refused (FileExistsError) unless `overwrite`; then the old folder is
+    Its parent folder must exist (OutputError). An existing `path` is refused (FileExistsError)
+    unless `overwrite`; then the old folder is
     renamed aside, the new one renamed into place and the old one deleted (between the two renames
     `path` is briefly absent: POSIX cannot swap two folders in one step).
     """
