@@ -17,3 +17,7 @@ class CheckpointError(SamkitError):
 
 class PromptError(SamkitError, ValueError):
     """Point, box or mask prompts are malformed or do not fit the image."""
+
+
+class DatasetError(SamkitError, ValueError):
+    """A training dataset is malformed: the message names the file, image or object at fault."""
