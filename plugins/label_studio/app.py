@@ -166,20 +166,26 @@ def create_app(settings: Settings | None = None, backend: SamBackend | None = No
 
     @app.post("/webhook")
     async def webhook(request: Request):
-        body = await request.body()
-        action = None
-        try:
-            data = json.loads(body) if body.strip() else {}
-            action = data.get("action") if isinstance(data, dict) else None
-        except ValueError:
-            pass
-        if action == "START_TRAINING":
-            return {"status": "ok", "action": action, "message": "samkit uses SAM as it is; nothing to train"}
-        return {"status": "ok", "action": action}
+        # Label Studio's training protocol (training.py): START_TRAINING, and annotation events
+        # when SAMKIT_LS_TRAIN_EVERY is set, start fine-tuning in the background.
+        from .training import parse_event
+
+        status, body = await run_in_threadpool(backend.trainer.on_webhook, parse_event(await request.body()))
+        return JSONResponse(body, status_code=status)
 
     @app.post("/train")
-    async def train():
-        return {"status": "ok", "job": None, "message": "samkit uses SAM as it is; nothing to train"}
+    async def train(request: Request):
+        from .training import parse_event
+
+        data = parse_event(await request.body())
+        status, body = await run_in_threadpool(backend.trainer.on_webhook, {**data, "action": "START_TRAINING"})
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/training")
+    async def training():
+        trainer = backend.trainer
+        return {"jobs": [job.as_dict() for job in trainer.jobs.values()],
+                "models": {pid: version for pid, (_, version) in backend.tuned.items()}}
 
     @app.get("/versions")
     @app.post("/versions")
