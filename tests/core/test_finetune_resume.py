@@ -108,3 +108,17 @@ def test_resume_with_other_settings_is_refused(small_run):
     steps = []
     result = run(small_run, output, resume=True, epochs=3, callback=lambda p: steps.append(p.epoch))
     assert min(steps) == 2 and [r["epoch"] for r in result.history] == [0, 1, 2, 3]
+
+
+def test_bfloat16_run(small_run, kampala_teacher, tmp_path):
+    """dtype="bfloat16": the encoder embeds and the decoder trains under bf16 autocast; the
+    checkpoint keeps the base file's float32 tensors, and the run records its precision."""
+    train = subset_coco(kampala_teacher.coco, tmp_path / "one.json", [4], max_objects=2)
+    result = samkit.finetune(small_run["student"], train, tmp_path / "bf16.pt", epochs=1, val_fraction=0,
+                             prompt_iterations=1, dtype="bfloat16", cache_dir=tmp_path / "emb", progress=False)
+    saved = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    base = torch.load(small_run["student"], map_location="cpu", weights_only=True)
+    assert all(saved[k].dtype == base[k].dtype for k in base)
+    assert any(not torch.equal(saved[k], base[k]) for k in base if k.startswith("mask_decoder."))
+    assert json.loads(result.metadata.read_text())["settings"]["dtype"] == "bfloat16"
+    assert result.history[1]["loss"] > 0
