@@ -11,8 +11,9 @@ Three measurements, in one run:
   tests/finetune_data.py), default prompt iterations: seconds per epoch, images and objects
   per second (the embeddings already on disk, as from the second epoch on);
 * **memory**: the peak resident memory of whole runs (a child process each: embedding, one
-  epoch, validation, writing) over `--memory-masks` objects and over a tenth of them, on images
-  made from the Kampala mosaic: embeddings stay on disk, so the peak must not grow with the data.
+  epoch, validation, writing) over `--memory-masks` objects and over a tenth of them, 20 per
+  600 x 600 crop of the Kampala mosaic: embeddings stay on disk, so the peak must not grow with
+  the data.
 
 No pretrained weights are needed: the seeded random MobileSAM in ../shared/reference is the base.
 
@@ -144,12 +145,12 @@ def time_steps(model, objects: int, repeats: int):
 
 
 def epoch_rows(model, work: Path, epochs: int, train_images: int):
-    chips = finetune_data.kampala_chips(GEO)
+    chips = finetune_data.kampala_chips(GEO)[: train_images + 3]
     teacher = finetune_data.write_teacher_coco(chips, model, work / "teacher")
     student = finetune_data.perturbed_student(MOBILE_SAM, work / "student.pt")
     ids = list(range(1, train_images + 1))
     train = finetune_data.subset_coco(teacher.coco, work / "train.json", ids)
-    val = finetune_data.subset_coco(teacher.coco, work / "val.json", list(range(train_images + 1, 17))[:3])
+    val = finetune_data.subset_coco(teacher.coco, work / "val.json", list(range(train_images + 1, train_images + 4)))
     result = samkit.finetune(student, train, work / "tuned.pt", val, epochs=epochs, cache_dir=teacher.embeddings,
                              progress=False)
     objects = json.loads(result.metadata.read_text())["data"]["train"]["objects"]
@@ -173,7 +174,7 @@ sys.path.insert(0, {tests!r})
 import samkit
 from samkit.finetune import LabelledImage, object_from_mask
 
-masks_total, per_image = {masks}, 8
+masks_total, per_image = {masks}, 20
 mosaic = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open({mosaic!r}).convert("RGB"))
 images = []
 for index in range(-(-masks_total // per_image)):
@@ -197,7 +198,7 @@ print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 def memory_rows(masks: int, work: Path):
     rows = []
     peaks = {}
-    for count in (max(masks // 10, 8), masks):
+    for count in (max(masks // 10, 20), masks):
         script = MEMORY_CHILD.format(tests=str(REPO / "tests" / "core"), masks=count,
                                      mosaic=str(GEO / finetune_data.MOSAIC), checkpoint=str(MOBILE_SAM),
                                      output=str(work / f"memory-{count}.pt"))
@@ -217,7 +218,7 @@ def memory_rows(masks: int, work: Path):
     growth = peaks[large] - peaks[small]
     rows.append((f"memory growth from {small} to {large} objects", None, None,
                  f"{growth:+.0f} MB for {large - small} more objects (their embeddings: "
-                 f"{(large - small) / 8 * 4.19:.0f} MB, kept on disk)"))
+                 f"{(large - small) / 20 * 4.19:.0f} MB, kept on disk)"))
     log(rows[-1][3])
     return rows
 

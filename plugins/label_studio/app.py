@@ -4,7 +4,9 @@ Endpoints (all work in any order; nothing depends on /setup having come first):
 - GET  /health          {"status": "UP", ...} at once, even while the model loads or predicts
 - POST /setup           {"model_version"}; remembers the project's config, host and token
 - POST /predict         {"results": [one per task, in order]}
-- POST /webhook         2xx for any event (START_TRAINING included: SAM is not trained here)
+- POST /webhook         Label Studio's training protocol (training.py): START_TRAINING (and every N
+                        annotation events with SAMKIT_LS_TRAIN_EVERY) starts fine-tuning, 201; other
+                        events 200. POST /train starts it too; GET /training shows the runs
 - GET  /versions        {"versions": [model_version]}
 - POST /validate        checks a labeling config
 - POST /precompute      start computing embeddings for a project's images; GET /precompute/{id}

@@ -352,7 +352,7 @@ def tuned_model(base, checkpoint: Path):
 
     import torch
 
-    from samkit.sam import Sam
+    from samkit.modeling.sam import Sam
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     prompt_encoder = copy.deepcopy(base.prompt_encoder)

@@ -56,7 +56,7 @@ def test_bad_label_files(geo_dir, footprints_gpkg, tmp_path):
     raster = geo_dir / KAMPALA
     frame = gpd.read_file(footprints_gpkg)
     points = frame.copy()
-    points["geometry"] = frame.geometry.centroid
+    points["geometry"] = frame.geometry.representative_point()
     points.to_file(tmp_path / "points.gpkg")
     with pytest.raises(GeoError, match=r"points.gpkg: fine-tuning needs polygons, the file has Point"):
         training_tiles(raster, tmp_path / "points.gpkg")

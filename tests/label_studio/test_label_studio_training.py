@@ -88,10 +88,11 @@ def test_start_training_then_the_project_gets_the_tuned_model(label_studio, anno
     ml = ls.connect(pid, url)
 
     # hold the run at its start, so that a click is certainly answered while it is going
-    release = threading.Event()
+    reached, release = threading.Event(), threading.Event()
     original = ProjectTrainer._fine_tune
 
     def held(self, job, records):
+        reached.set()
         release.wait(600)
         return original(self, job, records)
 
@@ -99,6 +100,7 @@ def test_start_training_then_the_project_gets_the_tuned_model(label_studio, anno
     ls.ok("POST", f"/api/ml/{ml}/train")  # the Start Training button: Label Studio posts START_TRAINING
     job = backend.trainer.jobs[str(pid)]
     assert job.state == "running" and job.reason == "Start Training"
+    assert reached.wait(600), job.error  # the annotations are fetched; the training is about to start
 
     tid, record, masks = tasks[0]
     ys, xs = np.nonzero(masks[0])
