@@ -13,7 +13,7 @@ import sys
 import types
 from typing import Any
 
-from .errors import CheckpointError, ImageError, PromptError, SamkitError
+from .errors import CheckpointError, DatasetError, ImageError, PromptError, SamkitError
 
 __version__ = "0.1.0"
 
@@ -42,8 +42,8 @@ _LAZY_EXPORTS = {
     "Result": "ultralytics_api",
 }
 _SUBMODULES = {
-    "annotate", "build", "cli", "errors", "export", "fast", "image_state", "mask_generator", "modeling", "models",
-    "options", "predictor", "prompts", "registry", "ultralytics_api", "utils",
+    "annotate", "build", "cli", "errors", "export", "fast", "finetune", "image_state", "mask_generator",
+    "modeling", "models", "options", "predictor", "prompts", "registry", "ultralytics_api", "utils",
 }
 # The utilities lived at the top of the package before the layout of issue 18 and are documented
 # there (`from samkit import mask_utils`, `samkit.transforms.upscale_logits`, `from samkit.prefetch
@@ -53,7 +53,7 @@ _MOVED_MODULES = {
     for name in ("files", "image_io", "mask_utils", "memory", "prefetch", "transforms", "visualize")
 }
 
-__all__ = ["CheckpointError", "ImageError", "PromptError", "SamkitError", *sorted(_LAZY_EXPORTS)]
+__all__ = ["CheckpointError", "DatasetError", "ImageError", "PromptError", "SamkitError", *sorted(_LAZY_EXPORTS)]
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -22,3 +22,7 @@ class PromptError(SamkitError, ValueError):
 class OutputError(SamkitError, OSError):
     """An output file or directory cannot be written where the user asked (missing folder,
     a file where a directory belongs, no permission)."""
+
+
+class DatasetError(SamkitError, ValueError):
+    """A training dataset is malformed: the message names the file, image or object at fault."""

@@ -40,3 +40,22 @@ def artifacts_dir() -> Path:
     """Where tests keep things a person may want to look at (screenshots, overlays)."""
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS_DIR
+
+
+@pytest.fixture(scope="session")
+def kampala_chips(geo_dir):
+    """The Kampala mosaic's 16 chips of 256 px with their OSM footprints in pixels (finetune_data.py)."""
+    from finetune_data import kampala_chips
+
+    return kampala_chips(geo_dir)
+
+
+@pytest.fixture(scope="session")
+def kampala_teacher(kampala_chips, mobile_sam_checkpoint, tmp_path_factory):
+    """The chips labelled by the seeded random MobileSAM (the teacher), as a COCO JSON, with the
+    embeddings in samkit.finetune's store (finetune_data.py)."""
+    import samkit
+    from finetune_data import write_teacher_coco
+
+    teacher = samkit.load_model(mobile_sam_checkpoint, device="cpu")
+    return write_teacher_coco(kampala_chips, teacher, tmp_path_factory.mktemp("kampala-teacher"))

@@ -24,6 +24,8 @@ __all__ = [
     "RunSummary",
     "segment_everything",
     "segment_prompts",
+    "finetune",
+    "labelled_images",
     "register",
 ]
 
@@ -33,6 +35,8 @@ _LAZY = {
     "RunSummary": "samkit.fiftyone.runner",
     "segment_everything": "samkit.fiftyone.runner",
     "segment_prompts": "samkit.fiftyone.runner",
+    "finetune": "samkit.fiftyone.training",
+    "labelled_images": "samkit.fiftyone.training",
 }
 
 

@@ -463,4 +463,6 @@ class SegmentPrompts(_SamOperator):
         )
 
 
-OPERATORS = (SegmentEverything, SegmentPrompts)
+from samkit.fiftyone.finetune_operator import FineTune  # noqa: E402 (it uses this module's helpers)
+
+OPERATORS = (SegmentEverything, SegmentPrompts, FineTune)

@@ -64,7 +64,7 @@ def _model(p: argparse.ArgumentParser) -> None:
 def add_commands(subparsers) -> None:
     geo = subparsers.add_parser("geo", help="segment GIS rasters into georeferenced polygons",
                                 description="Segment rasters of any size into georeferenced vector polygons.")
-    sub = geo.add_subparsers(dest="geo_command", metavar="{vectorize,prompt,info}")
+    sub = geo.add_subparsers(dest="geo_command", metavar="{vectorize,prompt,info,finetune}")
     sub.required = True
 
     v = sub.add_parser("vectorize", help="segment everything, tile by tile, and write polygons",
@@ -125,6 +125,10 @@ def add_commands(subparsers) -> None:
     i.add_argument("--stats", action="store_true", help="also compute the global stretch")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=_info)
+
+    from .finetune_cli import add_command as add_finetune
+
+    add_finetune(sub, _common_raster, _model)
 
 
 def _api():

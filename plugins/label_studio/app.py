@@ -4,7 +4,9 @@ Endpoints (all work in any order; nothing depends on /setup having come first):
 - GET  /health          {"status": "UP", ...} at once, even while the model loads or predicts
 - POST /setup           {"model_version"}; remembers the project's config, host and token
 - POST /predict         {"results": [one per task, in order]}
-- POST /webhook         2xx for any event (START_TRAINING included: SAM is not trained here)
+- POST /webhook         Label Studio's training protocol (training.py): START_TRAINING (and every N
+                        annotation events with SAMKIT_LS_TRAIN_EVERY) starts fine-tuning, 201; other
+                        events 200. POST /train starts it too; GET /training shows the runs
 - GET  /versions        {"versions": [model_version]}
 - POST /validate        checks a labeling config
 - POST /precompute      start computing embeddings for a project's images; GET /precompute/{id}
@@ -172,20 +174,26 @@ def create_app(settings: Settings | None = None, backend: SamBackend | None = No
 
     @app.post("/webhook")
     async def webhook(request: Request):
-        body = await request.body()
-        action = None
-        try:
-            data = json.loads(body) if body.strip() else {}
-            action = data.get("action") if isinstance(data, dict) else None
-        except ValueError:
-            pass
-        if action == "START_TRAINING":
-            return {"status": "ok", "action": action, "message": "samkit uses SAM as it is; nothing to train"}
-        return {"status": "ok", "action": action}
+        # Label Studio's training protocol (training.py): START_TRAINING, and annotation events
+        # when SAMKIT_LS_TRAIN_EVERY is set, start fine-tuning in the background.
+        from .training import parse_event
+
+        status, body = await run_in_threadpool(backend.trainer.on_webhook, parse_event(await request.body()))
+        return JSONResponse(body, status_code=status)
 
     @app.post("/train")
-    async def train():
-        return {"status": "ok", "job": None, "message": "samkit uses SAM as it is; nothing to train"}
+    async def train(request: Request):
+        from .training import parse_event
+
+        data = parse_event(await request.body())
+        status, body = await run_in_threadpool(backend.trainer.on_webhook, {**data, "action": "START_TRAINING"})
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/training")
+    async def training():
+        trainer = backend.trainer
+        return {"jobs": [job.as_dict() for job in trainer.jobs.values()],
+                "models": {pid: version for pid, (_, version) in backend.tuned.items()}}
 
     @app.get("/versions")
     @app.post("/versions")

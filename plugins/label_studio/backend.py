@@ -12,6 +12,7 @@ instead). Downloads, RLE encoding and polygon tracing happen outside the locks.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import threading
@@ -33,6 +34,10 @@ from .regions import mask_regions, mean_score
 from .settings import Settings
 
 log = logging.getLogger("samkit.label_studio")
+
+# The project a request is answered for: its fine-tuned model, if it has one (training.py), and
+# that model's model_version, replace the base model's while the request is worked on.
+_current_project: contextvars.ContextVar[str | None] = contextvars.ContextVar("samkit_ls_project", default=None)
 
 
 @dataclass
@@ -96,6 +101,8 @@ class SamBackend:
         self.requests = {"interactive": 0, "batch": 0}
         self.last_timings: dict[str, float] = {}
         self._batch_results = _SingleFlightCache(max_items=64)
+        self.tuned: dict[str, tuple[Any, str]] = {}  # project id -> (fine-tuned model, its model_version)
+        self._trainer = None
 
     # -- model --------------------------------------------------------------------------------
     @staticmethod
@@ -146,6 +153,12 @@ class SamBackend:
 
     @property
     def model(self):
+        """The model for the project being answered: its fine-tuned one, else the base model."""
+        tuned = self.tuned.get(_current_project.get() or "")
+        return tuned[0] if tuned is not None else self.base_model
+
+    @property
+    def base_model(self):
         if not self._ready.wait(timeout=600):
             raise BackendError("the model is still loading; try again in a moment")
         if self._model is None:
@@ -162,6 +175,11 @@ class SamBackend:
 
     @property
     def model_version(self) -> str:
+        tuned = self.tuned.get(_current_project.get() or "")
+        return tuned[1] if tuned is not None else self.base_model_version
+
+    @property
+    def base_model_version(self) -> str:
         if self.settings.model_version:
             return self.settings.model_version
         import samkit
@@ -178,6 +196,28 @@ class SamBackend:
         if self.settings.points_per_side:
             return self.settings.points_per_side
         return 16 if self.model.device.type == "cpu" else 32
+
+    @contextlib.contextmanager
+    def for_project(self, project):
+        """Answer for `project` inside the block (its fine-tuned model and model_version)."""
+        token = _current_project.set(project_id(project))
+        try:
+            yield
+        finally:
+            _current_project.reset(token)
+
+    @property
+    def trainer(self):
+        """The project trainer (training.py), made on first use."""
+        if self._trainer is None:
+            from .training import ProjectTrainer
+
+            self._trainer = ProjectTrainer(self)
+        return self._trainer
+
+    def use_tuned(self, project: str, model, model_version: str) -> None:
+        """From now on answer `project` with `model` (a fine-tuned decoder on the shared encoder)."""
+        self.tuned[project_id(project)] = (model, model_version)
 
     def _predictor(self):
         import samkit
@@ -218,7 +258,8 @@ class SamBackend:
             # Say at connection time (Label Studio shows it on the model card) when the config
             # has nothing samkit can answer with.
             parse_label_config(req.schema_)
-        return {"model_version": self.model_version}
+        with self.for_project(pid):
+            return {"model_version": self.model_version}
 
     def source(self, project: str | int | None) -> Source:
         """Label Studio URL and key: env/CLI settings first, else what /setup said for the project."""
@@ -233,6 +274,10 @@ class SamBackend:
         return parse_label_config(xml)
 
     def predict(self, req: PredictRequest) -> dict:
+        with self.for_project(req.project):
+            return self._predict_request(req)
+
+    def _predict_request(self, req: PredictRequest) -> dict:
         config = self.label_config(req.label_config, req.project)
         source = self.source(req.project)
         context = req.params.context
@@ -308,7 +353,7 @@ class SamBackend:
             self.click_threads = torch.get_num_threads()
             # one predictor for all clicks: it knows the last image it was given, so a click on
             # the same (cached, read-only) image does not hash its pixels again
-            if self._interactive_predictor is None:
+            if self._interactive_predictor is None or self._interactive_predictor.model is not self.model:
                 self._interactive_predictor = self._predictor()
             predictor = self._interactive_predictor
             predictor.set_image(image)
@@ -351,7 +396,7 @@ class SamBackend:
         # prediction; the same pixels, prompts and tools give the same answer, so compute it once
         # (and let a second identical request wait for the first instead of computing it again).
         key = (predictor.image_key(image), tuple((r.to_name, r.label, *_rect_xyxy(r.value, 100, 100)) for r in rects),
-               tuple(outputs), self.settings.batch_signature())
+               tuple(outputs), self.settings.batch_signature(), self.model_version)
         result = self._batch_results.get_or_compute(
             key, lambda: self._batch_compute(image, rects, outputs, predictor))
         return _with_new_ids(result)
@@ -447,6 +492,10 @@ class SamBackend:
         return job
 
     def _precompute(self, job: PrecomputeJob, req: PrecomputeRequest) -> None:
+        with self.for_project(req.project):
+            self._precompute_project(job, req)
+
+    def _precompute_project(self, job: PrecomputeJob, req: PrecomputeRequest) -> None:
         job.state = "running"
         try:
             source = self.source(req.project)

@@ -49,9 +49,10 @@ def test_adapter_commands_come_from_entry_points():
     from samkit.cli import build_parser, registered_commands
 
     modules = {add.__module__ for add in registered_commands()}
-    assert modules == {f"{adapter}.cli" for adapter in ADAPTERS}
+    # samkit.finetune's command is core's, registered the same way
+    assert modules == {f"{adapter}.cli" for adapter in ADAPTERS} | {"samkit.finetune.cli"}
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert {"geo", "label-studio", "fiftyone", "info", "predict", "everything"} <= set(commands)
+    assert {"geo", "label-studio", "fiftyone", "finetune", "info", "predict", "everything"} <= set(commands)
 
 
 def test_every_name_resolves_through_the_registry():

@@ -18,7 +18,7 @@ from fiftyone.plugins.context import PluginContext
 from fo_checks import PLUGINS_DIR
 
 PLUGIN_DIR = PLUGINS_DIR / "fiftyone"
-URIS = {"@samkit/fiftyone/segment_everything", "@samkit/fiftyone/segment_prompts"}
+URIS = {"@samkit/fiftyone/segment_everything", "@samkit/fiftyone/segment_prompts", "@samkit/fiftyone/finetune"}
 
 
 def test_fiftyone_yml_lists_every_operator():
@@ -27,7 +27,7 @@ def test_fiftyone_yml_lists_every_operator():
     meta = yaml.safe_load((PLUGIN_DIR / "fiftyone.yml").read_text())
     assert meta["name"] == "@samkit/fiftyone"
     names = {cls().name for cls in OPERATORS}
-    assert set(meta["operators"]) == names == {"segment_everything", "segment_prompts"}
+    assert set(meta["operators"]) == names == {"segment_everything", "segment_prompts", "finetune"}
     assert {"SAMKIT_CHECKPOINT", "SAMKIT_DEVICE", "SAMKIT_MASK_DIR"} <= set(meta["secrets"])
 
 
@@ -47,6 +47,18 @@ def test_fiftyone_finds_the_plugin_and_keeps_its_own_module():
 
 def _ctx(dataset, params, **extra):
     return ExecutionContext(request_params={"dataset_name": dataset.name, "params": params, **extra})
+
+
+def test_finetune_form(make_dataset, photos):
+    dataset = make_dataset([photos["dog.jpg"]], boxes=True)
+    op = foo.get_operator("@samkit/fiftyone/finetune")
+    props = op.resolve_input(_ctx(dataset, {"label_field": "gt"})).type.properties
+    for name in ("view_target", "label_field", "output", "model", "epochs", "lr", "batch_size", "val_fraction",
+                 "classes", "train_prompt_encoder", "seed", "overwrite"):
+        assert name in props, name
+    assert props["output"].default.endswith(f"samkit_models/{dataset.name}-gt.pt")
+    assert props["lr"].default == 1e-4 and props["epochs"].default == 10
+    assert op.config.allow_delegated_execution and op.config.label == "SAM: fine-tune on a label field"
 
 
 def test_segment_everything_form(make_dataset, photos):

@@ -1,0 +1,279 @@
+#!/usr/bin/env python
+"""Fine-tuning speed and memory, samkit against the official segment-anything modules.
+
+Three measurements, in one run:
+
+* **training step**: one optimiser step's forward and backward (samkit.finetune's prompt
+  simulation and loss) on a cached embedding, for B objects prompted by boxes (one mask) and by
+  single points (three masks), through samkit's trained modules and through the official
+  PromptEncoder + MaskDecoder with the same weights, timed in alternation; the losses must agree;
+* **an epoch**: a real `samkit.finetune` run on the Kampala chips (MobileSAM teacher labels,
+  tests/finetune_data.py), default prompt iterations: seconds per epoch, images and objects
+  per second (the embeddings already on disk, as from the second epoch on);
+* **memory**: the peak resident memory of whole runs (a child process each: embedding, one
+  epoch, validation, writing) over `--memory-masks` objects and over a tenth of them, 20 per
+  600 x 600 crop of the Kampala mosaic: embeddings stay on disk, so the peak must not grow with
+  the data.
+
+No pretrained weights are needed: the seeded random MobileSAM in ../shared/reference is the base.
+
+    python benchmarks/bench_finetune.py                              # everything (minutes)
+    python benchmarks/bench_finetune.py --quick                      # small sizes (the test's run)
+    python benchmarks/bench_finetune.py --markdown benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "core"))
+sys.path.insert(0, str(REPO / "tests"))
+
+import finetune_data  # noqa: E402  (tests/finetune_data.py: the Kampala chips and teacher labels)
+import oracle  # noqa: E402  (tests/core/oracle.py: the official package, weight perturbation)
+
+import samkit  # noqa: E402
+from samkit.finetune.family import SamFamily  # noqa: E402
+from samkit.finetune.step import PromptSettings, draw, train_image  # noqa: E402
+from samkit.predictor import ImageState  # noqa: E402
+
+SHARED = Path(os.environ.get("SAMKIT_SHARED_DIR", REPO.parent / "shared"))
+MOBILE_SAM = SHARED / "reference" / "mobile_sam_random" / "mobile_sam_random.pt"
+GEO = SHARED / "data" / "geo"
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    flags, l3 = "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in present)
+                break
+        l3 = next((line.split(":", 1)[1].strip() for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("L3")), "")
+    except (OSError, FileNotFoundError):
+        pass
+    load = os.getloadavg()[0]
+    return (f"{cpu}, {os.cpu_count()} cores, flags {flags or '?'}, L3 {l3 or '?'}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), load average {load:.2f}")
+
+
+# -- training step ---------------------------------------------------------------------------
+
+
+def step_families(model):
+    """samkit's trainable copies and the official modules, on the same perturbed weights."""
+    model = copy.deepcopy(model)
+    oracle.perturb_(model.mask_decoder, 5)
+    ours = SamFamily.for_model(model)
+    official = oracle.official_with_encoder(torch.nn.Identity(), model.state_dict())
+    theirs = SamFamily(official.prompt_encoder, official.mask_decoder, 1024)
+    for family in (ours, theirs):
+        family.mask_decoder.train().requires_grad_(True)
+    return ours, theirs
+
+
+def step_batch(count: int):
+    gen = np.random.default_rng(0)
+    state = ImageState(torch.from_numpy(gen.standard_normal((1, 256, 64, 64)).astype(np.float32)), (768, 1024),
+                       (768, 1024))
+    yy, xx = np.mgrid[:768, :1024]
+    masks, boxes = [], []
+    for _ in range(count):
+        cx, cy, rx, ry = gen.uniform(150, 870), gen.uniform(150, 620), gen.uniform(20, 120), gen.uniform(20, 120)
+        mask = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+        ys, xs = np.nonzero(mask)
+        masks.append(mask)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return state, masks, np.array(boxes, dtype=np.float64)
+
+
+def time_steps(model, objects: int, repeats: int):
+    ours, theirs = step_families(model)
+    state, masks, boxes = step_batch(objects)
+    targets = np.stack([ours.low_res_target(m, state) >= 0.5 for m in masks])
+    rows = []
+    for label, share in (("boxes, 1 mask", 1.0), ("single points, 3 masks", 0.0)):
+        settings = PromptSettings(iterations=1, box_share=share)
+        times = {"ours": [], "official": []}
+        losses = {}
+        for repeat in range(repeats + 1):  # the first is a warm-up
+            for name, family in (("ours", ours), ("official", theirs)):
+                draws = draw(np.random.default_rng(repeat), objects, settings)
+                start = time.perf_counter()
+                stats = train_image(family, state, targets, boxes, draws, settings, 1.0 / objects)
+                elapsed = time.perf_counter() - start
+                for module in family.modules.values():
+                    module.zero_grad(set_to_none=True)
+                if repeat:
+                    times[name].append(elapsed)
+                losses.setdefault(name, stats.total)
+        ours_s, official_s = statistics.median(times["ours"]), statistics.median(times["official"])
+        agree = abs(losses["ours"] - losses["official"]) <= 1e-5 * abs(losses["official"])
+        rows.append((f"training step, {objects} objects, {label} (forward + backward)", ours_s, official_s,
+                     f"loss {losses['ours']:.6f} vs {losses['official']:.6f}: {'same' if agree else 'DIFFERENT'}; "
+                     f"{objects / ours_s:.1f} objects/s"))
+        log(f"{rows[-1][0]}: ours {ours_s * 1000:.0f} ms, official {official_s * 1000:.0f} ms, "
+            f"{official_s / ours_s:.2f}x; {rows[-1][3]}")
+    return rows
+
+
+# -- an epoch on the Kampala chips --------------------------------------------------------------
+
+
+def epoch_rows(model, work: Path, epochs: int, train_images: int):
+    chips = finetune_data.kampala_chips(GEO)[: train_images + 3]
+    teacher = finetune_data.write_teacher_coco(chips, model, work / "teacher")
+    student = finetune_data.perturbed_student(MOBILE_SAM, work / "student.pt")
+    ids = list(range(1, train_images + 1))
+    train = finetune_data.subset_coco(teacher.coco, work / "train.json", ids)
+    val = finetune_data.subset_coco(teacher.coco, work / "val.json", list(range(train_images + 1, train_images + 4)))
+    result = samkit.finetune(student, train, work / "tuned.pt", val, epochs=epochs, cache_dir=teacher.embeddings,
+                             progress=False)
+    objects = json.loads(result.metadata.read_text())["data"]["train"]["objects"]
+    seconds = [r["seconds"] for r in result.history[1:]]
+    per_epoch = statistics.median(seconds)
+    before, best = result.history[0], result.best
+    row = (f"epoch: {train_images} Kampala chips, {objects} objects, 3 prompts each, + validation of 3 chips",
+           per_epoch, None,
+           f"{train_images / per_epoch:.2f} images/s, {objects / per_epoch:.2f} objects/s; held-out box mIoU "
+           f"{before['miou_box']:.3f} -> {best['miou_box']:.3f} (epoch {result.best_epoch} of {epochs})")
+    log(f"{row[0]}: {per_epoch:.1f} s per epoch; {row[3]}")
+    return [row]
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+MEMORY_CHILD = """
+import json, resource, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import samkit
+from samkit.finetune import LabelledImage, object_from_mask
+
+masks_total, per_image = {masks}, 20
+mosaic = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open({mosaic!r}).convert("RGB"))
+images = []
+for index in range(-(-masks_total // per_image)):
+    gen = np.random.default_rng(index)
+    y, x = gen.integers(0, 1024 - 600, 2)
+    crop = np.ascontiguousarray(mosaic[y:y + 600, x:x + 600])
+    yy, xx = np.mgrid[:600, :600]
+    objects = []
+    for k in range(min(per_image, masks_total - index * per_image)):
+        cx, cy, r = gen.uniform(100, 500), gen.uniform(100, 500), gen.uniform(15, 80)
+        disk = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        objects.append(object_from_mask(disk, "disk", f"disk {{k}}", f"crop {{index}}"))
+    images.append(LabelledImage(lambda crop=crop: crop, tuple(objects), f"crop {{index}}", (600, 600)))
+result = samkit.finetune({checkpoint!r}, images, {output!r}, epochs=1, prompt_iterations=1, val_fraction=0.1,
+                         progress=False)
+print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "images": len(images), "epoch_s": result.history[1]["seconds"]}}))
+"""
+
+
+def memory_rows(masks: int, work: Path):
+    rows = []
+    peaks = {}
+    for count in (max(masks // 10, 20), masks):
+        script = MEMORY_CHILD.format(tests=str(REPO / "tests" / "core"), masks=count,
+                                     mosaic=str(GEO / finetune_data.MOSAIC), checkpoint=str(MOBILE_SAM),
+                                     output=str(work / f"memory-{count}.pt"))
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(done.stderr[-3000:])
+        info = json.loads(done.stdout.strip().splitlines()[-1])
+        peaks[count] = info["peak_mb"]
+        row = (f"peak memory of a whole run over {count} objects ({info['images']} images of 600x600)",
+               time.perf_counter() - start, None,
+               f"peak RSS {info['peak_mb']:.0f} MB; the embeddings of these images would take "
+               f"{info['images'] * 4.19:.0f} MB in memory; epoch {info['epoch_s']:.1f} s")
+        log(f"{row[0]}: {row[3]}")
+        rows.append(row)
+    small, large = sorted(peaks)
+    growth = peaks[large] - peaks[small]
+    rows.append((f"memory growth from {small} to {large} objects", None, None,
+                 f"{growth:+.0f} MB for {large - small} more objects (their embeddings: "
+                 f"{(large - small) / 20 * 4.19:.0f} MB, kept on disk)"))
+    log(rows[-1][3])
+    return rows
+
+
+def fmt(seconds):
+    if seconds is None:
+        return "n/a"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def markdown(rows, header: str) -> str:
+    lines = [header, "", "| stage | samkit | official | speedup | check |", "|---|---|---|---|---|"]
+    for stage, ours, official, check in rows:
+        speedup = f"{official / ours:.2f}x" if ours and official else "n/a"
+        lines.append(f"| {stage} | {fmt(ours)} | {fmt(official)} | {speedup} | {check} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--objects", type=int, default=8, help="objects per training step")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--train-images", type=int, default=12, help="Kampala chips to train on (of 16)")
+    ap.add_argument("--memory-masks", type=int, default=1000)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["step", "epoch", "memory"])
+    ap.add_argument("--quick", action="store_true", help="2 objects, 1 repeat, 1 epoch on 2 chips, 40 masks")
+    ap.add_argument("--markdown", default="", help="also write the table to this markdown file")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.objects, args.repeats, args.epochs, args.train_images, args.memory_masks = 2, 1, 1, 2, 40
+    start_machine = machine()
+    log(start_machine)
+    model = samkit.load_model(MOBILE_SAM, device="cpu")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="samkit-bench-finetune-") as tmp:
+        work = Path(tmp)
+        if "step" not in args.skip:
+            rows += time_steps(model, args.objects, args.repeats)
+        if "epoch" not in args.skip:
+            rows += epoch_rows(model, work, args.epochs, args.train_images)
+        if "memory" not in args.skip:
+            rows += memory_rows(args.memory_masks, work)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    header = (f"## Fine-tuning, commit {commit.stdout.strip() or '?'}: `python benchmarks/bench_finetune.py "
+              f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\nMachine at start: {start_machine}.  \n"
+              f"At end: {machine()}. MobileSAM (seeded random weights), fp32, medians of {args.repeats} after a "
+              "warm-up. Peak memory: ru_maxrss of a child process per run.")
+    table = markdown(rows, header)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Resuming: a fine-tuning run killed (SIGKILL) in the middle of an epoch, then resumed, ends with
+exactly the weights and scores of an uninterrupted run with the same seed; the kill leaves no
+output behind, only the state of its last finished epoch. A run is repeatable, and resuming with
+other settings is refused with a message naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from finetune_data import perturbed_student, subset_coco
+
+import samkit
+from samkit import SamkitError
+
+SETTINGS = dict(epochs=2, batch_size=4, prompt_iterations=2, lr=3e-4, seed=11, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_run(kampala_teacher, mobile_sam_checkpoint, tmp_path_factory):
+    """Three training chips with three objects each (3 steps per epoch), one validation chip."""
+    root = tmp_path_factory.mktemp("resume")
+    return {
+        "root": root,
+        "student": perturbed_student(mobile_sam_checkpoint, root / "student.pt"),
+        "train": subset_coco(kampala_teacher.coco, root / "train.json", [3, 5, 6], max_objects=3),
+        "val": subset_coco(kampala_teacher.coco, root / "val.json", [8], max_objects=3),
+        "embeddings": kampala_teacher.embeddings,
+    }
+
+
+def run(small_run, output, **extra):
+    return samkit.finetune(small_run["student"], small_run["train"], output, small_run["val"],
+                           cache_dir=small_run["embeddings"], **{**SETTINGS, **extra})
+
+
+def kill_mid_epoch(small_run, output, epoch: int, step: int) -> subprocess.CompletedProcess:
+    """Run the same fine-tuning in a child process that SIGKILLs itself after `step` of `epoch`."""
+    script = textwrap.dedent(f"""
+        import os, signal, samkit
+
+        def callback(progress):
+            if progress.epoch == {epoch} and progress.step == {step}:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        samkit.finetune({str(small_run['student'])!r}, {str(small_run['train'])!r}, {str(output)!r},
+                        {str(small_run['val'])!r}, cache_dir={str(small_run['embeddings'])!r}, callback=callback,
+                        **{SETTINGS!r})
+    """)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(small_run):
+    steps = []
+    whole = run(small_run, small_run["root"] / "whole.pt", callback=lambda p: steps.append((p.epoch, p.step)))
+    assert (2, 3) in steps and (2, 4) not in steps  # 9 objects, batches of 4: 3 steps per epoch
+
+    output = small_run["root"] / "resumed.pt"
+    child = kill_mid_epoch(small_run, output, epoch=2, step=2)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    # killed: no output, nothing half-written beside it; the state of epoch 1 waits in the work folder
+    work = output.with_name("resumed.finetune")
+    assert not output.exists() and not output.with_suffix(".json").exists()
+    assert not [p for p in small_run["root"].iterdir() if ".tmp-" in p.name]
+    state = torch.load(work / "state.pt", map_location="cpu", weights_only=True)
+    assert [r["epoch"] for r in json.loads(state["history"])] == [0, 1]
+
+    resumed_steps = []
+    resumed = run(small_run, output, resume=True, callback=lambda p: resumed_steps.append((p.epoch, p.step)))
+    assert resumed_steps[0] == (2, 1)  # epoch 1 was not trained again
+    a = torch.load(whole.checkpoint, map_location="cpu", weights_only=True)
+    b = torch.load(resumed.checkpoint, map_location="cpu", weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+    def scores(result):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in result.history]
+
+    assert scores(resumed) == scores(whole)
+    assert resumed.best_epoch == whole.best_epoch
+    assert not work.exists()  # finished: the work folder is gone
+
+
+def test_runs_repeat_and_seeds_matter(small_run):
+    first = run(small_run, small_run["root"] / "a.pt", epochs=1)
+    again = run(small_run, small_run["root"] / "b.pt", epochs=1)
+    other = run(small_run, small_run["root"] / "c.pt", epochs=1, seed=12)
+    a, b, c = (torch.load(r.checkpoint, map_location="cpu", weights_only=True) for r in (first, again, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_with_other_settings_is_refused(small_run):
+    output = small_run["root"] / "refused.pt"
+    child = kill_mid_epoch(small_run, output, epoch=2, step=1)
+    assert child.returncode == -signal.SIGKILL
+    with pytest.raises(SamkitError, match=r"started with other settings \(lr 0.0003 then, 0.001 now\)"):
+        run(small_run, output, resume=True, lr=1e-3)
+    # resumed with more epochs it goes on, from epoch 2
+    steps = []
+    result = run(small_run, output, resume=True, epochs=3, callback=lambda p: steps.append(p.epoch))
+    assert min(steps) == 2 and [r["epoch"] for r in result.history] == [0, 1, 2, 3]
+
+
+def test_bfloat16_run(small_run, kampala_teacher, tmp_path):
+    """dtype="bfloat16": the encoder embeds and the decoder trains under bf16 autocast; the
+    checkpoint keeps the base file's float32 tensors, and the run records its precision."""
+    train = subset_coco(kampala_teacher.coco, tmp_path / "one.json", [4], max_objects=2)
+    result = samkit.finetune(small_run["student"], train, tmp_path / "bf16.pt", epochs=1, val_fraction=0,
+                             prompt_iterations=1, dtype="bfloat16", cache_dir=tmp_path / "emb", progress=False)
+    saved = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    base = torch.load(small_run["student"], map_location="cpu", weights_only=True)
+    assert all(saved[k].dtype == base[k].dtype for k in base)
+    assert any(not torch.equal(saved[k], base[k]) for k in base if k.startswith("mask_decoder."))
+    assert json.loads(result.metadata.read_text())["settings"]["dtype"] == "bfloat16"
+    assert result.history[1]["loss"] > 0
