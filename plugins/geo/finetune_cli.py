@@ -33,7 +33,6 @@ def add_command(sub, common_raster, model_options) -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION)
     t.add_argument("--patience", type=int)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     t.add_argument("--embeddings", help="keep the tiles' embeddings here for later runs")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -43,6 +42,8 @@ def add_command(sub, common_raster, model_options) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from samkit.models import device_setting, dtype_setting, model_source
+
     from .cli import _raster_kwargs
     from .errors import GeoError
 
@@ -55,9 +56,11 @@ def run(args) -> int:
         raise GeoError("--pixel-space does not apply to fine-tuning: the labels are placed by their CRS")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     result = finetune.finetune(
-        args.raster, args.labels, args.output, model=args.model, layer=args.layer, class_field=args.class_field,
+        args.raster, args.labels, args.output, model=model_source(args.model), layer=args.layer,
+        class_field=args.class_field,
         classes=classes, tile_size=args.tile_size, overlap=args.overlap, val_labels=args.val_labels, **raster,
-        device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+        device=device_setting(args.device), dtype=dtype_setting(args.dtype), epochs=args.epochs, lr=args.lr,
+        weight_decay=args.weight_decay,
         batch_size=args.batch_size, prompt_iterations=args.prompt_iterations,
         train_prompt_encoder=args.train_prompt_encoder, val_fraction=args.val_fraction, patience=args.patience,
         seed=args.seed, cache_dir=args.embeddings, resume=args.resume, overwrite=args.overwrite,
