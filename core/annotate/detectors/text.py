@@ -10,6 +10,7 @@ whenever torchvision is installed, even when it does not work.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -116,6 +117,14 @@ class TextDetector(Detector):
 
     def _unloaded(self) -> tuple[str, ...]:
         return ("_model", "_processor")
+
+    def with_text(self, text: str | Sequence[str]) -> "TextDetector":
+        """This detector looking for other phrases, sharing its loaded network (a service that is
+        asked for new words on every request loads the model once)."""
+        other = copy.copy(self)
+        other.phrases = parse_text(text)
+        other.names = dict(enumerate(other.phrases))
+        return other
 
     def _device(self):
         import torch
