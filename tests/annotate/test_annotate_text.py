@@ -160,3 +160,16 @@ def test_text_segmenter_boxes_reach_sam_in_image_pixels(models, dog, sam_predict
     again = copy.segment(image)
     assert [f.label for f in again] == [f.label for f in found]
     assert min(iou(a.mask.mask, b.mask.mask) for a, b in zip(again, found)) >= 0.99
+
+
+def test_with_text_shares_the_loaded_network(models, dog):
+    """What the Label Studio backend does per request: one loaded detector, new phrases each time."""
+    _, image = dog
+    detector = load_detector(str(models["owlv2"]), "dog", NO_FILTER)
+    other = detector.with_text("tree. building")
+    assert other._model is detector._model and other.names == {0: "tree", 1: "building"}
+    assert detector.names == {0: "dog"}
+    fresh = load_detector(str(models["owlv2"]), "tree. building", NO_FILTER)
+    got, want = other.detect(image, None), fresh.detect(image, None)
+    np.testing.assert_allclose(got.boxes, want.boxes)
+    assert got.class_ids.tolist() == want.class_ids.tolist() and len(got) > 0

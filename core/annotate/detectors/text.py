@@ -10,7 +10,6 @@ whenever torchvision is installed, even when it does not work.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import socket
@@ -121,7 +120,8 @@ class TextDetector(Detector):
     def with_text(self, text: str | Sequence[str]) -> "TextDetector":
         """This detector looking for other phrases, sharing its loaded network (a service that is
         asked for new words on every request loads the model once)."""
-        other = copy.copy(self)
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)  # not copy.copy: it pickles, which leaves the network out
         other.phrases = parse_text(text)
         other.names = dict(enumerate(other.phrases))
         return other
