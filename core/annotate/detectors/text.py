@@ -136,6 +136,11 @@ class TextDetector(Detector):
 
     def load(self) -> None:
         if self._model is None:
+            try:
+                import transformers  # noqa: F401
+            except ImportError:
+                raise AnnotateError(f"the text detector {self.model_id} needs transformers: "
+                                    "pip install 'samkit[text]'") from None
             self._model, self._processor = self._build()
             self._model.to(self._device()).eval()
 
