@@ -109,6 +109,17 @@ def test_tiles_detect_on_their_own_pixels_and_objects_merge_across_tiles(strip, 
     tile's core is in the output, and objects cut by a seam come out once, not per tile."""
     gdf = sg.vectorize(strip, text=TEXT, det_model=owlv2, box_threshold=CONF, model=sam, tile_size=600,
                        overlap=176, pixel_space=True, progress=False)
+    check_two_tiles(gdf, strip, owlv2, sam)
+
+
+def test_text_run_on_dask_workers(strip, owlv2, sam, mobile_sam_checkpoint):
+    """The segmenter travels to a Dask worker (its detector and SAM load there) and gives the same."""
+    gdf = sg.vectorize(strip, text=TEXT, det_model=owlv2, box_threshold=CONF, model=str(mobile_sam_checkpoint),
+                       device="cpu", tile_size=600, overlap=176, pixel_space=True, progress=False, dask=1)
+    check_two_tiles(gdf, strip, owlv2, sam)
+
+
+def check_two_tiles(gdf, strip, owlv2, sam):
     pieces, grid = expected_pieces(strip, 600, 176, owlv2, sam)
     assert len(grid) == 2
     shape = (600, 1024)
