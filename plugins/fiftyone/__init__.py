@@ -24,6 +24,7 @@ __all__ = [
     "RunSummary",
     "segment_everything",
     "segment_prompts",
+    "segment_text",
     "finetune",
     "labelled_images",
     "register",
@@ -35,6 +36,7 @@ _LAZY = {
     "RunSummary": "samkit.fiftyone.runner",
     "segment_everything": "samkit.fiftyone.runner",
     "segment_prompts": "samkit.fiftyone.runner",
+    "segment_text": "samkit.fiftyone.runner",
     "finetune": "samkit.fiftyone.training",
     "labelled_images": "samkit.fiftyone.training",
 }

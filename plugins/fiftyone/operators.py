@@ -1,4 +1,4 @@
-"""The ``@samkit/fiftyone`` operators: ``segment_everything`` and ``segment_prompts``.
+"""The ``@samkit/fiftyone`` operators: ``segment_everything``, ``segment_prompts`` and ``segment_text``.
 
 Both run from the App (immediately, streaming progress, or scheduled as delegated operations),
 from Python (``fiftyone.operators.execute_operator``) and on a delegated worker
@@ -31,6 +31,7 @@ from samkit.fiftyone.runner import (
     drive,
     iter_segment_everything,
     iter_segment_prompts,
+    iter_segment_text,
     prompt_kind,
 )
 from samkit.fiftyone.segmenter import DEFAULT_BOX_BATCH_SIZE, DEFAULT_POINT_LABELS_ATTR, EVERYTHING_DEFAULTS
@@ -55,6 +56,18 @@ PROMPTS_PARAM_DEFAULTS: dict[str, Any] = {
     "output_field": None,  # default: "<prompt_field>_sam"
     "batch_size": DEFAULT_BOX_BATCH_SIZE,
     "point_labels_attr": DEFAULT_POINT_LABELS_ATTR,
+}
+TEXT_DETECTOR_DEFAULTS: dict[str, Any] = {
+    "det_model": "",  # empty: GroundingDINO tiny (samkit.annotate's default text detector)
+    "box_threshold": 0.25,
+    "text_threshold": 0.25,
+}
+PROMPTS_PARAM_DEFAULTS.update(text="", **TEXT_DETECTOR_DEFAULTS)
+TEXT_PARAM_DEFAULTS: dict[str, Any] = {
+    **COMMON_DEFAULTS,
+    "text": None,
+    "output_field": "sam_text",
+    **TEXT_DETECTOR_DEFAULTS,
 }
 PROGRESS_INTERVAL_S = 1.0
 STOP_CHECK_INTERVAL_S = 10.0  # how often a delegated run asks whether it was marked failed
@@ -144,9 +157,9 @@ def _model_problem(ctx, defaults: dict[str, Any]) -> Optional[str]:
     except Exception:  # no dataset yet (the App's form opening): the check below still helps
         pass
     from samkit.build import checkpoint_problem
-    from samkit.fiftyone.segmenter import resolve_model_spec
 
-    return checkpoint_problem(resolve_model_spec(_param(ctx, defaults, "model") or _secret(ctx, "SAMKIT_CHECKPOINT")))
+    env = {name: value for name in ENVIRONMENT if (value := _secret(ctx, name))}
+    return checkpoint_problem(model_source(_param(ctx, defaults, "model") or None, environ=env or None))
 
 
 def _add_common_inputs(inputs: "types.Object", ctx, defaults: dict[str, Any]) -> None:
@@ -219,6 +232,16 @@ def _add_output_field(inputs: "types.Object", ctx, default: str, label: str) -> 
         except samkit.SamkitError as exc:
             prop.invalid = True
             prop.error_message = str(exc)
+
+
+def _add_text_detector_inputs(inputs: "types.Object", defaults: dict[str, Any]) -> None:
+    inputs.str("det_model", default=defaults["det_model"], required=False, label="Text detector",
+               description="A GroundingDINO or OWLv2 Hugging Face id or a local model folder on the machine that "
+                           "runs the operation. Empty: IDEA-Research/grounding-dino-tiny")
+    inputs.float("box_threshold", default=defaults["box_threshold"], min=0.0, max=1.0, label="Box threshold",
+                 description="Keep boxes the detector scores above this")
+    inputs.float("text_threshold", default=defaults["text_threshold"], min=0.0, max=1.0, label="Text threshold",
+                 description="GroundingDINO: the matched phrase's score must pass this")
 
 
 def _not_schedulable(ctx) -> Optional[str]:
@@ -413,6 +436,15 @@ class SegmentPrompts(_SamOperator):
         for name in choices:
             dropdown.add_choice(name, label=name)
         prompt_field = ctx.params.get("prompt_field")
+        text = ctx.params.get("text")
+        inputs.str("text", default=d["text"], required=False, label="Text (instead of a prompt field)",
+                   description="Phrases separated by '.', e.g. 'dog. tree.': a text detector finds their boxes")
+        if text:
+            _add_text_detector_inputs(inputs, d)
+            _add_output_field(inputs, ctx, "sam_text", "Output field")
+            _add_common_inputs(inputs, ctx, d)
+            _delegation_hint(inputs, ctx)
+            return types.Property(inputs, view=types.View(label="SAM: masks from boxes, keypoints or text"))
         prop = inputs.str("prompt_field", required=True, label="Prompt field", view=dropdown)
         kind = None
         if not choices:
@@ -450,6 +482,11 @@ class SegmentPrompts(_SamOperator):
     def _job(self, ctx):
         d = self.defaults
         p = lambda name: _param(ctx, d, name)  # noqa: E731
+        if p("text"):
+            return iter_segment_prompts(
+                _target_view(ctx), None, label_field=p("output_field") or "sam_text", text=p("text"),
+                det_model=p("det_model") or None, box_threshold=p("box_threshold"),
+                text_threshold=p("text_threshold"), **self._common(ctx))
         prompt_field = p("prompt_field")
         in_place = bool(p("in_place"))
         output_field = None if in_place else (p("output_field") or f"{prompt_field}_sam")
@@ -463,6 +500,37 @@ class SegmentPrompts(_SamOperator):
         )
 
 
+class SegmentText(_SamOperator):
+    labels = {"name": "segment_text", "label": "SAM: segment by text",
+              "description": "Instance masks of what a text names ('dog. tree.'): a GroundingDINO or OWLv2 "
+                             "detector finds the boxes, SAM segments them (samkit)"}
+    defaults = TEXT_PARAM_DEFAULTS
+
+    def resolve_input(self, ctx):
+        d = self.defaults
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Segment")
+        inputs.str("text", required=True, label="Text",
+                   description="Phrases separated by '.', e.g. 'dog. tree.'; each detection gets its phrase as label")
+        _add_text_detector_inputs(inputs, d)
+        _add_output_field(inputs, ctx, d["output_field"], "Output field")
+        _add_common_inputs(inputs, ctx, d)
+        _delegation_hint(inputs, ctx)
+        return types.Property(inputs, view=types.View(label="SAM: segment by text"))
+
+    def _job(self, ctx):
+        p = lambda name: _param(ctx, self.defaults, name)  # noqa: E731
+        return iter_segment_text(
+            _target_view(ctx),
+            p("text"),
+            label_field=p("output_field") or self.defaults["output_field"],
+            det_model=p("det_model") or None,
+            box_threshold=p("box_threshold"),
+            text_threshold=p("text_threshold"),
+            **self._common(ctx),
+        )
+
+
 from samkit.fiftyone.finetune_operator import FineTune  # noqa: E402 (it uses this module's helpers)
 
-OPERATORS = (SegmentEverything, SegmentPrompts, FineTune)
+OPERATORS = (SegmentEverything, SegmentPrompts, SegmentText, FineTune)

@@ -41,6 +41,7 @@ from samkit.fiftyone.segmenter import (
     EVERYTHING_DEFAULTS,
     Segmenter,
     describe_problems,
+    tight_crop,
 )
 
 logger = logging.getLogger(__name__)
@@ -463,7 +464,7 @@ def segment_everything(samples, label_field: str = "sam", model: Any = None, *,
 
 def iter_segment_prompts(
     samples,
-    prompt_field: str,
+    prompt_field: Optional[str],
     label_field: Optional[str] = None,
     model: Any = None,
     device: Optional[str] = None,
@@ -475,8 +476,21 @@ def iter_segment_prompts(
     error_field: Optional[str] = None,
     stop_requested: Optional[Callable[[], bool]] = None,
     dtype: Optional[str] = None,
+    text: Any = None,
+    det_model: Optional[str] = None,
+    box_threshold: float = 0.25,
+    text_threshold: float = 0.25,
 ) -> Generator[Progress, None, RunSummary]:
     """:func:`segment_prompts` as a job (see :func:`iter_segment_everything`)."""
+    if text:  # the prompts are the boxes a text detector finds: segment_text's job
+        if prompt_field:
+            raise samkit.PromptError(f"give a prompt field or text, not both: '{prompt_field}' and {text!r}")
+        return iter_segment_text(samples, text, label_field or "sam_text", det_model, model, device,
+                                 box_threshold=box_threshold, text_threshold=text_threshold,
+                                 skip_existing=skip_existing, mask_storage=mask_storage, mask_dir=mask_dir,
+                                 error_field=error_field, stop_requested=stop_requested, dtype=dtype)
+    if not prompt_field:
+        raise samkit.PromptError("give a prompt field (Detections or Keypoints) or text to find the objects by")
     started = time.monotonic()
     _check_collection(samples)
     kind = prompt_kind(samples, prompt_field)
@@ -555,8 +569,90 @@ def iter_segment_prompts(
                 stop_requested)
 
 
-def segment_prompts(samples, prompt_field: str, label_field: Optional[str] = None, model: Any = None, *,
-                    progress: Optional[ProgressCallback] = None, **options) -> RunSummary:
+def iter_segment_text(
+    samples,
+    text: Any,
+    label_field: str = "sam_text",
+    det_model: Optional[str] = None,
+    model: Any = None,
+    device: Optional[str] = None,
+    box_threshold: float = 0.25,
+    text_threshold: float = 0.25,
+    skip_existing: bool = True,
+    mask_storage: str = "auto",
+    mask_dir: Optional[str] = None,
+    error_field: Optional[str] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
+    dtype: Optional[str] = None,
+) -> Generator[Progress, None, RunSummary]:
+    """:func:`segment_text` as a job (see :func:`iter_segment_everything`); the text detector and
+    SAM load here, so a model that cannot load raises one line before any sample runs."""
+    from samkit.annotate import text_segmenter
+
+    started = time.monotonic()
+    _check_collection(samples)
+    check_output_field(samples, label_field)
+    check_view_keeps(samples, [label_field])
+    error_field = error_field or f"{label_field}_error"
+    writer = MaskWriter(mask_storage, mask_dir, samples._root_dataset.name, label_field)
+    summary = RunSummary("segment_text", label_field, total=len(samples), error_field=error_field)
+    todo = samples
+    if skip_existing and samples.has_field(label_field):
+        redo = ~F(label_field).exists()
+        if samples.has_field(error_field):
+            redo = redo | F(error_field).exists()
+        todo = samples.match(redo)
+    todo_ids = _plan(summary, todo, f"all {summary.total} samples already have '{label_field}': nothing to do")
+    if not todo_ids:
+        return _finished(summary, samples, label_field, started)
+    # a name or path loads once per process (samkit.get_model), as for the other operations
+    segmenter = text_segmenter(text, det_model or None, samkit.get_model(model, device, dtype), conf=box_threshold,
+                               text_threshold=text_threshold, device=device, stability=True).load()
+
+    def compute(sample, image):
+        height, width = image.shape[:2]
+        found = segmenter.segment(image)
+        detections = []
+        for obj in found:
+            crop = tight_crop(obj.mask.mask)
+            if crop is None:  # a box in which SAM found nothing: no mask to show
+                continue
+            box, mask = crop
+            x0, y0, x1, y1 = obj.det_box
+            detections.append(fol.Detection(
+                label=obj.label, bounding_box=box, mask=mask, confidence=obj.det_score,
+                predicted_iou=obj.mask.score, stability_score=obj.mask.stability_score, area=int(mask.sum()),
+                detector_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
+            ))
+        return _Result(fol.Detections(detections=detections), len(detections))
+
+    def write(sample, labels):
+        if writer.store(sample.id, labels.detections, replace=True):
+            summary.png_samples += 1
+            summary.mask_dir = writer.mask_dir
+        sample[label_field] = labels
+
+    return _run(summary, samples, todo_ids, [label_field], lambda sample: True, compute, write, error_field, started,
+                stop_requested)
+
+
+def segment_text(samples, text: Any, label_field: str = "sam_text", det_model: Optional[str] = None,
+                 model: Any = None, *, progress: Optional[ProgressCallback] = None, **options) -> RunSummary:
+    """Segment what ``text`` names in each image of ``samples`` into ``label_field`` (``fo.Detections``).
+
+    ``text``: phrases separated by '.' ("dog. tree.") or a list; a text detector (``det_model``: a
+    GroundingDINO / OWLv2 Hugging Face id or local folder; None: GroundingDINO tiny) finds their
+    boxes, SAM segments each box. Each detection: ``label`` = the phrase, ``confidence`` = the
+    detector's score, a tight box and box-relative ``mask``, ``predicted_iou``,
+    ``stability_score``, ``area`` and ``detector_box`` (the detector's own box, relative XYWH).
+    Options: ``box_threshold``, ``text_threshold``, ``skip_existing``, ``mask_storage``,
+    ``mask_dir``, ``error_field``, ``device``, ``dtype``; ``model`` as for :func:`segment_everything`.
+    """
+    return drive(iter_segment_text(samples, text, label_field, det_model, model, **options), progress)
+
+
+def segment_prompts(samples, prompt_field: Optional[str] = None, label_field: Optional[str] = None, model: Any = None,
+                    *, progress: Optional[ProgressCallback] = None, **options) -> RunSummary:
     """Masks from the boxes of a ``Detections`` field or the points of a ``Keypoints`` field.
 
     ``label_field`` given: new ``fo.Detections`` there, one per prompt, with the prompt's label,
@@ -568,5 +664,8 @@ def segment_prompts(samples, prompt_field: str, label_field: Optional[str] = Non
     positive, 0 negative) come from its ``point_labels_attr`` attribute (default
     ``sam_labels``), NaN points are ignored. Options: ``batch_size`` (boxes decoded at once),
     ``skip_existing``, ``mask_storage``, ``mask_dir``, ``error_field``, ``device``, ``dtype``.
+    ``text`` (instead of a prompt field): the prompts are the boxes a text detector finds for
+    these phrases, as :func:`segment_text` (``det_model``, ``box_threshold``, ``text_threshold``;
+    ``label_field`` default "sam_text").
     """
     return drive(iter_segment_prompts(samples, prompt_field, label_field, model, **options), progress)

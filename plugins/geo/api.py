@@ -16,8 +16,11 @@ log = logging.getLogger("samkit.geo")
 
 COLUMNS = ["id", "score", "stability_score", "area_m2", "area_px", "tile", "n_tiles"]
 PROMPT_COLUMNS = ["id", "prompt_id", "score", "stability_score", "area_m2", "area_px", "tile"]
-COLUMN_TYPES = {"id": "int64", "prompt_id": "string", "score": "float64", "stability_score": "float64",
-                "area_m2": "float64", "area_px": "float64", "tile": "string", "n_tiles": "int64"}
+#: text prompts add the phrase each object was found as
+TEXT_COLUMNS = COLUMNS[:1] + ["label"] + COLUMNS[1:]
+COLUMN_TYPES = {"id": "int64", "label": "string", "prompt_id": "string", "score": "float64",
+                "stability_score": "float64", "area_m2": "float64", "area_px": "float64", "tile": "string",
+                "n_tiles": "int64"}
 
 
 @gdal_bounded
@@ -30,6 +33,10 @@ def vectorize(
     device: str | None = None,
     dtype: str | None = None,
     generator_options: dict | None = None,
+    text=None,
+    det_model: str | None = None,
+    box_threshold: float = 0.25,
+    text_threshold: float = 0.25,
     bands=None,
     tile_size: int = 1024,
     overlap: int | None = None,
@@ -68,6 +75,12 @@ def vectorize(
       None builds a MaskGenerator on ``model`` (``generator_options``: ``samkit.GeneratorOptions``
       names). ``model`` None: ``$SAMKIT_CHECKPOINT``, else ``$SAMKIT_MODEL``, else mobile_sam;
       ``device`` / ``dtype`` None: ``$SAMKIT_DEVICE`` / ``$SAMKIT_DTYPE``, else the best device, float32.
+    - ``text``: segment what these phrases name ("building. tree." or a list) instead of
+      everything: a text detector (``det_model``: a GroundingDINO / OWLv2 Hugging Face id or local
+      folder; None: GroundingDINO tiny) finds boxes in each tile (``box_threshold``,
+      ``text_threshold``), SAM segments each box, and the objects are merged across tiles as
+      everything else is; a ``label`` column names each object's phrase. ``model`` may then also be
+      a samkit.Predictor (its embedding cache is used).
     - ``bands`` (1-based, 1 or 3), ``stretch`` (auto | none | minmax | (p_lo, p_hi) | values),
       ``nodata`` (override value), ``crs`` (assign) or ``pixel_space``.
     - ``tile_size``/``overlap`` in pixels; ``min_area`` in m^2 (pixels in pixel space);
@@ -104,6 +117,8 @@ def vectorize(
             raise GeoError("to_crs needs a georeferenced raster; it cannot reproject pixel coordinates")
         if dst_path is not None:
             output.check_output_crs(dst_path, out_to_crs if out_to_crs is not None else out_crs)
+        if prompts is not None and text is not None:
+            raise GeoError("give prompts or text, not both: text finds its own boxes in every tile")
         if prompts is not None:
             records, px_geoms = _run_prompts(ds, spec, out_crs, transform, prompts, prompts_crs=prompts_crs,
                                              skip_outside=skip_outside, predictor=predictor, model=model,
@@ -111,12 +126,16 @@ def vectorize(
             columns = PROMPT_COLUMNS
             store = None
         else:
+            names = None
+            if text is not None or det_model is not None:
+                generator, names = _text_generator(text, det_model, generator, generator_options, model, device,
+                                                   dtype, box_threshold, text_threshold)
             records, px_geoms, store = _run_grid(
                 ds, spec, transform, dst_path, generator=generator, model=model, device=device, dtype=dtype,
                 generator_options=generator_options, tile_size=tile_size, overlap=overlap,
                 iou_thresh=iou_thresh, dask=dask, resume=resume, checkpoint_dir=checkpoint_dir,
-                progress=progress)
-            columns = COLUMNS
+                progress=progress, names=names)
+            columns = COLUMNS if names is None else TEXT_COLUMNS
         gdf, px_geoms = _finish(ds, spec, records, px_geoms, out_crs, transform, columns,
                                 min_area=min_area, simplify=simplify, fill_holes=fill_holes, regularize=regularize)
         if len(gdf) == 0 and not allow_empty:
@@ -144,8 +163,35 @@ def vectorize(
     return gdf
 
 
+def _text_generator(text, det_model, generator, generator_options, model, device, dtype, box_threshold,
+                    text_threshold):
+    """(samkit.annotate's DetectSegmenter on the text detector: the tiles' segmenter, its class
+    names). The detector loads here, so a model that cannot load is one line before any tile."""
+    from samkit.errors import SamkitError
+    from samkit.models import dtype_setting, model_source
+
+    if text is None:
+        raise GeoError("det_model (--det-model) is the text detector: give the text to look for too, e.g. "
+                       "--text 'building'")
+    if generator is not None or generator_options:
+        raise GeoError("text prompts build their own segmenter: leave out generator / generator_options "
+                       "(--generator, --points-per-side, ...)")
+    try:
+        from samkit.annotate import text_segmenter
+
+        dtype = dtype_setting(dtype)
+        if model is None or isinstance(model, (str, os.PathLike)):
+            model = model_source(model)  # decided here, so that every Dask worker runs the same model
+        segmenter = text_segmenter(text, det_model, model, conf=box_threshold,
+                                   text_threshold=text_threshold, device=device,
+                                   dtype=None if dtype is None else str(dtype))
+    except SamkitError as exc:
+        raise GeoError(str(exc)) from None
+    return segmenter, segmenter.names
+
+
 def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, dtype, generator_options, tile_size,
-              overlap, iou_thresh, dask, resume, checkpoint_dir, progress):
+              overlap, iou_thresh, dask, resume, checkpoint_dir, progress, names=None):
     from .generators import GeneratorSpec, fingerprint
     from .merge import merge_tiles
     from .runner import TileStore, run_tiles
@@ -183,6 +229,9 @@ def _run_grid(ds, spec, transform, dst_path, *, generator, model, device, dtype,
     objects = merge_tiles(grid, results, iou_thresh=iou_thresh)
     records = [{"score": o.score, "stability_score": o.stability_score, "tile": o.tile, "n_tiles": o.n_tiles}
                for o in objects]
+    if names is not None:
+        for record, o in zip(records, objects):
+            record["label"] = names.get(o.class_id, str(o.class_id))
     return records, [o.geometry for o in objects], store
 
 

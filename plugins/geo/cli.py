@@ -85,6 +85,15 @@ def add_commands(subparsers) -> None:
     m.add_argument("--generator", metavar="MODULE:NAME",
                    help="use another segmenter: a class or factory (called without arguments) whose object has"
                         " generate(image) -> MaskGenerator records, e.g. samkit.geo.testing:LabelSegmenter")
+    x = v.add_argument_group("text prompts (segment what words name, not everything)")
+    x.add_argument("--text", help="phrases to find, separated by '.', e.g. 'building' or 'building. tree.': a text"
+                                  " detector finds their boxes in each tile and SAM segments them; a 'label'"
+                                  " column names each object's phrase")
+    x.add_argument("--det-model", help="the text detector: a GroundingDINO or OWLv2 Hugging Face id or a local"
+                                       " folder (default IDEA-Research/grounding-dino-tiny)")
+    x.add_argument("--box-threshold", type=_fraction, default=0.25, help="detector box score threshold (0.25)")
+    x.add_argument("--text-threshold", type=_fraction, default=0.25,
+                   help="matched phrase score threshold (GroundingDINO; 0.25)")
     r = v.add_argument_group("large jobs")
     r.add_argument("--dask", help="run tiles on Dask: a scheduler address (tcp://host:8786) or a number of"
                                   " local worker processes")
@@ -231,7 +240,8 @@ def _vectorize(args) -> int:
     if args.generator:
         generator, opts = _make_generator(args.generator), None
     gdf = api.vectorize(args.raster, args.output, generator=generator, model=args.model, device=args.device,
-                        dtype=args.dtype, generator_options=opts,
+                        dtype=args.dtype, generator_options=opts, text=args.text, det_model=args.det_model,
+                        box_threshold=args.box_threshold, text_threshold=args.text_threshold,
                         tile_size=args.tile_size, overlap=args.overlap, iou_thresh=args.iou_thresh, dask=dask,
                         checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume,
                         keep_checkpoints=args.keep_checkpoints, **_raster_kwargs(args), **_output_kwargs(args))

@@ -263,6 +263,7 @@ class MergedObject:
     tile: str
     n_tiles: int
     pieces: int
+    class_id: int = -1  # the class most of its pixels were found as (-1: none, segment everything)
 
 
 def group_pieces(grid: TileGrid, results: dict, iou_thresh: float = 0.5, contain_thresh: float = 0.9):
@@ -328,7 +329,7 @@ def merge_tiles(grid: TileGrid, results: dict, iou_thresh: float = 0.5, contain_
                                 max(kc0, c0) - c0:max(0, min(kc1, c1) - c0)] = True
                 mask = mask & allowed
             n = int(np.count_nonzero(mask))
-            metas.append((res.scores[i], res.stability[i], grid.tile(row, col).name))
+            metas.append((res.scores[i], res.stability[i], grid.tile(row, col).name, int(res.classes[i])))
             weights.append(n)
             if n:
                 parts.append(trace(mask, r0, c0))
@@ -343,6 +344,9 @@ def merge_tiles(grid: TileGrid, results: dict, iou_thresh: float = 0.5, contain_
             geom = shapely.simplify(geom, 0)  # drop the collinear vertices left on tile seams
         w = np.asarray(weights, float)
         w = w / w.sum()
+        votes: dict[int, float] = {}
+        for wi, m in zip(w, metas):
+            votes[m[3]] = votes.get(m[3], 0.0) + wi
         objects.append(MergedObject(
             geometry=geom,
             score=float(sum(wi * m[0] for wi, m in zip(w, metas))),
@@ -350,6 +354,7 @@ def merge_tiles(grid: TileGrid, results: dict, iou_thresh: float = 0.5, contain_
             tile=metas[int(np.argmax(w))][2],
             n_tiles=len(tiles_in),
             pieces=len(members),
+            class_id=max(votes, key=lambda c: (votes[c], -c)),
         ))
     objects.sort(key=lambda o: (o.geometry.bounds[1], o.geometry.bounds[0], -o.geometry.area))
     return objects

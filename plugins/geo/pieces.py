@@ -35,6 +35,13 @@ class TileResult:
     stability: np.ndarray  # (N,) float32
     packed: np.ndarray  # uint8: all masks' bits, concatenated
     offsets: np.ndarray  # (N + 1,) int64 into ``packed``
+    # (N,) int64: the class each piece was found as (a text prompt's phrase index), -1 for none
+    # (segment everything); None: none for all
+    classes: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.classes is None:
+            self.classes = np.full(len(self.boxes), -1, np.int64)
 
     @property
     def key(self) -> str:
@@ -56,10 +63,12 @@ class TileResult:
 
     @classmethod
     def from_masks(cls, tile: Tile, items) -> "TileResult":
-        """``items``: iterable of (cropped bool mask, (r0, c0) global origin, score, stability)."""
-        boxes, scores, stab, chunks = [], [], [], []
+        """``items``: iterable of (cropped bool mask, (r0, c0) global origin, score, stability[,
+        class id])."""
+        boxes, scores, stab, chunks, classes = [], [], [], [], []
         offsets = [0]
-        for mask, (r0, c0), score, stability in items:
+        for mask, (r0, c0), score, stability, *class_id in items:
+            classes.append(class_id[0] if class_id else -1)
             boxes.append((r0, c0, r0 + mask.shape[0], c0 + mask.shape[1]))
             scores.append(score)
             stab.append(stability)
@@ -69,7 +78,8 @@ class TileResult:
         if not boxes:
             return cls.empty(tile, "done")
         return cls(tile.row, tile.col, "done", np.asarray(boxes, np.int64), np.asarray(scores, np.float32),
-                   np.asarray(stab, np.float32), np.concatenate(chunks), np.asarray(offsets, np.int64))
+                   np.asarray(stab, np.float32), np.concatenate(chunks), np.asarray(offsets, np.int64),
+                   np.asarray(classes, np.int64))
 
     # -- checkpoint files ---------------------------------------------------------------------
     def save(self, path: str) -> None:
@@ -77,7 +87,7 @@ class TileResult:
         with atomic_output(path, durable=True) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, version=FORMAT_VERSION, rowcol=np.array([self.row, self.col]),
                      status=np.array(self.status), boxes=self.boxes, scores=self.scores,
-                     stability=self.stability, packed=self.packed, offsets=self.offsets)
+                     stability=self.stability, packed=self.packed, offsets=self.offsets, classes=self.classes)
 
     @classmethod
     def load(cls, path: str) -> "TileResult":
@@ -86,7 +96,7 @@ class TileResult:
                 raise ValueError("checkpoint format changed")
             row, col = (int(v) for v in z["rowcol"])
             return cls(row, col, str(z["status"]), z["boxes"], z["scores"], z["stability"], z["packed"],
-                       z["offsets"])
+                       z["offsets"], z["classes"] if "classes" in z.files else None)
 
 
 def record_mask(record, shape) -> np.ndarray:
@@ -146,7 +156,8 @@ def pieces_from_records(tile: Tile, records, valid: np.ndarray):
         box, crop = found
         score = float(rec.get("predicted_iou", 1.0))
         stability = float(rec.get("stability_score", 1.0))
-        yield crop, (tile.r0 + off_r + box.y0, tile.c0 + off_c + box.x0), score, stability
+        class_id = int(rec.get("class_id", -1))  # a detector's class (text prompts: the phrase)
+        yield crop, (tile.r0 + off_r + box.y0, tile.c0 + off_c + box.x0), score, stability, class_id
 
 
 _local = threading.local()

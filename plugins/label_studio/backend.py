@@ -103,6 +103,8 @@ class SamBackend:
         self._batch_results = _SingleFlightCache(max_items=64)
         self.tuned: dict[str, tuple[Any, str]] = {}  # project id -> (fine-tuned model, its model_version)
         self._trainer = None
+        self._text_lock = threading.Lock()
+        self._text_detector = None  # the text detector (text prompts), its network loaded once
 
     # -- model --------------------------------------------------------------------------------
     @staticmethod
@@ -313,9 +315,12 @@ class SamBackend:
                 points.append(region)
             else:
                 boxes.append(region)
+        text = self._request_text(context, config)
+        if text is not None and not points and not boxes:
+            return self._interactive_text(task, text, to_name or self._text_target(context), config, source)
         if not points and not boxes:
-            raise TaskError("the interactive request has no keypoint or rectangle to segment from; "
-                            "use a smart KeyPointLabels or RectangleLabels tool")
+            raise TaskError("the interactive request has no keypoint, rectangle or text to segment from; "
+                            "use a smart KeyPointLabels or RectangleLabels tool, or a TextArea")
         image_name = to_name if to_name in config.images else config.default_image
         outputs = self._outputs(config, image_name)
         image = self.task_image(task, config, image_name, source)
@@ -373,6 +378,74 @@ class SamBackend:
         return {"result": result, "score": mean_score(scores),
                 "model_version": self.model_version}
 
+    # -- text prompts -------------------------------------------------------------------------
+    @staticmethod
+    def _request_text(context: Context, config: LabelConfig) -> str | None:
+        """What was typed into a TextArea of the config (the latest one sent), or None."""
+        text = None
+        for region in context.result:
+            if (region.type == "textarea" or region.from_name in config.text_areas) and region.text:
+                text = region.text
+        return text
+
+    @staticmethod
+    def _text_target(context: Context) -> str | None:
+        return next((r.to_name for r in context.result if r.type == "textarea" and r.to_name), None)
+
+    def text_detector(self, text: str):
+        """The text detector (SAMKIT_LS_TEXT_MODEL) looking for `text`; its network loads on the
+        first text prompt and is shared by every later one. A text naming nothing is a TaskError,
+        a detector that cannot load a BackendError, each one line."""
+        from samkit.annotate import AnnotateError
+        from samkit.annotate.detectors import DetectOptions, load_detector
+        from samkit.annotate.detectors.text import parse_text
+
+        try:
+            parse_text(text)
+        except AnnotateError as e:
+            raise TaskError(str(e)) from None
+        with self._text_lock:
+            if self._text_detector is None:
+                options = DetectOptions(conf=self.settings.box_threshold, text_threshold=self.settings.text_threshold,
+                                        device=self.settings.device)
+                try:
+                    self._text_detector = load_detector(self.settings.text_model, text, options)
+                except AnnotateError as e:
+                    raise BackendError(str(e)) from None
+            return self._text_detector.with_text(text)
+
+    def _segment_text(self, image: np.ndarray, text: str, predictor, lock: threading.Lock,
+                      config: LabelConfig) -> list[tuple[np.ndarray, float, str]]:
+        """(mask, detector score, label) for every object the text detector finds for `text`; the
+        label is the output tools' label the phrase names (case aside), else the phrase."""
+        from samkit.annotate import DetectSegmenter
+
+        detector = self.text_detector(text)
+        with lock:
+            self._use_threads()
+            found = DetectSegmenter(detector, predictor, stability=False).segment(image)
+        labels = {name.lower(): name for name in config.label_names()}
+        return [(f.mask.mask, f.det_score, labels.get(f.label.lower(), f.label)) for f in found]
+
+    def _interactive_text(self, task: Task, text: str, to_name: str | None, config: LabelConfig,
+                          source: Source) -> dict:
+        t0 = time.perf_counter()
+        image_name = to_name if to_name in config.images else config.default_image
+        outputs = self._outputs(config, image_name)
+        image = self.task_image(task, config, image_name, source)
+        with self._interactive_lock:
+            if self._interactive_predictor is None or self._interactive_predictor.model is not self.model:
+                self._interactive_predictor = self._predictor()
+            predictor = self._interactive_predictor
+        masks = self._segment_text(image, text, predictor, self._interactive_lock, config)
+        self._count(predictor)
+        result = []
+        for mask, score, label in masks:
+            result += mask_regions(mask, outputs, label, float(score), self.settings.polygon_tolerance,
+                                   self.settings.min_area, self.settings.max_polygons, self.settings.max_polygon_points)
+        self.last_timings = {"total_s": time.perf_counter() - t0}
+        return {"result": result, "score": mean_score([s for _, s, _ in masks]), "model_version": self.model_version}
+
     # -- batch --------------------------------------------------------------------------------
     def batch_task(self, task: Task, config: LabelConfig, source: Source) -> dict:
         """Pre-labels for one task. A task that fails (image not found, ...) gets an entry without
@@ -395,18 +468,24 @@ class SamBackend:
         # Label Studio asks again for the same task each time it is opened while it has no
         # prediction; the same pixels, prompts and tools give the same answer, so compute it once
         # (and let a second identical request wait for the first instead of computing it again).
+        # text prompts on (a TextArea in the config): a task without rectangles is searched for the
+        # project's label names, as Label Studio's GroundingSAM example does
+        text = ". ".join(config.label_names()) if config.text_prompts and not rects else None
         key = (predictor.image_key(image), tuple((r.to_name, r.label, *_rect_xyxy(r.value, 100, 100)) for r in rects),
-               tuple(outputs), self.settings.batch_signature(), self.model_version)
+               tuple(outputs), self.settings.batch_signature(), self.model_version, text)
         result = self._batch_results.get_or_compute(
-            key, lambda: self._batch_compute(image, rects, outputs, predictor))
+            key, lambda: self._batch_compute(image, rects, outputs, predictor, text, config))
         return _with_new_ids(result)
 
-    def _batch_compute(self, image: np.ndarray, rects: list[Region], outputs, predictor) -> dict:
+    def _batch_compute(self, image: np.ndarray, rects: list[Region], outputs, predictor, text: str | None = None,
+                       config: LabelConfig | None = None) -> dict:
         import samkit
 
         h, w = image.shape[:2]
         masks: list[tuple[np.ndarray, float, str | None]] = []
-        if rects:
+        if text:
+            masks = list(self._segment_text(image, text, predictor, self._batch_lock, config))
+        elif rects:
             boxes = np.array([_rect_xyxy(r.value, w, h) for r in rects], dtype=np.float64)
             inside = _has_area(boxes)
             if not inside.all():  # a rectangle off the image (or flat) has nothing to segment

@@ -52,6 +52,10 @@ def add_commands(subparsers) -> None:
                        help="most disk space of the embeddings there, MiB (env SAMKIT_LS_CACHE_DIR_MB, default 2048)")
     serve.add_argument("--output", choices=("auto", "brush", "polygon"), help="env SAMKIT_LS_OUTPUT")
     serve.add_argument("--model-version", dest="model_version", help="env SAMKIT_LS_MODEL_VERSION")
+    serve.add_argument("--text-model", dest="text_model",
+                       help="text prompts (a TextArea in the config): GroundingDINO or OWLv2, a Hugging Face id or "
+                            "a local folder (env SAMKIT_LS_TEXT_MODEL, default IDEA-Research/grounding-dino-tiny; "
+                            "thresholds: SAMKIT_LS_BOX_THRESHOLD, SAMKIT_LS_TEXT_THRESHOLD)")
     serve.add_argument("--log-level", dest="log_level", help="env SAMKIT_LS_LOG_LEVEL (default INFO)")
     serve.set_defaults(func=_serve)
 
@@ -92,7 +96,7 @@ def _serve(args) -> int:
     overrides = {k: getattr(args, k, None) for k in (
         "model", "checkpoint", "device", "dtype", "threads", "label_studio_url", "label_studio_api_key",
         "basic_auth_user", "basic_auth_pass", "cache_size", "cache_dir", "cache_dir_mb", "output", "model_version",
-        "log_level")}
+        "log_level", "text_model")}
     settings = Settings.from_env(**overrides)
     port = args.port if args.port is not None else env_number("SAMKIT_LS_PORT", int, 9090)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

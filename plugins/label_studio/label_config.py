@@ -1,8 +1,9 @@
 """Read a Label Studio labeling config: which tools point at which image, with which labels.
 
-Only what the backend needs: the image object tags (name, data variable) and the control tags
+Only what the backend needs: the image object tags (name, data variable), the control tags
 SAM can take prompts from (KeyPointLabels, RectangleLabels) or give results to (BrushLabels,
-PolygonLabels). Everything else in the config is ignored.
+PolygonLabels), and TextArea tags on an image (text prompts: what is typed there is looked for by
+a text detector, as in Label Studio's GroundingSAM example). Everything else is ignored.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ class Control:
 class LabelConfig:
     images: dict[str, str]  # image tag name -> task data key ("$image" -> "image")
     controls: tuple[Control, ...] = field(default_factory=tuple)
+    text_areas: tuple[str, ...] = ()  # names of <TextArea> tags on an image: text prompts are on
+
+    @property
+    def text_prompts(self) -> bool:
+        return bool(self.text_areas)
+
+    def label_names(self) -> list[str]:
+        """The output tools' label names, in order, without repeats and without 'Background'
+        (what batch pre-labelling looks for when text prompts are on)."""
+        names: list[str] = []
+        for c in self.outputs():
+            names += [n for n in c.labels if n not in names and n.strip().lower() != "background"]
+        return names
 
     def outputs(self, to_name: str | None = None) -> list[Control]:
         return [c for c in self.controls if c.tag in OUTPUT_TOOLS
@@ -90,12 +104,16 @@ def parse_label_config(xml: str) -> LabelConfig:
 
     images: dict[str, str] = {}
     controls: list[Control] = []
+    text_areas: list[tuple[str, str]] = []
     for el in root.iter():
         tag = el.tag
         name = el.get("name")
         if tag == "Image" and name:
             value = (el.get("value") or "").strip()
             images[name] = value[1:] if value.startswith("$") else value
+            continue
+        if tag == "TextArea" and name and el.get("toName"):
+            text_areas.append((name, el.get("toName").split(",")[0]))
             continue
         tag = UNLABELED.get(tag, tag)
         if tag in PROMPT_TOOLS or tag in OUTPUT_TOOLS:
@@ -118,4 +136,5 @@ def parse_label_config(xml: str) -> LabelConfig:
             "<KeyPointLabels> and/or <RectangleLabels> to click with"
             + (f" (found only {', '.join(found)})" if found else "")
             + f"; supported tools: {SUPPORTED}")
-    return LabelConfig(images=images, controls=tuple(controls))
+    return LabelConfig(images=images, controls=tuple(controls),
+                       text_areas=tuple(name for name, to_name in text_areas if to_name in images))

@@ -28,6 +28,7 @@ class RegionValue(_Model):
     keypointlabels: Optional[list[str]] = None
     rectanglelabels: Optional[list[str]] = None
     labels: Optional[list[str]] = None
+    text: Optional[Union[list[str], str]] = None  # a TextArea's
 
 
 class Region(_Model):
@@ -42,6 +43,16 @@ class Region(_Model):
     is_positive: Optional[bool] = None
     value: Optional[RegionValue] = None
 
+
+    @property
+    def text(self) -> Optional[str]:
+        """A TextArea region's text (its entries joined by '.'), or None."""
+        v = self.value
+        if v is None or v.text is None:
+            return None
+        entries = [v.text] if isinstance(v.text, str) else v.text
+        joined = ". ".join(t.strip() for t in entries if t and t.strip())
+        return joined or None
 
     @property
     def label(self) -> Optional[str]:

@@ -24,6 +24,9 @@
 | SAMKIT_LS_POINTS_PER_SIDE | 32 on a GPU, 16 on CPU | segment-everything grid for batch pre-labelling |
 | SAMKIT_LS_PRED_IOU_THRESH | the model family's (SAM 1: 0.88) | segment-everything: keep masks with predicted IoU above |
 | SAMKIT_LS_STABILITY_SCORE_THRESH | 0.95 | segment-everything: keep masks with stability score at least (was SAMKIT_LS_STABILITY_THRESH, deprecated) |
+| SAMKIT_LS_TEXT_MODEL | IDEA-Research/grounding-dino-tiny | text prompts (a `<TextArea>` in the config): the GroundingDINO or OWLv2 detector, a Hugging Face id or a local folder |
+| SAMKIT_LS_BOX_THRESHOLD | 0.25 | text prompts: keep the detector's boxes scoring above this |
+| SAMKIT_LS_TEXT_THRESHOLD | 0.25 | text prompts: the matched phrase's score threshold (GroundingDINO) |
 | SAMKIT_LS_MAX_REGIONS | 100 | segment-everything: most masks per task (best first) |
 | SAMKIT_LS_MIN_AREA | 25 | drop masks / polygon parts smaller than this many pixels, fill smaller holes |
 | SAMKIT_LS_MAX_POLYGONS | 20 | most polygon regions per mask (largest parts first; a warning names what is dropped) |
@@ -104,6 +107,9 @@ class Settings:
     points_per_side: int | None = None  # None: 32 on a GPU, 16 on CPU
     pred_iou_thresh: float | None = None  # None: the model family's default
     stability_score_thresh: float = GeneratorOptions.default("stability_score_thresh")
+    text_model: str | None = None  # None: samkit.annotate's default text detector (GroundingDINO tiny)
+    box_threshold: float = 0.25
+    text_threshold: float = 0.25
     max_regions: int = 100
     min_area: int = 25
     max_polygons: int = 20
@@ -140,6 +146,9 @@ class Settings:
             pred_iou_thresh=env_number("SAMKIT_LS_PRED_IOU_THRESH", float),
             stability_score_thresh=env_number(_renamed("SAMKIT_LS_STABILITY_SCORE_THRESH"), float,
                                               GeneratorOptions.default("stability_score_thresh")),
+            text_model=_env("SAMKIT_LS_TEXT_MODEL"),
+            box_threshold=env_number("SAMKIT_LS_BOX_THRESHOLD", float, 0.25),
+            text_threshold=env_number("SAMKIT_LS_TEXT_THRESHOLD", float, 0.25),
             max_regions=env_number("SAMKIT_LS_MAX_REGIONS", int, 100),
             min_area=env_number("SAMKIT_LS_MIN_AREA", int, 25),
             max_polygons=env_number("SAMKIT_LS_MAX_POLYGONS", int, 20),
@@ -239,7 +248,8 @@ class Settings:
     def batch_signature(self) -> tuple:
         """The settings a batch answer depends on."""
         return (self.points_per_side, self.pred_iou_thresh, self.stability_score_thresh, self.max_regions,
-                self.min_area, self.max_polygons, self.max_polygon_points, self.polygon_tolerance, self.output)
+                self.min_area, self.max_polygons, self.max_polygon_points, self.polygon_tolerance, self.output,
+                self.text_model, self.box_threshold, self.text_threshold)
 
     @property
     def model_source(self) -> str:

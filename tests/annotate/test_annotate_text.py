@@ -127,3 +127,49 @@ def test_offline_model_id_is_one_line_naming_it_and_the_folder_route(dog, monkey
     message = str(err.value)
     assert "\n" not in message and "IDEA-Research/grounding-dino-tiny" in message
     assert "--local-dir grounding-dino-tiny" in message and "--det-model path/to/grounding-dino-tiny" in message
+
+
+def test_text_segmenter_boxes_reach_sam_in_image_pixels(models, dog, sam_predictor):
+    """samkit.annotate.text_segmenter (what the adapters run): each detected box, in image pixels,
+    is SAM's prompt; the masks are SAM's for those boxes; labels are the phrases; the records
+    (MaskGenerator's form) carry the same; a pickled copy (a Dask worker's) gives the same."""
+    import pickle
+
+    from samkit.annotate import text_segmenter
+
+    _, image = dog
+    height, width = image.shape[:2]
+    segmenter = text_segmenter("dog. tree.", str(models["owlv2"]), sam_predictor, conf=0.52)
+    detector = load_detector(str(models["owlv2"]), "dog. tree.", DetectOptions(conf=0.52))
+    expected, _ = finalize(detector.detect(image, None), detector, width, height)
+    found = segmenter.segment(image)
+    assert len(found) == len(expected) >= 2
+    np.testing.assert_allclose([f.det_box for f in found], expected.boxes)
+    assert [f.label for f in found] == [["dog", "tree"][c] for c in expected.class_ids]
+    want, scores = sam_masks(sam_predictor, image, expected.boxes)
+    for f, m, s in zip(found, want, scores):
+        assert iou(f.mask.mask, m) >= 0.99 and abs(f.mask.score - s) < 1e-4
+    records = segmenter.generate(image)
+    assert [r["label"] for r in records] == [f.label for f in found if not f.mask.empty]
+    for r in records:
+        x, y, w, h = r["bbox"]
+        assert r["segmentation"][y : y + h, x : x + w].sum() == r["area"] == r["segmentation"].sum()
+    copy = pickle.loads(pickle.dumps(segmenter))
+    assert copy._predictor is None and copy.detector._model is None
+    assert copy.fingerprint() == text_segmenter("dog. tree.", str(models["owlv2"]), copy.model, conf=0.52).fingerprint()
+    again = copy.segment(image)
+    assert [f.label for f in again] == [f.label for f in found]
+    assert min(iou(a.mask.mask, b.mask.mask) for a, b in zip(again, found)) >= 0.99
+
+
+def test_with_text_shares_the_loaded_network(models, dog):
+    """What the Label Studio backend does per request: one loaded detector, new phrases each time."""
+    _, image = dog
+    detector = load_detector(str(models["owlv2"]), "dog", NO_FILTER)
+    other = detector.with_text("tree. building")
+    assert other._model is detector._model and other.names == {0: "tree", 1: "building"}
+    assert detector.names == {0: "dog"}
+    fresh = load_detector(str(models["owlv2"]), "tree. building", NO_FILTER)
+    got, want = other.detect(image, None), fresh.detect(image, None)
+    np.testing.assert_allclose(got.boxes, want.boxes)
+    assert got.class_ids.tolist() == want.class_ids.tolist() and len(got) > 0

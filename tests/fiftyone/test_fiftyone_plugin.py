@@ -18,7 +18,8 @@ from fiftyone.plugins.context import PluginContext
 from fo_checks import PLUGINS_DIR
 
 PLUGIN_DIR = PLUGINS_DIR / "fiftyone"
-URIS = {"@samkit/fiftyone/segment_everything", "@samkit/fiftyone/segment_prompts", "@samkit/fiftyone/finetune"}
+URIS = {"@samkit/fiftyone/segment_everything", "@samkit/fiftyone/segment_prompts", "@samkit/fiftyone/segment_text",
+        "@samkit/fiftyone/finetune"}
 
 
 def test_fiftyone_yml_lists_every_operator():
@@ -27,7 +28,7 @@ def test_fiftyone_yml_lists_every_operator():
     meta = yaml.safe_load((PLUGIN_DIR / "fiftyone.yml").read_text())
     assert meta["name"] == "@samkit/fiftyone"
     names = {cls().name for cls in OPERATORS}
-    assert set(meta["operators"]) == names == {"segment_everything", "segment_prompts", "finetune"}
+    assert set(meta["operators"]) == names == {"segment_everything", "segment_prompts", "segment_text", "finetune"}
     assert {"SAMKIT_CHECKPOINT", "SAMKIT_DEVICE", "SAMKIT_MASK_DIR"} <= set(meta["secrets"])
 
 

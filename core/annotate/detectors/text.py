@@ -117,6 +117,15 @@ class TextDetector(Detector):
     def _unloaded(self) -> tuple[str, ...]:
         return ("_model", "_processor")
 
+    def with_text(self, text: str | Sequence[str]) -> "TextDetector":
+        """This detector looking for other phrases, sharing its loaded network (a service that is
+        asked for new words on every request loads the model once)."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)  # not copy.copy: it pickles, which leaves the network out
+        other.phrases = parse_text(text)
+        other.names = dict(enumerate(other.phrases))
+        return other
+
     def _device(self):
         import torch
 
@@ -127,6 +136,11 @@ class TextDetector(Detector):
 
     def load(self) -> None:
         if self._model is None:
+            try:
+                import transformers  # noqa: F401
+            except ImportError:
+                raise AnnotateError(f"the text detector {self.model_id} needs transformers: "
+                                    "pip install 'samkit[text]'") from None
             self._model, self._processor = self._build()
             self._model.to(self._device()).eval()
 
