@@ -112,6 +112,16 @@ _HELP = {
 }
 
 
+def family_defaults(name: str) -> str:
+    """How a setting left to the model family is described in help texts: "the model's: 0.88 for
+    SAM 1, ..." from the registry's families (the registry imports no torch)."""
+    from .registry import FAMILIES
+
+    values = [f"{family.generator_defaults.get(name, SAM1_GENERATOR_DEFAULTS.get(name))} for {family.title}"
+              for family in FAMILIES.values()]
+    return "the model's: " + ", ".join(values)
+
+
 def flag(name: str) -> str:
     """The command-line spelling of a setting: pred_iou_thresh -> --pred-iou-thresh."""
     return "--" + name.replace("_", "-")
@@ -163,11 +173,11 @@ def add_generator_arguments(
     types = {f.name: f.type for f in fields(GeneratorOptions)}
     for name in names:
         default = GeneratorOptions.default(name)
-        shown = "the model family's" if default is None else f"{default:g}" if isinstance(default, float) else default
+        shown = family_defaults(name) if default is None else f"{default:g}" if isinstance(default, float) else default
         whole = "int" in str(types[name])
         kind = whole_number(_MINIMUM.get(name, 0)) if whole else _number
         parser.add_argument(flag(name), dest=name, type=kind, default=None, metavar="N" if whole else "X",
-                            help=f"{_HELP.get(name, name)} (default {shown})")
+                            help=f"{_HELP.get(name, name)} (default: {shown})")
     for old, name in (old_flags or {}).items():
         kind = whole_number(_MINIMUM.get(name, 0)) if "int" in str(types[name]) else _number
         parser.add_argument(old, dest=name, type=kind, default=None, action=_DeprecatedFlag, new_flag=flag(name),

@@ -31,9 +31,9 @@ def test_flags_are_the_dashed_official_names_with_generator_options_defaults():
                                                 "pred_iou_thresh": 0.0}
     assert isinstance(args.points_per_side, int) and isinstance(args.stability_score_thresh, float)
     text = " ".join(parser.format_help().split())
-    assert f"(default {GeneratorOptions.default('stability_score_thresh'):g})" in text
-    assert f"(default {GeneratorOptions.default('points_per_side')})" in text
-    assert "(default the model family's)" in text  # pred_iou_thresh: None in GeneratorOptions
+    assert f"(default: {GeneratorOptions.default('stability_score_thresh'):g})" in text
+    assert f"(default: {GeneratorOptions.default('points_per_side')})" in text
+    assert "(default: the model's: 0.88 for" in text  # pred_iou_thresh: None in GeneratorOptions, the family's
     with pytest.raises(argparse.ArgumentError, match="must be at least 1, got 0"):
         parser.parse_args(["--points-per-side", "0"])
     with pytest.raises(argparse.ArgumentError, match="expected a number"):
