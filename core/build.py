@@ -173,7 +173,7 @@ def load_model(
     state_dict = read_state_dict(checkpoint_path)
     spec = infer_spec(state_dict, checkpoint_path)
     model = spec.build()
-    load_weights(model, drop_ignored(state_dict, spec), checkpoint_path)
+    load_weights(model, model_weights(state_dict, spec, checkpoint_path), checkpoint_path)
     model.eval().requires_grad_(False)
     model.to(target_device)
     model.compute_dtype = compute_dtype
@@ -206,7 +206,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(
-            f"{path} holds no state_dict of tensors; expected an official SAM or MobileSAM checkpoint"
+            f"{path} holds no state_dict of tensors; expected "
+            + ", or ".join(family.checkpoint_kind for family in FAMILIES.values())
         )
     if any(k.startswith("model.") for k in loaded) and not any(k.startswith("image_encoder.") for k in loaded):
         loaded = {k.removeprefix("model."): v for k, v in loaded.items()}
@@ -288,6 +289,14 @@ def drop_ignored(state_dict: dict[str, torch.Tensor], spec: ModelSpec) -> dict[s
     if not prefixes:
         return state_dict
     return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+
+
+def model_weights(state_dict: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's state_dict as the model's `load_state_dict` takes it: the family's ignored keys
+    dropped and its keys renamed by the family's hook (Family.rename_keys)."""
+    state_dict = drop_ignored(state_dict, spec)
+    rename = spec.family.rename_keys
+    return state_dict if rename is None else rename(state_dict, path)
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
