@@ -163,15 +163,22 @@ def load_model(
             "precision on a CPU, or float16 on a GPU", RuntimeWarning, stacklevel=2,
         )
     path = Path(os.fspath(name_or_path)).expanduser()
+    requested = None
     if path.is_file():
         checkpoint_path = path
     else:
-        spec = lookup(str(name_or_path))
-        if spec is None:
+        requested = lookup(str(name_or_path))
+        if requested is None:
             raise CheckpointError(_unknown_model(name_or_path))
-        checkpoint_path = fetch_checkpoint(spec.name, download=download)
+        checkpoint_path = fetch_checkpoint(requested.name, download=download)
     state_dict = read_state_dict(checkpoint_path)
     spec = infer_spec(state_dict, checkpoint_path)
+    if requested is not None and spec.name != requested.name:
+        # a cached file with no pinned hash (SAM 2's) may be another model's: never load it silently
+        raise CheckpointError(
+            f"{checkpoint_path} holds {spec.name}, not {requested.name}: delete it and run `samkit download "
+            f"{requested.name}` (or put the right file there)"
+        )
     model = spec.build()
     load_weights(model, model_weights(state_dict, spec, checkpoint_path), checkpoint_path)
     model.eval().requires_grad_(False)

@@ -222,3 +222,14 @@ def test_predict_and_everything_take_a_sam2_name(sam2_tiny_checkpoint, cache, im
                  "-o", str(tmp_path / "all")]) == 0
     doc, masks = read_masks(tmp_path / "all")
     assert len(masks) >= 1 and masks[0].shape == expected[0].shape
+
+
+def test_another_models_file_under_an_official_name_is_refused(sam2_tiny_checkpoint, cache):
+    """SAM 2 files have no pinned hash: what the file holds is checked against the name asked for."""
+    shutil.copy(sam2_tiny_checkpoint, cache / "sam2.1_hiera_small.pt")
+    with pytest.raises(samkit.CheckpointError) as info:
+        samkit.load_model("sam2.1_s.pt", device="cpu")
+    assert str(info.value) == (
+        f"{cache / 'sam2.1_hiera_small.pt'} holds sam2.1_hiera_tiny, not sam2.1_hiera_small: delete it and run "
+        "`samkit download sam2.1_hiera_small` (or put the right file there)"
+    )
