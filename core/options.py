@@ -178,7 +178,7 @@ def add_generator_arguments(
         default = GeneratorOptions.default(name)
         if "bool" in str(types[name]):  # --use-m2m / --no-use-m2m
             parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{_HELP.get(name, name)} (default {'on' if default else 'off'})")
+                                help=f"{_HELP.get(name, name)} (default: {'on' if default else 'off'})")
             continue
         shown = "the model family's" if default is None else f"{default:g}" if isinstance(default, float) else default
         whole = "int" in str(types[name])
