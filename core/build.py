@@ -163,17 +163,24 @@ def load_model(
             "precision on a CPU, or float16 on a GPU", RuntimeWarning, stacklevel=2,
         )
     path = Path(os.fspath(name_or_path)).expanduser()
+    requested = None
     if path.is_file():
         checkpoint_path = path
     else:
-        spec = lookup(str(name_or_path))
-        if spec is None:
+        requested = lookup(str(name_or_path))
+        if requested is None:
             raise CheckpointError(_unknown_model(name_or_path))
-        checkpoint_path = fetch_checkpoint(spec.name, download=download)
+        checkpoint_path = fetch_checkpoint(requested.name, download=download)
     state_dict = read_state_dict(checkpoint_path)
     spec = infer_spec(state_dict, checkpoint_path)
+    if requested is not None and spec.name != requested.name:
+        # a cached file with no pinned hash (SAM 2's) may be another model's: never load it silently
+        raise CheckpointError(
+            f"{checkpoint_path} holds {spec.name}, not {requested.name}: delete it and run `samkit download "
+            f"{requested.name}` (or put the right file there)"
+        )
     model = spec.build()
-    load_weights(model, drop_ignored(state_dict, spec), checkpoint_path)
+    load_weights(model, model_weights(state_dict, spec, checkpoint_path), checkpoint_path)
     model.eval().requires_grad_(False)
     model.to(target_device)
     model.compute_dtype = compute_dtype
@@ -206,7 +213,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(
-            f"{path} holds no state_dict of tensors; expected an official SAM or MobileSAM checkpoint"
+            f"{path} holds no state_dict of tensors; expected "
+            + ", or ".join(family.checkpoint_kind for family in FAMILIES.values())
         )
     if any(k.startswith("model.") for k in loaded) and not any(k.startswith("image_encoder.") for k in loaded):
         loaded = {k.removeprefix("model."): v for k, v in loaded.items()}
@@ -288,6 +296,14 @@ def drop_ignored(state_dict: dict[str, torch.Tensor], spec: ModelSpec) -> dict[s
     if not prefixes:
         return state_dict
     return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+
+
+def model_weights(state_dict: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's state_dict as the model's `load_state_dict` takes it: the family's ignored keys
+    dropped and its keys renamed by the family's hook (Family.rename_keys)."""
+    state_dict = drop_ignored(state_dict, spec)
+    rename = spec.family.rename_keys
+    return state_dict if rename is None else rename(state_dict, path)
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:

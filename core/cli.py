@@ -25,7 +25,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 COMMANDS_GROUP = "samkit.commands"
 #: the samkit.GeneratorOptions settings `samkit everything` takes as flags (--points-per-side, ...)
 EVERYTHING_OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-                      "crop_n_layers", "min_mask_region_area")
+                      "crop_n_layers", "min_mask_region_area", "use_m2m")
 
 
 def parse_floats(text: str, what: str) -> list[float]:

@@ -72,6 +72,9 @@ class MaskGenerator:
         output_mode: str = "binary_mask",
         predictor: Predictor | None = None,
         options: GeneratorOptions | None = None,
+        mask_threshold: float | None = None,
+        use_m2m: bool = False,
+        multimask_output: bool = True,
     ) -> None:
         given = {
             "points_per_side": points_per_side, "points_per_batch": points_per_batch,
@@ -80,15 +83,16 @@ class MaskGenerator:
             "crop_n_layers": crop_n_layers, "crop_nms_thresh": crop_nms_thresh,
             "crop_overlap_ratio": crop_overlap_ratio, "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
             "min_mask_region_area": min_mask_region_area, "output_mode": output_mode,
+            "mask_threshold": mask_threshold, "use_m2m": use_m2m, "multimask_output": multimask_output,
         }
         if options is not None:  # the record, with the keywords that differ from the defaults on top
             plain = GeneratorOptions()
             given = {**{n: getattr(options, n) for n in GeneratorOptions.names()},
                      **{n: v for n, v in given.items() if v != getattr(plain, n)}}
         self.options = GeneratorOptions(**given).resolved(model)
-        (points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh, stability_score_offset,
-         box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio, crop_n_points_downscale_factor,
-         min_mask_region_area, output_mode) = (getattr(self.options, n) for n in GeneratorOptions.names())
+        opts = self.options
+        points_per_side, points_per_batch = opts.points_per_side, opts.points_per_batch
+        crop_n_layers, output_mode = opts.crop_n_layers, opts.output_mode
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
         if output_mode not in OUTPUT_MODES:
@@ -96,22 +100,26 @@ class MaskGenerator:
         if points_per_batch < 1:
             raise ValueError("points_per_batch must be at least 1")
         if points_per_side is not None:
-            point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+            downscale = opts.crop_n_points_downscale_factor
+            point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, downscale)
         if len(point_grids) != crop_n_layers + 1:
             raise ValueError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}), got {len(point_grids)}")
         self.predictor = predictor if predictor is not None else Predictor(model, cache_size=2)
         self.model = model
         self.point_grids = point_grids
         self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
-        self.stability_score_offset = stability_score_offset
-        self.box_nms_thresh = box_nms_thresh
+        self.pred_iou_thresh = opts.pred_iou_thresh
+        self.stability_score_thresh = opts.stability_score_thresh
+        self.stability_score_offset = opts.stability_score_offset
+        self.box_nms_thresh = opts.box_nms_thresh
         self.crop_n_layers = crop_n_layers
-        self.crop_nms_thresh = crop_nms_thresh
-        self.crop_overlap_ratio = crop_overlap_ratio
-        self.min_mask_region_area = min_mask_region_area
+        self.crop_nms_thresh = opts.crop_nms_thresh
+        self.crop_overlap_ratio = opts.crop_overlap_ratio
+        self.min_mask_region_area = opts.min_mask_region_area
         self.output_mode = output_mode
+        self.mask_threshold = opts.mask_threshold
+        self.use_m2m = opts.use_m2m
+        self.multimask_output = opts.multimask_output
         self.last_stats = GenerationStats()
         self._progress: ProgressCallback | None = None
         self._done = self._total = 0
@@ -206,14 +214,18 @@ class MaskGenerator:
         frame = self.model.to_input_frame(points, self.predictor.image_state)
         coords = torch.as_tensor(frame, dtype=torch.float, device=device)
         labels = torch.ones(coords.shape[0], 1, dtype=torch.int, device=device)
-        # Low-res logits of the tokens that cover the crop only: no record keeps them.
+        # Low-res logits of the tokens that cover the crop only: no record keeps them (with use_m2m
+        # they are the next mask prompt, which covers the whole grid).
+        region = None if self.use_m2m else self.predictor.mask_region()
         low_res, iou_preds = self.predictor.decode_low_res(
-            coords[:, None, :], labels, multimask_output=True, region=self.predictor.mask_region()
+            coords[:, None, :], labels, multimask_output=self.multimask_output, region=region
         )
         num_masks = low_res.shape[1]
         low_res = low_res.flatten(0, 1)
         iou_preds = iou_preds.flatten(0, 1)
         mask_points = np.repeat(points, num_masks, axis=0)
+        if self.use_m2m:
+            low_res, iou_preds = self._refine_with_own_masks(coords.repeat_interleave(num_masks, dim=0), low_res)
 
         # The predicted-IoU filter needs no pixels: apply it before upscaling anything.
         keep = torch.ones_like(iou_preds, dtype=torch.bool)
@@ -227,7 +239,7 @@ class MaskGenerator:
             best = float(iou_preds.max())
             stats.best_iou = best if stats.best_iou is None else max(stats.best_iou, best)
 
-        threshold = self.model.mask_threshold
+        threshold = self.mask_threshold
         kept_index, stability, masks = [], [], []
         for start in range(0, len(index), UPSCALE_CHUNK):
             chunk = index[start : start + UPSCALE_CHUNK]
@@ -269,6 +281,26 @@ class MaskGenerator:
             "stability_score": stability_t.cpu().numpy(),
             "boxes": boxes.cpu().numpy().reshape(-1, 4),
         }
+
+    def _refine_with_own_masks(self, coords: torch.Tensor, low_res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM 2's use_m2m: each candidate decoded again from its grid point (coords (N, 2), input
+        frame) with its own low-res logits (N, 256, 256), bounded as the predictor returns them, as
+        the mask prompt, single-mask; -> the refined low-res logits (N, h, w) and IoU predictions (N,)
+        that replace the candidates'. In batches of points_per_batch, as the official does."""
+        masks, scores = [], []
+        region = self.predictor.mask_region()
+        for start in range(0, len(coords), self.points_per_batch):
+            points = coords[start : start + self.points_per_batch, None, :]
+            labels = torch.ones(points.shape[:2], dtype=torch.int, device=points.device)
+            mask_input = self.model.clamp_low_res(low_res[start : start + self.points_per_batch, None])
+            refined, iou = self.predictor.decode_low_res(
+                points, labels, mask_input=mask_input, multimask_output=False, region=region
+            )
+            masks.append(refined[:, 0])
+            scores.append(iou[:, 0])
+        if not masks:
+            return low_res, low_res.new_zeros(0)
+        return torch.cat(masks), torch.cat(scores)
 
     def _remove_small_regions(self, data: dict[str, Any], nms_thresh: float) -> dict[str, Any]:
         """Fill small holes and drop small islands; re-run NMS preferring unchanged masks."""

@@ -28,9 +28,14 @@ class GeneratorOptions:
     """Segment-everything settings, under the official generators' names, with their defaults.
 
     A None value is the model family's official default (registry.Family.generator_defaults:
-    pred_iou_thresh is 0.88 for SAM 1, 0.8 for SAM 2); `resolved(model)` fills them in. The core
-    command line, the GIS tool, the Label Studio backend and the FiftyOne plugin all take these
-    names and defaults from here.
+    pred_iou_thresh is 0.88 for SAM 1, 0.8 for SAM 2; mask_threshold is the model's own, 0.0);
+    `resolved(model)` fills them in. The core command line, the GIS tool, the Label Studio backend
+    and the FiftyOne plugin all take these names and defaults from here.
+
+    SAM 2's generator adds: mask_threshold (the logit at which a mask is cut), use_m2m (decode
+    each candidate once more with its own low-res logits as the mask prompt, single-mask, and
+    keep that refined mask and its score: slower, sometimes cleaner) and multimask_output (three
+    candidates per grid point, else one).
     """
 
     points_per_side: int | None = 32
@@ -45,6 +50,10 @@ class GeneratorOptions:
     crop_n_points_downscale_factor: int = 1
     min_mask_region_area: int = 0
     output_mode: str = "binary_mask"
+    # SAM2AutomaticMaskGenerator's additions (they apply to SAM 1 models as well)
+    mask_threshold: float | None = None
+    use_m2m: bool = False
+    multimask_output: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -68,7 +77,8 @@ class GeneratorOptions:
         """These options with every None replaced by the model family's default."""
         from .registry import spec_of
 
-        defaults = {**SAM1_GENERATOR_DEFAULTS, **spec_of(model).family.generator_defaults}
+        defaults = {"mask_threshold": model.mask_threshold, **SAM1_GENERATOR_DEFAULTS,
+                    **spec_of(model).family.generator_defaults}
         filled = {name: defaults[name] for name in self.names() if getattr(self, name) is None and name in defaults}
         return dataclasses.replace(self, **filled)
 
@@ -109,6 +119,9 @@ _HELP = {
     "crop_overlap_ratio": "overlap of neighbouring crops, as a fraction of the crop",
     "crop_n_points_downscale_factor": "points per side divided by this in each crop layer",
     "min_mask_region_area": "fill holes and remove islands smaller than this many pixels",
+    "mask_threshold": "mask logit threshold",
+    "use_m2m": "refine each candidate once with its own mask as the mask prompt (SAM 2's use_m2m; slower)",
+    "multimask_output": "three candidate masks per grid point (--no-multimask-output: one)",
 }
 
 
@@ -173,6 +186,10 @@ def add_generator_arguments(
     types = {f.name: f.type for f in fields(GeneratorOptions)}
     for name in names:
         default = GeneratorOptions.default(name)
+        if "bool" in str(types[name]):  # --use-m2m / --no-use-m2m
+            parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{_HELP.get(name, name)} (default: {'on' if default else 'off'})")
+            continue
         shown = family_defaults(name) if default is None else f"{default:g}" if isinstance(default, float) else default
         whole = "int" in str(types[name])
         kind = whole_number(_MINIMUM.get(name, 0)) if whole else _number

@@ -276,11 +276,13 @@ class Predictor:
         point_coords (N, 2) XY pixels with point_labels (N,) 1 = foreground, 0 = background;
         box (4,) XYXY pixels; mask_input (1, 256, 256) low-res logits of an earlier call.
         Returns masks (C, H, W) bool (float logits with return_logits), scores (C,) and
-        low-res logits (C, 256, 256); C is 3 with multimask_output, else 1. best_only keeps
-        only the highest-scoring of the masks (C = 1), and only that one is upscaled: what an
-        interactive click needs, a few ms sooner. return_low_res=False returns None for the
-        low-res logits and skips their rows and columns that cover only the padding below or
-        right of a non-square image (~1/3 of the decoder's upscaling for a 3:2 photo).
+        low-res logits (C, 256, 256), bounded as the family's official predictor bounds them
+        (SAM 2: +-32, after the masks were upscaled from the unbounded ones); C is 3 with
+        multimask_output, else 1. best_only keeps only the highest-scoring of the masks (C = 1),
+        and only that one is upscaled: what an interactive click needs, a few ms sooner.
+        return_low_res=False returns None for the low-res logits and skips their rows and columns
+        that cover only the padding below or right of a non-square image (~1/3 of the decoder's
+        upscaling for a 3:2 photo).
         """
         state = self._require_state()
         coords, labels = self._check_points(point_coords, point_labels, state.original_size, batched=False)
@@ -329,7 +331,7 @@ class Predictor:
         masks = self.model.postprocess_masks(low_res, state.input_size, state.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
-        return masks, scores, low_res
+        return masks, scores, self.model.clamp_low_res(low_res)
 
     @torch.inference_mode()
     def decode_low_res(
@@ -413,7 +415,9 @@ class Predictor:
                 else:
                     self.model.upscale_logits(low_res_np[index], state, out=logits)
                     np.greater(logits, self.model.mask_threshold, out=masks[index])
-            return masks, scores.numpy(), low_res_np if return_low_res else None
+            # the returned low-res logits as the family's official predictor bounds them (SAM 2:
+            # +-32), after the upscaling above, which used them unbounded as the official does
+            return masks, scores.numpy(), self.model.clamp_low_res(low_res).numpy() if return_low_res else None
         # Upscale a few prompts at a time: full-size float logits of every prompt at once can take GBs.
         with torch.inference_mode():
             for start in range(0, low_res.shape[0], UPSCALE_CHUNK):
@@ -425,7 +429,8 @@ class Predictor:
                     target[...] = logits.cpu().numpy()
                 else:
                     target[...] = (logits > self.model.mask_threshold).cpu().numpy()
-        return masks, scores.cpu().numpy(), low_res.cpu().numpy() if return_low_res else None
+        returned = self.model.clamp_low_res(low_res).cpu().numpy() if return_low_res else None
+        return masks, scores.cpu().numpy(), returned
 
     # -- validation (samkit.utils.prompts, shared with the torch-free OnnxPredictor) -----------
     @staticmethod

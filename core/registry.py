@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .modeling.backbones.hiera import HIERA_CONFIGS
+from .modeling.sam2.checkpoint import VIDEO_KEY_PREFIXES, image_weights, recognise_sam2
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,11 @@ class Family:
     recognise(state_dict) -> the registry name of the model a state_dict holds, or None when it
     is not of this family (it may raise CheckpointError for a near miss, e.g. an unknown width).
     ignored_prefixes: checkpoint keys that images do not use (SAM 2's video memory modules); they
-    are accepted and dropped before loading. generator_defaults: the official automatic mask
-    generator's parameters where they differ from SAM 1's (samkit.options.GeneratorOptions).
+    are accepted and dropped before loading. rename_keys(state_dict, path) -> the state_dict under
+    the model's parameter names (SAM 2's official files call the decoder "sam_mask_decoder"), raising
+    CheckpointError for keys it does not know; None when the checkpoint's names are the model's.
+    generator_defaults: the official automatic mask generator's parameters for what
+    samkit.options.GeneratorOptions leaves to the family (None there), over SAM 1's.
     """
 
     name: str
@@ -56,6 +61,7 @@ class Family:
     checkpoint_kind: str = ""  # how error messages name its checkpoints ("a SAM or MobileSAM checkpoint")
     ignored_prefixes: tuple[str, ...] = ()
     generator_defaults: Mapping[str, Any] = field(default_factory=dict)
+    rename_keys: Callable[[Mapping[str, torch.Tensor], Any], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,57 @@ register(ModelSpec(
     parameters=9_808_452,  # 10,130,092 in the file, less the unused classifier head's 321,640
 ))
 
-FAMILIES: dict[str, Family] = {SAM1.name: SAM1}
+
+# -- SAM 2 / 2.1 (facebookresearch/sam2), images only ---------------------------------------------
+
+def _build_sam2(size: str, version: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from .modeling.sam2.model import build_sam2
+
+        return build_sam2(size, version)
+
+    return build
+
+
+SAM2 = Family(
+    "sam2", "Segment Anything 2 / 2.1 (images)", recognise_sam2, "a SAM 2 / 2.1 checkpoint",
+    ignored_prefixes=VIDEO_KEY_PREFIXES,
+    # SAM2AutomaticMaskGenerator's (sam2 1.1.0) defaults that differ from SAM 1's
+    generator_defaults={"pred_iou_thresh": 0.8},
+    rename_keys=image_weights,
+)
+
+META_SAM2 = {"2.1": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/",
+             "2.0": "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"}
+# Meta publishes no hashes for these files; third parties list MD5s that could not be checked
+# here (no download possible), so none is pinned: a download is checked for being a SAM 2
+# checkpoint of the right size when it is loaded, not against a hash.
+_SAM2_SIZES = (
+    # size, title, Ultralytics' letter, image-path parameters (the Sam2 modules; the official
+    # files also hold the video model's)
+    ("tiny", "Hiera-T", "t", 31_440_721),
+    ("small", "Hiera-S", "s", 38_538_577),
+    ("base_plus", "Hiera-B+", "b", 73_328_401),
+    ("large", "Hiera-L", "l", 216_924_865),
+)
+
+for _version, _prefix in (("2.1", "sam2.1"), ("2.0", "sam2")):
+    for _size, _title, _letter, _params in _SAM2_SIZES:
+        _name = f"{_prefix}_hiera_{_size}"
+        _file = f"{_name}.pt"
+        _config = HIERA_CONFIGS[_size]
+        register(ModelSpec(
+            _name, SAM2, f"SAM {_version} {_title}", _build_sam2(_size, _version),
+            Checkpoint(_name, _file, META_SAM2[_version] + _file),
+            # Ultralytics' file names (b is base_plus); short names as ours for SAM 1 ("sam2.1_t")
+            aliases=(_file, f"{_prefix}_{_letter}.pt", f"{_prefix}_{_letter}", f"{_prefix}_{_size}"),
+            encoder=f"Hiera, width {_config.embed_dim}, stages {'/'.join(map(str, _config.stages))}, "
+            f"{_config.num_heads} head(s) at first, global attention in blocks "
+            f"{', '.join(map(str, _config.global_att_blocks))}; FPN neck",
+            parameters=_params,
+        ))
+
+FAMILIES: dict[str, Family] = {SAM1.name: SAM1, SAM2.name: SAM2}
 DEFAULT_MODEL = "mobile_sam"
 
 

@@ -59,3 +59,12 @@ def kampala_teacher(kampala_chips, mobile_sam_checkpoint, tmp_path_factory):
 
     teacher = samkit.load_model(mobile_sam_checkpoint, device="cpu")
     return write_teacher_coco(kampala_chips, teacher, tmp_path_factory.mktemp("kampala-teacher"))
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny_checkpoint(tmp_path_factory) -> Path:
+    """A seeded random SAM 2.1 Hiera-T checkpoint in the official format, under its official file
+    name (tests/sam2_files.py)."""
+    from sam2_files import write_sam2_checkpoint
+
+    return write_sam2_checkpoint(tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt")

@@ -208,6 +208,11 @@ class Sam(nn.Module):
         masks = masks[..., : input_size[0], : input_size[1]]
         return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
 
+    @staticmethod
+    def clamp_low_res(low_res_masks: torch.Tensor) -> torch.Tensor:
+        """The low-res logits as the official predictor returns them: SAM 1's are not bounded."""
+        return low_res_masks
+
     def num_parameters(self, include_unused_head: bool = False) -> int:
         """Parameter count; MobileSAM's unused classifier head is excluded unless asked for."""
         total = 0

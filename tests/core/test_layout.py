@@ -49,10 +49,11 @@ def test_adapter_commands_come_from_entry_points():
     from samkit.cli import build_parser, registered_commands
 
     modules = {add.__module__ for add in registered_commands()}
-    # samkit.finetune's command is core's, registered the same way
-    assert modules == {f"{adapter}.cli" for adapter in ADAPTERS} | {"samkit.finetune.cli"}
+    # samkit.finetune's and samkit.export's commands are core's, registered the same way
+    assert modules == {f"{adapter}.cli" for adapter in ADAPTERS} | {"samkit.finetune.cli", "samkit.export.cli"}
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert {"geo", "label-studio", "fiftyone", "finetune", "info", "predict", "everything"} <= set(commands)
+    assert {"geo", "label-studio", "fiftyone", "finetune", "export", "annotate", "info", "predict",
+            "everything"} <= set(commands)
 
 
 def test_every_name_resolves_through_the_registry():

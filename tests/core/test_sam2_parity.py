@@ -33,7 +33,8 @@ from PIL import Image
 import samkit
 from samkit.modeling.backbones.hiera import HIERA_CONFIGS, plan_blocks
 from samkit.modeling.backbones.sam2_encoder import build_sam2_image_encoder
-from samkit.modeling.sam2.model import Sam2, build_sam2
+from samkit.image_state import ImageState
+from samkit.modeling.sam2.model import build_sam2
 
 try:
     from . import oracle, sam2_oracle
@@ -289,26 +290,91 @@ def test_best_only_and_region(image_pair):
 
 
 def test_samkit_predictor_runs_sam2(image_pair):
-    """samkit.Predictor on our SAM 2 model (through the family interface) gives the official masks
-    and scores; its low-res logits are the official ones before the official +-32 clamp."""
+    """samkit.Predictor on our SAM 2 model (through the family interface) gives the official masks,
+    scores and low-res logits: points, a box with a point, a mask input, single and multi-mask,
+    logits at image size, batched boxes. The low-res logits are bounded to +-32 as the official
+    predictor bounds them, after the masks were upscaled from the unbounded ones."""
     size, predictor, ours, state, image = image_pair
     ours_predictor = samkit.Predictor(ours)
     ours_predictor.set_image_state(state)
+    click = dict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
+    _, first_scores, first_low = predictor.predict(**click)
+    mask_input = first_low[int(np.argmax(first_scores))][None]
     for kwargs in (
-        dict(point_coords=np.array([[500, 375]]), point_labels=np.array([1])),
+        click,
         dict(box=np.array([425, 600, 700, 875]), point_coords=np.array([[575, 750]]), point_labels=np.array([0]),
              multimask_output=False),
+        dict(click, mask_input=mask_input, multimask_output=False),
+        dict(click, return_logits=True),
     ):
         masks, scores, low = ours_predictor.predict(**kwargs)
         ref_masks, ref_scores, ref_low = predictor.predict(**kwargs)
-        assert masks.shape == ref_masks.shape
+        assert masks.shape == ref_masks.shape  # (the official gives float 0/1 masks, ours bool)
         assert np.abs(scores - ref_scores).max() <= IOU_TOL
-        assert_close(Sam2.clamp_low_res(torch.from_numpy(low)), torch.from_numpy(ref_low), what="low-res logits")
+        assert np.abs(low).max() <= 32.0
+        assert_close(torch.from_numpy(low), torch.from_numpy(ref_low), what="low-res logits")
+        if kwargs.get("return_logits"):
+            assert_close(torch.from_numpy(masks), torch.from_numpy(ref_masks), rel=1e-4, what="logits at image size")
+            masks, ref_masks = masks > 0, ref_masks > 0
         for a, b in zip(masks, ref_masks):
             assert oracle.mask_iou(a, b) >= MASK_IOU_MIN
     boxes = np.array(CASES["batched boxes, single"]["box"])
-    masks, scores, _ = ours_predictor.predict_batch(boxes=boxes)
-    ref_masks, ref_scores, _ = predictor.predict(box=boxes, multimask_output=False)
+    masks, scores, low = ours_predictor.predict_batch(boxes=boxes)
+    ref_masks, ref_scores, ref_low = predictor.predict(box=boxes, multimask_output=False)
     assert np.abs(scores - ref_scores).max() <= IOU_TOL
+    assert_close(torch.from_numpy(low), torch.from_numpy(ref_low), what="batched low-res logits")
     for a, b in zip(masks.reshape(-1, *image.shape[:2]), ref_masks.reshape(-1, *image.shape[:2])):
+        assert oracle.mask_iou(a, b) >= MASK_IOU_MIN
+
+
+def test_low_res_logits_are_bounded_after_upscaling(image_pair):
+    """Logits beyond +-32 (the hypernetworks' outputs scaled up): the masks and logits at image size
+    come from the unbounded low-res logits, only the low-res logits returned are bounded, as
+    SAM2ImagePredictor does (bounding first would move mask edges where the logits are steep)."""
+    size, predictor, ours, state, image = image_pair
+    steep = copy.deepcopy(ours)
+    with torch.no_grad():
+        for mlp in steep.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(20)
+            mlp.layers[-1].bias.mul_(20)
+    steep_predictor = samkit.Predictor(steep)
+    steep_predictor.set_image_state(state)
+    click = dict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
+    logits, _, low = steep_predictor.predict(**click, return_logits=True)
+    with torch.inference_mode():
+        frame = torch.from_numpy(steep.to_input_frame(click["point_coords"], state))[None]
+        unbounded, _ = steep.decode(state, frame, torch.ones(1, 1, dtype=torch.int32))
+    assert float(unbounded.abs().max()) > 100 and np.abs(low).max() == 32.0
+    assert np.array_equal(low, unbounded[0].clamp(-32, 32).numpy())
+    expected = steep.postprocess_masks(unbounded, state.input_size, state.original_size)[0]
+    assert np.abs(logits).max() > 100
+    assert_close(torch.from_numpy(logits), expected, rel=1e-4, what="logits at image size")
+
+
+def test_embedding_cache_keeps_the_high_res_maps(image_pair, tmp_path):
+    """An image state saved to disk and read back (ImageState.to_file / from_file) holds the
+    embedding and both high-res maps unchanged; a second predictor on the same cache directory
+    takes them from disk, runs no encoder and gives the same masks as the official predictor."""
+    size, predictor, ours, state, image = image_pair
+    saved = tmp_path / "state.pt"
+    torch.save(state.to_file(), saved)
+    back = ImageState.from_file(torch.load(saved, weights_only=True))
+    assert back.original_size == state.original_size and back.input_size == state.input_size
+    assert len(back.high_res_features) == 2
+    for a, b in zip((back.features, *back.high_res_features), (state.features, *state.high_res_features)):
+        assert torch.equal(a, b)
+
+    first = samkit.Predictor(ours, cache_dir=tmp_path / "cache")
+    first.compute_image_state = lambda array: state  # the state of this very image, computed above
+    first.set_image(image)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    second = samkit.Predictor(ours, cache_dir=tmp_path / "cache")
+    second.set_image(image)
+    assert second.encoder_calls == 0 and second.cache.hits == 1
+    for a, b in zip(second.image_state.high_res_features, state.high_res_features):
+        assert torch.equal(a, b)
+    masks, scores, _ = second.predict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
+    ref_masks, ref_scores, _ = predictor.predict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
+    assert np.abs(scores - ref_scores).max() <= IOU_TOL
+    for a, b in zip(masks, ref_masks):
         assert oracle.mask_iou(a, b) >= MASK_IOU_MIN

@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...build import load_weights
-from ...errors import CheckpointError
 from ...image_state import ImageState
 from ..backbones.sam2_encoder import Sam2ImageEncoder, build_sam2_image_encoder
 from ..common import MLP
 from ..transformer import TwoWayTransformer
+from .checkpoint import IMAGE_KEY_PREFIXES, VIDEO_KEY_PREFIXES, image_weights  # noqa: F401 (their home before)
 from .mask_decoder import Sam2MaskDecoder, Sam2MaskPrediction
 from .prompt_encoder import BOX_CORNER_LABELS, Sam2PromptEncoder
 
@@ -49,27 +49,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LOW_RES_LOGIT_LIMIT = 32.0
 SIZES = ("tiny", "small", "base_plus", "large")
-
-# official checkpoint prefix -> ours (the attribute names of SAM 1's Sam)
-IMAGE_KEY_PREFIXES = {
-    "image_encoder.": "image_encoder.",
-    "sam_prompt_encoder.": "prompt_encoder.",
-    "sam_mask_decoder.": "mask_decoder.",
-    "no_mem_embed": "no_mem_embed",
-}
-# the video model's weights: present in every official checkpoint, unused for images
-VIDEO_KEY_PREFIXES = (
-    "memory_attention.",
-    "memory_encoder.",
-    "mask_downsample.",
-    "obj_ptr_proj.",
-    "obj_ptr_tpos_proj.",
-    "maskmem_tpos_enc",
-    "no_mem_pos_enc",
-    "no_obj_ptr",
-    "no_obj_embed_spatial",
-)
-
 
 class Sam2Input(NamedTuple):
     """A preprocessed image batch."""
@@ -308,29 +287,6 @@ class Sam2(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def image_weights(state_dict: dict[str, torch.Tensor], path: Path | str = "state_dict") -> dict[str, torch.Tensor]:
-    """The image model's weights of an official SAM 2 / 2.1 state_dict, under our names; the video
-    weights are dropped. Keys that are neither raise a CheckpointError naming them."""
-    ours, unknown = {}, []
-    for key, value in state_dict.items():
-        for prefix, new in IMAGE_KEY_PREFIXES.items():
-            if key.startswith(prefix):
-                ours[new + key[len(prefix):]] = value
-                break
-        else:
-            if not key.startswith(VIDEO_KEY_PREFIXES):
-                unknown.append(key)
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise CheckpointError(f"{path} is not a SAM 2 checkpoint: {len(unknown)} unknown keys: {shown}")
-    if not ours:
-        raise CheckpointError(
-            f"{path} holds no SAM 2 image model: no image_encoder, sam_prompt_encoder or sam_mask_decoder "
-            "weights (only video memory weights)"
-        )
-    return ours
 
 
 def transformer_mlp(embedding_dim: int, mlp_dim: int, activation: type[nn.Module] = nn.ReLU) -> nn.Module:
