@@ -221,8 +221,12 @@ def _ours_predict(ours, state, case, mask_input=None):
         if mask_input is not None:
             kwargs["mask_input"] = torch.as_tensor(mask_input, dtype=torch.float32).reshape(1, 1, 256, 256)
         pred = ours.decode_prompts(state, multimask_output=case["multimask_output"], **kwargs)
-        low, iou = ours.decode(state, multimask_output=case["multimask_output"], **kwargs)
+        low, iou = ours.decode(state, multimask_output=case["multimask_output"], reference=True, **kwargs)
         assert torch.equal(low, pred.masks) and torch.equal(iou, pred.iou_predictions)
+        # the fast engine (what decode runs by default) on the same prompts: float32 rounding
+        fast_low, fast_iou = ours.decode(state, multimask_output=case["multimask_output"], **kwargs)
+        assert_close(fast_low, pred.masks, what="fast decoder logits")
+        assert float((fast_iou - pred.iou_predictions).abs().max()) <= IOU_TOL
         logits = ours.postprocess_masks(pred.masks, state.input_size, state.original_size)
         with_cv2 = np.stack([ours.upscale_logits(m, state) for m in pred.masks.flatten(0, 1).numpy()])
         return logits, with_cv2, pred.iou_predictions, ours.clamp_low_res(pred.masks), pred.object_score_logits
@@ -277,14 +281,15 @@ def test_best_only_and_region(image_pair):
     size, predictor, ours, state, image = image_pair
     coords = torch.from_numpy(ours.to_input_frame(np.array([[[500, 375]], [[1125, 625]]]), state))
     labels = torch.ones(2, 1, dtype=torch.int32)
-    with torch.inference_mode():
-        low, iou = ours.decode(state, coords, labels)
-        best_low, best_iou = ours.decode(state, coords, labels, best_only=True)
-        part, _ = ours.decode(state, coords, labels, region=(10, 20))
-    best = iou.argmax(1)
-    assert torch.equal(best_iou[:, 0], iou[torch.arange(2), best])
-    assert torch.equal(best_low[:, 0], low[torch.arange(2), best])
-    assert torch.equal(part, low[..., :40, :80])
+    for reference in (True, False):  # the plain modules, and the fast engine (to float32 rounding)
+        with torch.inference_mode():
+            low, iou = ours.decode(state, coords, labels, reference=reference)
+            best_low, best_iou = ours.decode(state, coords, labels, best_only=True, reference=reference)
+            part, _ = ours.decode(state, coords, labels, region=(10, 20), reference=reference)
+        best = iou.argmax(1)
+        assert torch.equal(best_iou[:, 0], iou[torch.arange(2), best])
+        assert_close(best_low[:, 0], low[torch.arange(2), best], what="best mask")
+        assert_close(part, low[..., :40, :80], what="region")
     assert ours.mask_region(state) == (64, 64)
 
 
