@@ -32,7 +32,7 @@ LOGIT_GAIN = 20.0  # as sam2_oracle: unit-like logits, as a trained model's
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(test_device):
     torch.manual_seed(0)
     sam = build_sam2("tiny")
     # only the decoder side runs here: the Hiera trunk is dropped to save memory and time
@@ -43,18 +43,19 @@ def model():
         for mlp in sam.mask_decoder.output_hypernetworks_mlps:
             mlp.layers[-1].weight.mul_(LOGIT_GAIN)
             mlp.layers[-1].bias.mul_(LOGIT_GAIN)
-    return sam.eval()
+    return sam.eval().to(test_device)
 
 
-def make_state(seed: int) -> ImageState:
+def make_state(seed: int, device: torch.device) -> ImageState:
     gen = torch.Generator().manual_seed(seed)
     high_res = (torch.randn(1, 32, 256, 256, generator=gen), torch.randn(1, 64, 128, 128, generator=gen))
-    return ImageState(torch.randn(1, 256, 64, 64, generator=gen), (700, 900), (1024, 1024), high_res)
+    features = torch.randn(1, 256, 64, 64, generator=gen)
+    return ImageState(features.to(device), (700, 900), (1024, 1024), tuple(t.to(device) for t in high_res))
 
 
 @pytest.fixture(scope="module")
-def state():
-    return make_state(77)
+def state(test_device):
+    return make_state(77, test_device)
 
 
 def prompts(kind: str, batch: int, seed: int):
@@ -72,6 +73,7 @@ def prompts(kind: str, batch: int, seed: int):
 
 
 def decode(model, state, inputs, multimask, best_only=False, region=None, reference=False):
+    inputs = [None if t is None else t.to(model.device) for t in inputs]
     with torch.inference_mode():
         return model.decode(state, *inputs, multimask, best_only, region, reference=reference)
 
@@ -114,8 +116,9 @@ def test_dynamic_single_mask_both_ways(model, state):
     some fall back to the best multimask output, each as the reference chooses."""
     decoder = model.mask_decoder
     inputs = prompts("points", 16, seed=700)
+    points = model.prompt_points(*(t.to(model.device) for t in inputs[:2]), None)
     with torch.inference_mode():
-        sparse, dense = model.prompt_encoder(points=model.prompt_points(*inputs[:2], None), boxes=None, masks=None)
+        sparse, dense = model.prompt_encoder(points=points, boxes=None, masks=None)
         all_masks, _, _ = decoder.predict_masks(
             state.features, model.prompt_encoder.get_dense_pe(), sparse, dense, state.high_res_features
         )
@@ -144,12 +147,12 @@ def test_kept_work_follows_image_high_res_and_weights(model, state):
     sam = copy.deepcopy(model)
     inputs = prompts("points", 3, seed=800)
     first = decode(sam, state, inputs, True)
-    other = make_state(78)
+    other = make_state(78, sam.device)
     assert_same(decode(sam, other, inputs, True), decode(sam, other, inputs, True, reference=True))
     gen = torch.Generator().manual_seed(5)
     new_high_res = ImageState(
         state.features, state.original_size, state.input_size,
-        tuple(f + torch.randn(f.shape, generator=gen) for f in state.high_res_features),
+        tuple(f + torch.randn(f.shape, generator=gen).to(f.device) for f in state.high_res_features),
     )
     changed = decode(sam, new_high_res, inputs, True)
     assert float((changed[0] - first[0]).abs().max()) > 0.1 * float(first[0].abs().max())
