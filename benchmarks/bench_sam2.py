@@ -144,7 +144,8 @@ def bench_encoder(size, image, args, rows, low):
     off_pred = sam2_oracle.image_predictor(official)
     log(f"   {label}: encoder fp32")
     (t_o, t_f), (state, _) = timeit_pair(
-        synced(lambda: ours.encode_image(image)), official_call(lambda: off_pred.set_image(image)), args.repeats
+        synced(lambda: ours.encode_image(image)), official_call(lambda: off_pred.set_image(image)), args.repeats,
+        warmup=0 if args.quick else 1,
     )
     features = off_pred._features
     diff = float((state.features - features["image_embed"]).abs().max())
@@ -153,9 +154,14 @@ def bench_encoder(size, image, args, rows, low):
     rows.append(Row(label, "encoder (set_image)", "fp32", t_o, t_f,
                     f"embedding max abs diff {diff:.1e} (max {scale:.2f}), high-res {diff_hr:.1e}", ">= 1.1x"))
     log(f"   {label}: encoder {low}")
-    (t_l, t_f2), (state_low, _) = timeit_pair(
-        synced(lambda: ours_low.encode_image(image)), official_call(lambda: off_pred.set_image(image)), args.repeats
-    )
+    if args.quick:  # against the official fp32 time above, to save a miniature run two official calls
+        t_f2 = t_f
+        t_l, state_low = timeit(synced(lambda: ours_low.encode_image(image)), args.repeats, warmup=0)
+    else:
+        (t_l, t_f2), (state_low, _) = timeit_pair(
+            synced(lambda: ours_low.encode_image(image)), official_call(lambda: off_pred.set_image(image)),
+            args.repeats,
+        )
     # masks of ours in reduced precision (encoder and decoder) against ours in fp32
     h, w = image.shape[:2]
     pts = grid_points(32, h, w)[:, None, :]
@@ -405,7 +411,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--clicks", type=int, default=30, help="clicks timed per side (p50 / p90)")
     ap.add_argument("--prompts", type=int, default=1024)
-    ap.add_argument("--points-per-side", type=int, default=16)
+    ap.add_argument("--points-per-side", type=int, default=16, help="segment-everything grid (0: no such rows)")
     ap.add_argument("--sam1", nargs="*", default=["mobile_sam", "vit_b"], choices=["mobile_sam", "vit_b"])
     ap.add_argument("--gis-size", type=int, default=4096, help="side of the square GIS raster (0: no GIS rows)")
     ap.add_argument("--gis-models", nargs="*", default=["MobileSAM", LABELS["tiny"], "ViT-B"])
@@ -433,9 +439,30 @@ def main(argv=None) -> None:
     log(f"samkit SAM 2.1 benchmark on {Path(args.image).name} ({image.shape[1]}x{image.shape[0]}); {start}")
     rows: list[Row] = []
     gis_rows: list = []
+
+    def emit(final: bool = False) -> None:
+        """The tables so far, printed and written (after every stage: a long run cut short keeps
+        what it measured)."""
+        text = table(rows)
+        if gis_rows:
+            text += ("\n\nGIS segment-everything (samkit.geo.vectorize, 1024-px tiles, both thresholds 0, one "
+                     "process per row):\n\n")
+            text += gis_table(gis_rows, args.points_per_side)
+        if final:
+            log("\n" + text)
+        if args.markdown:
+            command = " ".join(argv if argv is not None else sys.argv[1:])
+            end = machine() if final else "(run not finished)"
+            Path(args.markdown).write_text(
+                f"# samkit SAM 2.1 vs sam2\n\n`python benchmarks/bench_sam2.py {command}` on {Path(args.image).name} "
+                f"({image.shape[1]}x{image.shape[0]}), seeded random weights, device {DEVICE}.\n\n"
+                f"Machine at start: {start}.  \nAt end: {end}.\n\n{text}\n"
+            )
+
     tiny = None
     for size in args.sizes:
         found = bench_encoder(size, image, args, rows, args.low_precision)
+        emit()
         if size == "tiny":
             tiny = found
     if tiny is None:
@@ -444,25 +471,17 @@ def main(argv=None) -> None:
     log("   SAM 2.1-T: one click")
     bench_click(LABELS["tiny"], ours, off_pred.predict, image, args, rows)
     bench_sam1_clicks(image, args, rows)
+    emit()
     log(f"   SAM 2.1-T: {args.prompts} prompts")
     bench_prompts(ours, official, off_pred, state, image, args.prompts, args, rows)
-    bench_generator(ours, official, image, args, rows)
+    emit()
+    if args.points_per_side:
+        bench_generator(ours, official, image, args, rows)
+        emit()
     if args.gis_size:
         bench_gis(args, sam2_oracle.official_model("tiny")[1], rows, gis_rows)
-    end = machine()
-    text = table(rows)
-    if gis_rows:
-        text += ("\n\nGIS segment-everything (samkit.geo.vectorize, 1024-px tiles, both thresholds 0, one process "
-                 "per row):\n\n")
-        text += gis_table(gis_rows, args.points_per_side)
-    log("\n" + text)
+    emit(final=True)
     if args.markdown:
-        command = " ".join(argv if argv is not None else sys.argv[1:])
-        Path(args.markdown).write_text(
-            f"# samkit SAM 2.1 vs sam2\n\n`python benchmarks/bench_sam2.py {command}` on {Path(args.image).name} "
-            f"({image.shape[1]}x{image.shape[0]}), seeded random weights, device {DEVICE}.\n\n"
-            f"Machine at start: {start}.  \nAt end: {end}.\n\n{text}\n"
-        )
         log(f"\nmarkdown written to {args.markdown}")
 
 
