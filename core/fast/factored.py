@@ -60,8 +60,9 @@ class FactorLevel(NamedTuple):
 class FactoredWeight(NamedTuple):
     """A weight W (C, D) and bias applied to the image tokens after k blocks, prepared once per
     image: image_part (N, D) = keys_0 @ (g_1 * ... * g_k * W); constant (D,): the bias and the
-    last norm's bias times W, which reach the output unscaled; levels, one per block from the
-    last back to the first (FactorLevel)."""
+    last norm's bias times W, which reach the output unscaled (for `times`, also a per-token
+    constant (N, D): SAM 2 adds its stride-8 features to the first upscaling's output there);
+    levels, one per block from the last back to the first (FactorLevel)."""
 
     image_part: torch.Tensor
     constant: torch.Tensor
@@ -122,13 +123,16 @@ class FactoredKeys(NamedTuple):
         top-left rows and columns of the (height, width) token grid, (B, rows * cols, D)."""
         batch, num_rows, num_image = self.scale.shape[0], self.left.shape[1], self.scale.shape[2]
         scale, image_part, left = self.scale.view(batch, num_image, 1), weight.image_part, self.left
+        constant = weight.constant
         if region is not None:
             (height, width), (rows, cols) = grid, region
             scale = scale.view(batch, height, width, 1)[:, :rows, :cols]
             image_part = image_part.view(height, width, -1)[:rows, :cols]
+            if constant.dim() == 2:  # a per-token constant (N, D)
+                constant = constant.view(height, width, -1)[:rows, :cols]
             # whole rows are a view; a column range is copied (K x rows * cols, ~1 MB)
             left = left.view(batch, num_rows, height, width)[..., :rows, :cols].reshape(batch, num_rows, rows * cols)
-        out = torch.addcmul(weight.constant, image_part, scale).view(batch, left.shape[2], -1)
+        out = torch.addcmul(constant, image_part, scale).view(batch, left.shape[2], -1)
         return add_batched_product_(out, left.transpose(1, 2), self.right(weight))
 
 

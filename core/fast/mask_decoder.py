@@ -297,12 +297,22 @@ class FastMaskDecoder:
             first = torch.addmm(conv.bias, keys.reshape(-1, keys.shape[-1]), conv.weight)
         return self.upscale_masks(first, hyper_in, height, width), iou_pred
 
-    def upscale_masks(self, first: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def upscale_masks(
+        self,
+        first: torch.Tensor,
+        hyper_in: torch.Tensor,
+        height: int,
+        width: int,
+        second_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The rest of output_upscaling and the hypernetwork product, on channels-last pixels.
 
         first (B*H*W, 4*C1) the first transposed convolution of the image tokens, hyper_in
         (B, M, C/8) -> mask logits (B, M, 4H, 4W). Computed pixel by pixel, the normalisation runs
         over a contiguous axis and no feature map is ever transposed; only the final logits are.
+        second_bias (H*W*4, 4*C2), the same for every prompt, replaces the second convolution's
+        bias per pixel (SAM 2 adds its stride-4 features there; rows and columns ordered as the
+        convolution's output here, see fast/sam2_decoder.py).
         """
         conv1, norm, _, conv2, _ = self.decoder.output_upscaling
         batch, num_masks = hyper_in.shape[:2]
@@ -314,13 +324,15 @@ class FastMaskDecoder:
         # 8 MB per prompt at once) stay in a CPU's cache between the normalisation, convolution
         # and activations.
         for start in range(0, batch * pixels, pixels):
-            for piece in first[start : start + pixels].split(UPSCALE_ROWS):
+            for offset in range(0, pixels, UPSCALE_ROWS):
+                piece = first[start + offset : start + min(offset + UPSCALE_ROWS, pixels)]
+                bias = second.bias if second_bias is None else second_bias[4 * offset : 4 * (offset + len(piece))]
                 x = F.gelu(
                     F.layer_norm(
                         piece.reshape(-1, conv1.out_channels), (conv1.out_channels,), norm.weight, norm.bias, norm.eps
                     )
                 )
-                x = F.gelu(torch.addmm(second.bias, x, second.weight))  # (tokens * 4, 4 * C2), ordered (ei, ej, out)
+                x = F.gelu(torch.addmm(bias, x, second.weight))  # (tokens * 4, 4 * C2), ordered (ei, ej, out)
                 # x is indexed [i, j, di, dj, ei, ej, c]; contract c with each mask's hypernetwork vector
                 pieces.append(x.view(-1, conv2.out_channels) @ hyper_t[start // pixels].to(x.dtype))
         masks = torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # (B*H*W*16, M)

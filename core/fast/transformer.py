@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..modeling.common import MLPBlock
+from ..modeling.common import MLP, MLPBlock
 from ..modeling.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
 from .factored import (
     FactoredKeys,
@@ -266,17 +266,22 @@ def token_mlp(mlp: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """The block's MLP (an MLPBlock) on prompt tokens (B, T, C), each product split into two
     halves of the hidden width run as a batch of 2: for a few tokens MKL runs a single product
     on one core, but a batch on both (timings in benchmarks/RESULTS.md, "Design measurements").
-    The weights are read through strided views, never copied. Another kind of MLP runs as it is."""
-    if not isinstance(mlp, MLPBlock):
+    The weights are read through strided views, never copied. SAM 1's MLPBlock and SAM 2's
+    two-layer MLP (ReLU) are split; another kind of MLP runs as it is."""
+    if isinstance(mlp, MLPBlock):
+        lin1, lin2, act = mlp.lin1, mlp.lin2, mlp.act
+    elif isinstance(mlp, MLP) and len(mlp.layers) == 2:
+        (lin1, lin2), act = mlp.layers, torch.relu
+    else:
         return mlp(tokens)
-    hidden, width = mlp.lin1.weight.shape
+    hidden, width = lin1.weight.shape
     if tokens.device.type != "cpu" or hidden % 2 or torch.is_autocast_enabled("cpu"):
         return mlp(tokens)
     halves = tokens.reshape(1, -1, width).expand(2, -1, -1)
-    weight1 = mlp.lin1.weight.view(2, hidden // 2, width).transpose(1, 2)  # (2, C, H/2)
-    inner = mlp.act(torch.baddbmm(mlp.lin1.bias.view(2, 1, -1), halves, weight1))
-    weight2 = mlp.lin2.weight.t().reshape(2, hidden // 2, width)  # (2, H/2, C), a view
-    return (torch.bmm(inner, weight2).sum(0) + mlp.lin2.bias).view(tokens.shape)
+    weight1 = lin1.weight.view(2, hidden // 2, width).transpose(1, 2)  # (2, C, H/2)
+    inner = act(torch.baddbmm(lin1.bias.view(2, 1, -1), halves, weight1))
+    weight2 = lin2.weight.t().reshape(2, hidden // 2, width)  # (2, H/2, C), a view
+    return (torch.bmm(inner, weight2).sum(0) + lin2.bias).view(tokens.shape)
 
 
 def rows_times(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -72,3 +72,47 @@ def test_bench_onnx_miniature_run(tmp_path, mobile_sam_checkpoint, images_dir):
             values = re.search(name + r" IoU ([0-9./]+)", row).group(1).split("/")
             assert values and all(float(v) >= minimum for v in values), row
     assert re.search(r"embedding max abs diff [0-9.]+e-0[5-9]", rows[0]), rows[0]
+
+
+def test_bench_sam2_miniature_run(tmp_path, images_dir):
+    """bench_sam2.py --quick (Hiera-T, a 4x4 grid, a 512-px GIS raster with MobileSAM and SAM
+    2.1-T): every row is there, and its checks show samkit agreeing with the official sam2 (same
+    embedding, same click masks, same low-res logits, the same generator masks) and the reduced
+    precision's masks with fp32's."""
+    table = tmp_path / "sam2.md"
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "bench_sam2.py"), "--quick", "--image", str(images_dir / "dog.jpg"),
+        "--markdown", str(table),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_sam2_table(table.read_text())
+
+
+def check_sam2_table(text: str) -> None:
+    """The assertions on bench_sam2.py --quick's markdown."""
+    assert "Machine at start:" in text and "L3" in text and "avx" in text
+    rows = [line for line in text.splitlines() if line.startswith("| SAM 2.1-T") or line.startswith("| MobileSAM")]
+    stages = [(row.split(" | ")[0][2:], row.split(" | ")[1], row.split(" | ")[2]) for row in rows]
+    for precision in ("fp32", "bf16"):
+        assert ("SAM 2.1-T", "encoder (set_image)", precision) in stages, stages
+    embedding = next(r for r in rows if "| encoder (set_image) | fp32" in r)
+    found = re.search(r"embedding max abs diff ([0-9.e+-]+) \(max ([0-9.]+)\)", embedding)
+    diff, scale = float(found.group(1)), float(found.group(2))
+    assert diff <= 1e-5 * scale, embedding
+    low = next(r for r in rows if "| encoder (set_image) | bf16" in r)
+    assert float(re.search(r"IoU mean ([0-9.]+)", low).group(1)) >= 0.9, low
+    clicks = [r for r in rows if "one click, best mask" in r]
+    assert [r.split(" | ")[0][2:] for r in clicks] == ["SAM 2.1-T", "MobileSAM"], clicks
+    for row in clicks:
+        assert re.search(r"ours p50 [0-9.]+ ms, p90 [0-9.]+ ms", row), row
+        assert float(re.search(r"mask IoU vs official ([0-9.]+)", row).group(1)) >= 0.999, row
+    prompts = next(r for r in rows if "prompts (low-res)" in r)
+    assert float(re.search(r"([0-9.]+)% low-res pixels equal", prompts).group(1)) >= 99.99, prompts
+    generator = next(r for r in rows if "segment-everything 4x4" in r)
+    assert "same masks" in generator, generator
+    gis = [line.split(" | ") for line in text.splitlines() if re.match(r"\| (MobileSAM|SAM 2.1-T) \| 512x", line)]
+    assert [(cells[0][2:], cells[1]) for cells in gis] == [
+        ("MobileSAM", "512x512"), ("SAM 2.1-T", "512x512"), ("MobileSAM", "512x256")], gis
+    for cells in gis:  # megapixels per minute, peak RSS
+        assert float(cells[2]) > 0 and float(cells[5].split()[0]) > 0, cells

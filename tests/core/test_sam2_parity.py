@@ -178,14 +178,17 @@ def sam2_model(size: str):
 
 
 @pytest.fixture(scope="module", params=["tiny", "base_plus"])
-def image_pair(request, images_dir):
-    """(size, official predictor with the image set, our model, our image state, the image)."""
+def image_pair(request, images_dir, test_device):
+    """(size, official predictor with the image set, our model, our image state, the image), both
+    models on the test device (a copy of the cached official model when that is not the CPU)."""
     size = request.param
     image = np.asarray(Image.open(images_dir / "truck.jpg").convert("RGB"))
     official, _ = sam2_oracle.official_model(size)
+    if test_device.type != "cpu":
+        official = copy.deepcopy(official).to(test_device)
     predictor = sam2_oracle.image_predictor(official)
     predictor.set_image(image)
-    ours = sam2_model(size)
+    ours = sam2_model(size).to(test_device)
     return size, predictor, ours, ours.encode_image(image), image
 
 
@@ -204,28 +207,35 @@ def test_preprocessing_matches_official_transforms(image_pair):
     size, predictor, ours, state, image = image_pair
     with torch.inference_mode():
         pixels = ours.preprocess(torch.from_numpy(image.copy()).permute(2, 0, 1)).pixels
-    assert_close(pixels[0], predictor._transforms(image), what="preprocessed image")
+    assert_close(pixels[0].cpu(), predictor._transforms(image).cpu(), what="preprocessed image")
 
 
 def _ours_predict(ours, state, case, mask_input=None):
     """Our model on one official ``predict`` case, through the family interface: (logits at image
     size with torch, with OpenCV, IoU, clamped low-res, object score)."""
     kwargs = {}
+    device = ours.device
     with torch.inference_mode():
         if "point_coords" in case:
             coords = ours.to_input_frame(np.asarray(case["point_coords"]), state)
-            kwargs["point_coords"] = torch.from_numpy(coords)[None]
-            kwargs["point_labels"] = torch.tensor(case["point_labels"], dtype=torch.int32)[None]
+            kwargs["point_coords"] = torch.from_numpy(coords)[None].to(device)
+            kwargs["point_labels"] = torch.tensor(case["point_labels"], dtype=torch.int32, device=device)[None]
         if "box" in case:
             boxes = np.asarray(case["box"], dtype=np.float32).reshape(-1, 2, 2)
-            kwargs["boxes"] = torch.from_numpy(ours.to_input_frame(boxes, state)).reshape(-1, 4)
+            kwargs["boxes"] = torch.from_numpy(ours.to_input_frame(boxes, state)).reshape(-1, 4).to(device)
         if mask_input is not None:
-            kwargs["mask_input"] = torch.as_tensor(mask_input, dtype=torch.float32).reshape(1, 1, 256, 256)
+            mask = torch.as_tensor(mask_input, dtype=torch.float32, device=device)
+            kwargs["mask_input"] = mask.reshape(1, 1, 256, 256)
         pred = ours.decode_prompts(state, multimask_output=case["multimask_output"], **kwargs)
-        low, iou = ours.decode(state, multimask_output=case["multimask_output"], **kwargs)
+        low, iou = ours.decode(state, multimask_output=case["multimask_output"], reference=True, **kwargs)
         assert torch.equal(low, pred.masks) and torch.equal(iou, pred.iou_predictions)
-        logits = ours.postprocess_masks(pred.masks, state.input_size, state.original_size)
-        with_cv2 = np.stack([ours.upscale_logits(m, state) for m in pred.masks.flatten(0, 1).numpy()])
+        # the fast engine (what decode runs by default) on the same prompts: float32 rounding
+        fast_low, fast_iou = ours.decode(state, multimask_output=case["multimask_output"], **kwargs)
+        assert_close(fast_low, pred.masks, what="fast decoder logits")
+        assert float((fast_iou - pred.iou_predictions).abs().max()) <= IOU_TOL
+        logits = ours.postprocess_masks(pred.masks, state.input_size, state.original_size).cpu()
+        with_cv2 = np.stack([ours.upscale_logits(m, state) for m in pred.masks.flatten(0, 1).cpu().numpy()])
+        pred = type(pred)(*(t.cpu() for t in pred))
         return logits, with_cv2, pred.iou_predictions, ours.clamp_low_res(pred.masks), pred.object_score_logits
 
 
@@ -239,7 +249,7 @@ def _predict_with_object_scores(predictor, **kwargs):
     finally:
         hook.remove()
     assert len(caught) == 1
-    return result, caught[0]
+    return result, caught[0].cpu()
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -276,16 +286,17 @@ def test_best_only_and_region(image_pair):
     """The predictor's options on the family interface: best_only keeps the mask of highest IoU,
     region the top-left part of the logits."""
     size, predictor, ours, state, image = image_pair
-    coords = torch.from_numpy(ours.to_input_frame(np.array([[[500, 375]], [[1125, 625]]]), state))
-    labels = torch.ones(2, 1, dtype=torch.int32)
-    with torch.inference_mode():
-        low, iou = ours.decode(state, coords, labels)
-        best_low, best_iou = ours.decode(state, coords, labels, best_only=True)
-        part, _ = ours.decode(state, coords, labels, region=(10, 20))
-    best = iou.argmax(1)
-    assert torch.equal(best_iou[:, 0], iou[torch.arange(2), best])
-    assert torch.equal(best_low[:, 0], low[torch.arange(2), best])
-    assert torch.equal(part, low[..., :40, :80])
+    coords = torch.from_numpy(ours.to_input_frame(np.array([[[500, 375]], [[1125, 625]]]), state)).to(ours.device)
+    labels = torch.ones(2, 1, dtype=torch.int32, device=ours.device)
+    for reference in (True, False):  # the plain modules, and the fast engine (to float32 rounding)
+        with torch.inference_mode():
+            low, iou = ours.decode(state, coords, labels, reference=reference)
+            best_low, best_iou = ours.decode(state, coords, labels, best_only=True, reference=reference)
+            part, _ = ours.decode(state, coords, labels, region=(10, 20), reference=reference)
+        best = iou.argmax(1)
+        assert torch.equal(best_iou[:, 0], iou[torch.arange(2), best])
+        assert_close(best_low[:, 0], low[torch.arange(2), best], what="best mask")
+        assert_close(part, low[..., :40, :80], what="region")
     assert ours.mask_region(state) == (64, 64)
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...build import load_weights
+from ...fast.sam2_decoder import Sam2DecoderEngine
 from ...image_state import ImageState
 from ..backbones.sam2_encoder import Sam2ImageEncoder, build_sam2_image_encoder
 from ..common import MLP
@@ -234,7 +235,26 @@ class Sam2(nn.Module):
         return ImageState(features, model_input.original_size, model_input.input_size, high_res)
 
     def prepare_decoder(self, state: ImageState) -> None:
-        """Nothing to prepare: the plain decoder shares no image-only work between calls."""
+        """Do the mask decoder's image-only work for prompts without a mask input now (the fast
+        engine keeps it for that image), so that the first prompt on an image is as fast as the
+        next."""
+        engine = self.decoder_engine()
+        if engine is None:
+            return
+        with torch.inference_mode(), self.autocast():
+            _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
+            engine.mask_decoder.prepare_image(state.features, engine.dense_pe(), dense, tuple(state.high_res_features))
+
+    def decoder_engine(self) -> Sam2DecoderEngine | None:
+        """The fast engine over this model's prompt encoder and mask decoder, made on first use
+        and again whenever either module is replaced; None when they are not SAM 2's plain
+        modules: decode then runs them as they are."""
+        engine = self.__dict__.get("_decoder_engine")
+        if engine is None or not engine.serves(self.prompt_encoder, self.mask_decoder):
+            engine = Sam2DecoderEngine.for_modules(self.prompt_encoder, self.mask_decoder)
+            # a plain attribute, not a submodule: the engine has no weights of its own
+            self.__dict__["_decoder_engine"] = engine
+        return engine
 
     def to_input_frame(self, coords: np.ndarray, state: ImageState) -> np.ndarray:
         """XY pixel coordinates (..., 2) in the image -> the 1024 frame (float32, as the official)."""
@@ -251,12 +271,25 @@ class Sam2(nn.Module):
         multimask_output: bool = True,
         best_only: bool = False,
         region: tuple[int, int] | None = None,
-        reference: bool = True,
+        reference: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``decode_prompts`` as the predictor calls it: float32 low-res logits (B, C, 256, 256),
         not clamped, and IoU predictions (B, C). best_only keeps the mask of highest predicted IoU
         (C = 1); region (rows, cols) of image tokens keeps the top-left (4 * rows, 4 * cols) of
-        the logits. reference: SAM 2 has no fast decoder yet, its plain modules always run."""
+        the logits. Runs the fast engine (samkit.fast.sam2_decoder), which computes only what is
+        returned; reference: the plain modules (differentiable, no kept state) instead, with
+        best_only and region picked from their full output."""
+        engine = None if reference else self.decoder_engine()
+        single_image = state.features.shape[0] == 1 and all(f.shape[0] == 1 for f in state.high_res_features)
+        if engine is not None and single_image:
+            points = self.prompt_points(point_coords, point_labels, boxes)
+            with self.autocast():
+                sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
+                masks, iou = engine.mask_decoder(
+                    state.features, engine.dense_pe(), sparse, dense, tuple(state.high_res_features),
+                    multimask_output, best_only=best_only, region=region,
+                )
+            return masks.float(), iou.float()
         prediction = self.decode_prompts(state, point_coords, point_labels, boxes, mask_input, multimask_output)
         masks, iou = prediction.masks, prediction.iou_predictions
         if best_only:
