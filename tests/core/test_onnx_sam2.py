@@ -327,3 +327,32 @@ def test_runs_without_torch(export_dir, model, images_dir, tmp_path):
     predictor.set_image(images_dir / "dog.jpg")
     expected = predictor.predict(point_coords=np.array([[300, 250]]), point_labels=np.array([1]))
     assert_same((out["masks"], out["scores"], out["low_res"]), expected, "without torch")
+
+
+def test_fiftyone_app_option_refuses_what_the_app_cannot_run(mobile_sam, model, tmp_path):
+    """fiftyone_app needs a SAM 2 model, both parts and the default decoder; refused before anything
+    is exported or written."""
+    from samkit.errors import SamkitError
+
+    cases = [
+        (mobile_sam, {}, "runs SAM 2"),
+        (model, {"parts": ("decoder",)}, "both the encoder and the decoder"),
+        (model, {"single_mask": True}, "default decoder"),
+        (model, {"dynamic_points": False}, "default decoder"),
+    ]
+    for index, (which, kwargs, message) in enumerate(cases):
+        out = tmp_path / f"app{index}"
+        with pytest.raises(SamkitError, match=message):
+            samkit.export(which, out, fiftyone_app=True, **kwargs)
+        assert not out.exists() and not list(tmp_path.glob(f".app{index}*"))
+
+
+def test_cli_has_the_fiftyone_app_flag():
+    import argparse
+
+    from samkit.export.cli import add_commands
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["export", "sam2.1_hiera_tiny", "-o", "out", "--fiftyone-app"])
+    assert args.fiftyone_app is True and args.model == "sam2.1_hiera_tiny"
