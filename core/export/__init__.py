@@ -36,6 +36,7 @@ def export(
     single_mask: bool = False,
     overwrite: bool = False,
     num_points: int = 2,
+    fiftyone_app: bool = False,
 ) -> "ExportResult":
     """Export `model` into the folder `output_dir`; see `samkit.export.exporter.export_model`.
 
@@ -44,14 +45,17 @@ def export(
     all of the family's). quantize: also write an int8 (dynamic, onnxruntime) copy of the decoder.
     dynamic_points=False fixes the decoder's point count at `num_points`. single_mask: the decoder
     returns one mask chosen as the official export does, else all of the model's mask outputs.
-    overwrite: replace an existing folder (refused otherwise). The folder is written completely
-    or not at all. Returns an ExportResult (folder, files, the model.json metadata).
+    overwrite: replace an existing folder (refused otherwise). fiftyone_app (SAM 2 / 2.1): also
+    write the encoder as `encoder.with_runtime_opt.ort`, so that the folder holds the two files
+    the FiftyOne App's in-browser SAM 2 downloads from FIFTYONE_MODEL_WEIGHTS_BASE_SAM2. The folder
+    is written completely or not at all. Returns an ExportResult (folder, files, the model.json metadata).
     """
     from .exporter import export_model
 
     return export_model(
         model, output_dir, format=format, parts=parts, opset=opset, quantize=quantize,
         dynamic_points=dynamic_points, single_mask=single_mask, overwrite=overwrite, num_points=num_points,
+        fiftyone_app=fiftyone_app,
     )
 
 

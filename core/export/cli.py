@@ -16,9 +16,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="export a model (or a fine-tuned checkpoint) to ONNX: encoder, decoder and model.json",
         description="Export a SAM-family model to ONNX files in a new folder, with a model.json that describes "
-        "them. The decoder has the official segment-anything ONNX inputs and outputs.",
+        "them. SAM 1's decoder has the official segment-anything ONNX inputs and outputs; SAM 2's those of "
+        "samexporter and the FiftyOne App.",
     )
-    p.add_argument("model", help="model name (mobile_sam, vit_b, vit_l, vit_h) or a checkpoint file")
+    p.add_argument("model", help="model name (e.g. mobile_sam, vit_b; see `samkit models`) or a checkpoint file")
     p.add_argument("--output", "-o", required=True, help="folder to create (refused if it exists, see --overwrite)")
     p.add_argument("--format", default="onnx", help="export format (onnx)")
     p.add_argument("--parts", default=None, help="comma-separated graphs to export (default: encoder,decoder)")
@@ -31,6 +32,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--static-points", type=int, default=None, metavar="N",
         help="fix the decoder's point count at N (padding point and box corners included); default: any count",
+    )
+    p.add_argument(
+        "--fiftyone-app", action="store_true",
+        help="SAM 2: also write encoder.with_runtime_opt.ort, so that the folder can be the FiftyOne App's "
+        "FIFTYONE_MODEL_WEIGHTS_BASE_SAM2",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run_export)
@@ -50,6 +56,7 @@ def run_export(args: argparse.Namespace) -> int:
         num_points=args.static_points if args.static_points is not None else 2,
         single_mask=args.single_mask,
         overwrite=args.overwrite,
+        fiftyone_app=args.fiftyone_app,
     )
     for part, path in result.files.items():
         size = sum(p.stat().st_size for p in Path(path).parent.glob(Path(path).name + "*"))

@@ -58,6 +58,8 @@ class FamilyExport(Protocol):
     parts: tuple[str, ...]
     quantizable: tuple[str, ...]
 
+    def accepts(self, model: Any) -> bool: ...
+
     def graph(self, model: Any, part: str, options: ExportOptions) -> Graph: ...
 
     def metadata(self, model: Any, options: ExportOptions) -> dict[str, Any]: ...
@@ -74,18 +76,24 @@ class ExportResult:
 
 
 def families() -> dict[str, FamilyExport]:
-    """Exporters by registry family name (registry.Family.name)."""
+    """Exporters by family name (registry.Family.name for the registry's families)."""
     from .sam1 import SAM1
+    from .sam2 import SAM2
 
-    return {SAM1.name: SAM1}
+    return {SAM1.name: SAM1, SAM2.name: SAM2}
 
 
 def family_of(model: Any) -> FamilyExport:
-    """The exporter of a model's family, by the registry record of its `arch`."""
+    """The exporter of a model's family: the one that accepts the model's class (a model built in
+    memory, e.g. modeling.sam2.build_sam2, need not be in the registry), else by the registry record
+    of its `arch`."""
     from ..registry import MODELS
 
-    spec = MODELS.get(getattr(model, "arch", None))
     exporters = families()
+    for exporter in exporters.values():
+        if exporter.accepts(model):
+            return exporter
+    spec = MODELS.get(getattr(model, "arch", None))
     if spec is None or spec.family.name not in exporters:
         exportable = [name for name, s in MODELS.items() if s.family.name in exporters]
         what = f"{spec.title} ({spec.family.title})" if spec is not None else repr(getattr(model, "arch", None))
@@ -104,10 +112,12 @@ def export_model(
     single_mask: bool = False,
     overwrite: bool = False,
     num_points: int = 2,
+    fiftyone_app: bool = False,
 ) -> ExportResult:
     """Export `model` (a samkit model, or a name / checkpoint path for samkit.load_model) into the
     folder `output_dir`: one `<part>.onnx` per part, `decoder.quant.onnx` with quantize, and
-    `model.json`. See samkit.export for the options."""
+    `model.json`; with fiftyone_app (SAM 2 only) also the encoder in ORT format under the name the
+    FiftyOne App downloads (sam2.FIFTYONE_APP_FILES). See samkit.export for the options."""
     if str(format).lower() not in FORMATS:
         raise SamkitError(f"unknown export format {format!r}; samkit exports: {', '.join(FORMATS)}")
     output_dir = Path(output_dir).expanduser()
@@ -123,7 +133,7 @@ def export_model(
         raise SamkitError(f"opset {opset!r} is not supported: use 18 or later (or leave it unset for 18)")
     if not dynamic_points and num_points < 1:
         raise SamkitError(f"num_points must be at least 1 for a fixed point count, got {num_points}")
-    _require_onnx_packages(quantize)
+    _require_onnx_packages(quantize, fiftyone_app)
 
     if isinstance(model, (str, os.PathLike)):
         from ..build import load_model
@@ -143,6 +153,8 @@ def export_model(
     if quantize and not any(p in family.quantizable for p in wanted):
         raise SamkitError(f"quantize applies to the {', '.join(family.quantizable)}, which is not being exported")
     options = ExportOptions(dynamic_points=dynamic_points, num_points=num_points, single_mask=single_mask)
+    if fiftyone_app:
+        _check_fiftyone_app(family, wanted, options)
 
     import torch
 
@@ -165,6 +177,14 @@ def export_model(
                 _quantize(path, quantized)
                 files[f"{part}_quantized"] = quantized.name
                 described[part]["quantized_file"] = quantized.name
+        app: dict[str, Any] = {}
+        if fiftyone_app:
+            from .sam2 import fiftyone_app_description, write_ort_encoder
+
+            with _quiet_exporter():
+                files["encoder_ort"] = write_ort_encoder(tmp / files["encoder"], tmp)
+            described["encoder"]["ort_file"] = files["encoder_ort"]
+            app = {"fiftyone_app": fiftyone_app_description()}
         metadata = {
             "format": "onnx",
             "metadata_version": METADATA_VERSION,
@@ -174,6 +194,7 @@ def export_model(
             "source": _source(model, source_name),
             "samkit_version": _samkit_version(),
             "exporter": f"torch.onnx dynamo exporter, torch {torch.__version__}",
+            **app,
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return ExportResult(output_dir, {k: output_dir / v for k, v in files.items()}, metadata)
@@ -191,9 +212,21 @@ def _atomic_directory(path: Path, overwrite: bool) -> Iterator[Path]:
         raise
 
 
-def _require_onnx_packages(quantize: bool) -> None:
+def _check_fiftyone_app(family: FamilyExport, parts: tuple[str, ...], options: ExportOptions) -> None:
+    """The FiftyOne App runs SAM 2's encoder and its default decoder (three masks, any point count)."""
+    if family.name != "sam2":
+        raise SamkitError(
+            f"fiftyone_app: the FiftyOne App's in-browser segmentation runs SAM 2 / 2.1 exports, not {family.name!r}"
+        )
+    if set(parts) != {"encoder", "decoder"}:
+        raise SamkitError("fiftyone_app: the App downloads both the encoder and the decoder; export both parts")
+    if options.single_mask or not options.dynamic_points:
+        raise SamkitError("fiftyone_app: the App's worker needs the default decoder (three masks, any point count)")
+
+
+def _require_onnx_packages(quantize: bool, fiftyone_app: bool = False) -> None:
     missing = []
-    for module in ("onnx", "onnxscript") + (("onnxruntime",) if quantize else ()):
+    for module in ("onnx", "onnxscript") + (("onnxruntime",) if quantize or fiftyone_app else ()):
         try:
             __import__(module)
         except ImportError:

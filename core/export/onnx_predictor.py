@@ -2,10 +2,17 @@
 
 Only numpy, Pillow, OpenCV and onnxruntime are used (nothing on this module's import path imports
 torch), so a deployment can run an exported (fine-tuned) model with `pip install onnxruntime` and
-samkit's light dependencies. Images are preprocessed as samkit does (transforms.resize_longest_side:
-Pillow's bilinear resize of the longest side, then the model.json normalisation and zero padding),
-and masks are upscaled from the decoder's low-res logits as samkit.Predictor does on a CPU
-(transforms.upscale_logits), so the outputs match Predictor's on the same weights.
+samkit's light dependencies. Images are preprocessed as samkit does and masks are upscaled from the
+decoder's low-res logits as samkit.Predictor does on a CPU, per family, so the outputs match
+Predictor's on the same weights:
+
+* SAM 1 family ("sam"): transforms.resize_longest_side (Pillow's bilinear resize of the longest
+  side), the model.json normalisation and zero padding; masks by transforms.upscale_logits (crop).
+* SAM 2 ("sam2"): the image divided by 255 and resized to the square input with Pillow's bilinear
+  filter on float ("F") channels, which is torch's antialiased bilinear resize to float32
+  rounding; ImageNet normalisation; masks resized straight to the image (OpenCV bilinear), and
+  the single-mask choice (stability of the single-mask output, else the best multimask output) is
+  made here from the decoder's all_masks, as Sam2MaskDecoder.select_stable_single_mask makes it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from ..errors import PromptError, SamkitError
 from ..utils.image_io import ImageLike, load_image
@@ -26,6 +35,12 @@ from ..utils.prompts import check_boxes, check_mask_input, check_points
 from ..utils.transforms import resize_longest_side, scale_boxes, scale_coords, upscale_logits
 
 METADATA_FILE = "model.json"  # as exporter.METADATA_FILE (that module imports torch)
+FAMILIES = ("sam", "sam2")
+# SAM 2's encoder outputs and its decoder's single-mask choice (export/sam2.py and
+# modeling/sam2/mask_decoder.py, which import torch; the values are the official ones)
+SAM2_ENCODER_OUTPUTS = ("high_res_feats_0", "high_res_feats_1", "image_embed")
+SAM2_STABILITY_DELTA = 0.05
+SAM2_STABILITY_THRESH = 0.98
 
 
 @dataclass(frozen=True)
@@ -63,16 +78,17 @@ class OnnxPredictor:
         self.model_dir = Path(model_dir).expanduser()
         self.metadata = read_metadata(self.model_dir)
         meta = self.metadata
-        if meta.get("family") != "sam":
+        self.family = meta.get("family")
+        if self.family not in FAMILIES:
             raise SamkitError(
-                f"{self.model_dir}: OnnxPredictor runs SAM 1 family exports (vit_b/l/h, mobile_sam); "
-                f"this folder holds a {meta.get('family')!r} model"
+                f"{self.model_dir}: OnnxPredictor runs SAM 1 family (vit_b/l/h, mobile_sam) and SAM 2 exports; "
+                f"this folder holds a {self.family!r} model"
             )
         parts = meta.get("parts", {})
         decoder = parts.get("decoder")
         if decoder is None:
             raise SamkitError(f"{self.model_dir} holds no decoder; export it with parts including 'decoder'")
-        if decoder.get("single_mask"):
+        if decoder.get("single_mask") and self.family == "sam":
             raise SamkitError(
                 f"{self.model_dir}: the decoder was exported with single_mask, OnnxPredictor needs all mask "
                 "outputs (export again without --single-mask)"
@@ -141,6 +157,8 @@ class OnnxPredictor:
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """HxWx3 uint8 -> the encoder's input (1, 3, S, S) float32 and the resized (h, w)."""
+        if self.family == "sam2":
+            return self._preprocess_square(image)
         resized = resize_longest_side(image, self.image_size)
         height, width = resized.shape[:2]
         size = self.image_size
@@ -148,6 +166,17 @@ class OnnxPredictor:
         normalised = (resized.astype(np.float32) - self.pixel_mean) / self.pixel_std
         tensor[0, :, :height, :width] = normalised.transpose(2, 0, 1)
         return tensor, (height, width)
+
+    def _preprocess_square(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """SAM 2: 0..1 values, resized to S x S (aspect ratio not kept), normalised."""
+        size = self.image_size
+        tensor = np.empty((1, 3, size, size), dtype=np.float32)
+        for channel in range(3):
+            values = image[..., channel].astype(np.float32) / np.float32(255)
+            if values.shape != (size, size):
+                values = np.asarray(Image.fromarray(values, mode="F").resize((size, size), Image.BILINEAR))
+            tensor[0, channel] = (values - self.pixel_mean[channel]) / self.pixel_std[channel]
+        return tensor, (size, size)
 
     def compute_image_state(self, image: np.ndarray) -> OnnxImageState:
         """Run the exported encoder on an HxWx3 uint8 image (no cache)."""
@@ -157,9 +186,14 @@ class OnnxPredictor:
                 "embedding with set_image_state"
             )
         tensor, input_size = self.preprocess(image)
+        original_size = (image.shape[0], image.shape[1])
+        if self.family == "sam2":
+            high_res_0, high_res_1, features = self.encoder.run(list(SAM2_ENCODER_OUTPUTS), {"image": tensor})
+            self.encoder_calls += 1
+            return OnnxImageState(features, original_size, input_size, (high_res_0, high_res_1))
         (features,) = self.encoder.run(["image_embeddings"], {"image": tensor})
         self.encoder_calls += 1
-        return OnnxImageState(features, (image.shape[0], image.shape[1]), input_size)
+        return OnnxImageState(features, original_size, input_size)
 
     @property
     def current_state(self) -> OnnxImageState | None:
@@ -266,6 +300,8 @@ class OnnxPredictor:
         point_labels (N,), box (4,), mask_input (1, 256, 256) -> low-res logits (M, 256, 256) and
         scores (M,) of all M mask outputs (SAM's single-mask output first)."""
         state = self._require_state()
+        if self.family == "sam2":
+            return self._decode_low_res_sam2(state, point_coords, point_labels, box, mask_input)
         coords = [np.zeros((0, 2), dtype=np.float32)]
         labels = [np.zeros((0,), dtype=np.float32)]
         if point_coords is not None:
@@ -296,13 +332,77 @@ class OnnxPredictor:
         scores, low_res = self.decoder.run(["iou_predictions", "low_res_masks"], feeds)
         return low_res[0], scores[0]
 
+    def _decode_low_res_sam2(self, state, point_coords, point_labels, box, mask_input):
+        """SAM 2's decoder: the box's corners (labels 2, 3) in front of the points, no padding point
+        (the graph appends it); all four masks (all_masks, unclamped) and scores."""
+        if len(state.high_res_features) != 2:
+            raise SamkitError("this image state has no high-res features: it was not made by a SAM 2 encoder")
+        coords = [np.zeros((0, 2), dtype=np.float32)]
+        labels = [np.zeros((0,), dtype=np.float32)]
+        if box is not None:
+            coords.append(np.asarray(box, dtype=np.float32).reshape(2, 2))
+            labels.append(np.array([2, 3], dtype=np.float32))
+        if point_coords is not None:
+            coords.append(np.asarray(point_coords, dtype=np.float32).reshape(-1, 2))
+            labels.append(np.asarray(point_labels, dtype=np.float32).reshape(-1))
+        has_mask = mask_input is not None
+        feeds = {
+            "image_embed": state.features,
+            "high_res_feats_0": state.high_res_features[0],
+            "high_res_feats_1": state.high_res_features[1],
+            "point_coords": np.concatenate(coords)[None],
+            "point_labels": np.concatenate(labels)[None],
+            "mask_input": (
+                np.asarray(mask_input, dtype=np.float32).reshape(1, 1, *self.low_res_size)
+                if has_mask else np.zeros((1, 1, *self.low_res_size), dtype=np.float32)
+            ),
+            "has_mask_input": np.array([1.0 if has_mask else 0.0], dtype=np.float32),
+        }
+        low_res, scores = self.decoder.run(["all_masks", "all_iou_predictions"], feeds)
+        return low_res[0], scores[0]
+
+    def _to_input_frame(self, coords, box, original_size):
+        """Prompts in image pixels -> the model's input frame."""
+        size = self.image_size
+        if self.family == "sam2":
+            # as Sam2.transform_coords: divided by (w, h), then times the size, in float32
+            scale = np.array([original_size[1], original_size[0]], dtype=np.float32)
+            frame_coords = None if coords is None else np.asarray(coords, dtype=np.float32) / scale * np.float32(size)
+            frame_box = None if box is None else (
+                (np.asarray(box, dtype=np.float32).reshape(2, 2) / scale * np.float32(size)).reshape(4)
+            )
+            return frame_coords, frame_box
+        frame_coords = None if coords is None else scale_coords(coords, original_size, size)
+        frame_box = None if box is None else scale_boxes(box, original_size, size)
+        return frame_coords, frame_box
+
+    def _single_mask(self, low_res: np.ndarray, scores: np.ndarray) -> slice:
+        """Which of the M outputs is the single mask: SAM 1's single-mask token; SAM 2's if it is
+        stable, else the multimask output of highest predicted IoU."""
+        if self.family != "sam2":
+            return slice(0, 1)
+        flat = low_res[0].reshape(-1)
+        outer = np.count_nonzero(flat > -SAM2_STABILITY_DELTA)
+        # float32 division and threshold, as torch compares a float32 tensor with a Python float
+        inner = np.float32(np.count_nonzero(flat > SAM2_STABILITY_DELTA))
+        stability = inner / np.float32(outer) if outer else np.float32(1.0)
+        if stability >= np.float32(SAM2_STABILITY_THRESH):
+            return slice(0, 1)
+        best = int(np.argmax(scores[1:])) + 1
+        return slice(best, best + 1)
+
+    def _upscale(self, low_res: np.ndarray, state: OnnxImageState, out: np.ndarray) -> None:
+        if self.family == "sam2":  # the image fills the square input: one resize, no crop
+            height, width = state.original_size
+            cv2.resize(low_res, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
+            return
+        upscale_logits(low_res, state.input_size, state.original_size, self.mask_scale, out=out)
+
     def _decode(self, state, coords, labels, box, mask_input, multimask_output, return_logits, best_only,
                 return_low_res):
-        size = self.image_size
-        frame_coords = None if coords is None else scale_coords(coords, state.original_size, size)
-        frame_box = None if box is None else scale_boxes(box, state.original_size, size)
+        frame_coords, frame_box = self._to_input_frame(coords, box, state.original_size)
         low_res, scores = self.decode_low_res(frame_coords, labels, frame_box, mask_input)
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        chosen = slice(1, None) if multimask_output else self._single_mask(low_res, scores)
         low_res, scores = low_res[chosen], scores[chosen]
         if best_only:
             best = int(np.argmax(scores))
@@ -312,7 +412,7 @@ class OnnxPredictor:
         logits = None if return_logits else np.empty((height, width), dtype=np.float32)
         for i in range(len(scores)):
             target = masks[i] if return_logits else logits
-            upscale_logits(low_res[i], state.input_size, state.original_size, self.mask_scale, out=target)
+            self._upscale(low_res[i], state, target)
             if not return_logits:
                 np.greater(logits, self.mask_threshold, out=masks[i])
         return masks, scores.astype(np.float32), (np.ascontiguousarray(low_res) if return_low_res else None)

@@ -184,6 +184,11 @@ class Sam1Export:
     parts = ("encoder", "decoder")
     quantizable = ("decoder",)
 
+    def accepts(self, model: object) -> bool:
+        from ..modeling.sam import Sam
+
+        return isinstance(model, Sam)
+
     def graph(self, model: nn.Module, part: str, options: "ExportOptions") -> "Graph":
         from .exporter import Graph
 

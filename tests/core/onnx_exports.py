@@ -8,12 +8,18 @@
 * ``official_decoder_export(single_mask)``: the official package's own SamOnnxModel on the same
   ViT-B weights, exported as its scripts/export_onnx_model.py does (TorchScript exporter, opset 17,
   the point count dynamic, the example image 1500 x 2250).
+* ``sam2_tiny_model()`` / ``sam2_tiny_export(single_mask)``: SAM 2.1 tiny built with samkit's
+  ``build_sam2("tiny")``, its weights seeded and perturbed (oracle.perturb_) with the hypernetwork
+  outputs scaled as sam2_oracle does (logits of a trained-like spread, so that few pixels sit at
+  the 0 threshold); its encoder, decoder and int8 decoder exported from the model object (or the
+  decoder alone with single_mask).
 * ``feeds(...)``: the official decoder's inputs built as the official notebook builds them
   (segment_anything's ResizeLongestSide, a (0, 0) point labelled -1 when there is no box).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 from pathlib import Path
@@ -52,6 +58,54 @@ def _vit_b_export(single_mask: bool) -> Path:
 def vit_b_model() -> samkit.Sam:
     _, checkpoint = oracle.official_vit_b()
     return samkit.load_model(checkpoint, device="cpu")
+
+
+SAM2_SEED = 20241201
+SAM2_LOGIT_GAIN = 20.0  # as sam2_oracle.LOGIT_GAIN
+
+
+SAM2_STABLE_GAIN = 50.0
+
+
+@functools.lru_cache(maxsize=None)
+def sam2_tiny_model(stable_single: bool = False):
+    """stable_single: a copy whose single-mask output is scaled up (SAM2_STABLE_GAIN), so that its
+    stability score passes SAM 2's threshold and single-mask prediction keeps it; with the plain
+    seeded weights it never does, and the best multimask output is chosen instead."""
+    from samkit.modeling.sam2.model import build_sam2
+
+    if stable_single:
+        model = copy.deepcopy(sam2_tiny_model())
+        with torch.no_grad():
+            layer = model.mask_decoder.output_hypernetworks_mlps[0].layers[-1]
+            layer.weight.mul_(SAM2_STABLE_GAIN)
+            layer.bias.mul_(SAM2_STABLE_GAIN)
+        return model.eval()
+    torch.manual_seed(SAM2_SEED)
+    model = build_sam2("tiny")
+    oracle.perturb_(model, SAM2_SEED + 1)
+    with torch.no_grad():
+        for mlp in model.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(SAM2_LOGIT_GAIN)
+            mlp.layers[-1].bias.mul_(SAM2_LOGIT_GAIN)
+    return model.eval()
+
+
+def sam2_tiny_export(single_mask: bool = False, stable_single: bool = False) -> Path:
+    """The full export (encoder, decoder, int8 decoder), or with single_mask the decoder alone
+    (of the stable_single model if asked)."""
+    return _sam2_tiny_export(bool(single_mask), bool(stable_single))
+
+
+@functools.lru_cache(maxsize=None)
+def _sam2_tiny_export(single_mask: bool, stable_single: bool) -> Path:
+    kind = ("stable_single" if stable_single else "single") if single_mask else "all"
+    out = oracle._tmpdir() / f"sam2.1_tiny_onnx_{kind}"
+    if single_mask:
+        samkit.export(sam2_tiny_model(stable_single), out, parts=("decoder",), single_mask=True)
+    else:
+        samkit.export(sam2_tiny_model(), out, quantize=True)
+    return out
 
 
 @functools.lru_cache(maxsize=None)
