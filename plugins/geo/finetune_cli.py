@@ -33,7 +33,6 @@ def add_command(sub, common_raster, model_options) -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION)
     t.add_argument("--patience", type=int)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     t.add_argument("--embeddings", help="keep the tiles' embeddings here for later runs")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output")
