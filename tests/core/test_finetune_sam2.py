@@ -14,9 +14,10 @@
 - The SAM 2 frames: prompts stretched with the image to 1024 x 1024, targets on the 256 x 256
   grid of the stretched image.
 - End to end: `samkit.finetune` on a seeded SAM 2.1 tiny (build_sam2, saved in the official
-  `{"model": ...}` format) for a few steps on small images: the checkpoint has exactly the base
-  file's keys, only trained decoder weights changed (conv_s0 / conv_s1 stay: they are part of the
-  cached image side), and it loads into the official sam2 model (strict) and into samkit's Sam2.
+  `{"model": ...}` format) for a few steps on small images, its progress bar showing the epoch's
+  steps, loss and validation mIoU: the checkpoint has exactly the base file's keys, only trained
+  decoder weights changed (conv_s0 / conv_s1 stay: they are part of the cached image side), and
+  it loads into the official sam2 model (strict) and into samkit's Sam2.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ def test_sam2_frames_stretch_with_the_image(ours):
     assert family.logits_to_image(logits, state).shape == (1, 200, 800)
 
 
-def test_sam2_finetune_run_writes_an_official_checkpoint(official, tmp_path):
+def test_sam2_finetune_run_writes_an_official_checkpoint(official, tmp_path, capfd):
     """A few steps of samkit.finetune on a seeded SAM 2.1 tiny whose base file is an official
     `{"model": ...}` checkpoint (video weights included): the tuned file has the same keys, only
     trained decoder weights changed, and the official loader (sam2's build_sam2 with ckpt_path,
@@ -276,9 +277,15 @@ def test_sam2_finetune_run_writes_an_official_checkpoint(official, tmp_path):
                                                      (96, 128)))
     output = tmp_path / "tuned.pt"
     result = samkit.finetune(model, records[:2], output, val=records[2:], epochs=1, batch_size=2,
-                             prompt_iterations=2, lr=1e-3, progress=False, seed=3)
+                             prompt_iterations=2, lr=1e-3, progress=True, seed=3)
     assert result.checkpoint == output and len(result.history) == 2
     assert result.history[1]["loss"] is not None and result.history[0]["miou_box"] is not None
+    # the progress bar: each epoch's steps with the running loss, then its validation scores
+    captured = capfd.readouterr()
+    shown = captured.out + captured.err
+    assert "before training: mIoU box" in shown and "epoch 1/1" in shown and "2/2" in shown
+    assert "loss=" in shown and "miou_box=" in shown and "miou_point=" in shown
+    assert f"kept epoch {result.best_epoch}" in shown
     base_sd = torch.load(base, map_location="cpu", weights_only=True)["model"]
     tuned = torch.load(output, map_location="cpu", weights_only=True)
     assert set(tuned) == {"model"} and list(tuned["model"]) == list(base_sd)
