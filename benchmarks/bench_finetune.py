@@ -230,7 +230,7 @@ print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 def memory_rows(masks: int, work: Path):
     rows = []
     peaks = {}
-    for count in (max(masks // 10, 20), masks):
+    for count in (max(masks // 10, 40), masks):  # 40: two images, so that a validation image is split off
         script = MEMORY_CHILD.format(tests=str(REPO / "tests" / "core"), masks=count,
                                      mosaic=str(GEO / finetune_data.MOSAIC), checkpoint=str(MOBILE_SAM),
                                      output=str(work / f"memory-{count}.pt"))
@@ -277,11 +277,11 @@ def main(argv=None):
     ap.add_argument("--train-images", type=int, default=12, help="Kampala chips to train on (of 16)")
     ap.add_argument("--memory-masks", type=int, default=1000)
     ap.add_argument("--skip", nargs="*", default=[], choices=["step", "sam2", "epoch", "memory"])
-    ap.add_argument("--quick", action="store_true", help="2 objects, 1 repeat, 1 epoch on 2 chips, 40 masks")
+    ap.add_argument("--quick", action="store_true", help="2 objects, 1 repeat, 1 epoch on 2 chips, 80 masks")
     ap.add_argument("--markdown", default="", help="also write the table to this markdown file")
     args = ap.parse_args(argv)
     if args.quick:
-        args.objects, args.repeats, args.epochs, args.train_images, args.memory_masks = 2, 1, 1, 2, 40
+        args.objects, args.repeats, args.epochs, args.train_images, args.memory_masks = 2, 1, 1, 2, 80
     start_machine = machine()
     log(start_machine)
     model = samkit.load_model(MOBILE_SAM, device="cpu")
