@@ -7,6 +7,8 @@ Three measurements, in one run:
   simulation and loss) on a cached embedding, for B objects prompted by boxes (one mask) and by
   single points (three masks), through samkit's trained modules and through the official
   PromptEncoder + MaskDecoder with the same weights, timed in alternation; the losses must agree;
+  the same for SAM 2.1 (tiny's decoder, samkit's Sam2Family with samkit's modules and with the
+  official sam2 `sam_prompt_encoder` / `sam_mask_decoder`, high-res features included);
 * **an epoch**: a real `samkit.finetune` run on the Kampala chips (MobileSAM teacher labels,
   tests/finetune_data.py), default prompt iterations: seconds per epoch, images and objects
   per second (the embeddings already on disk, as from the second epoch on);
@@ -46,9 +48,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import finetune_data  # noqa: E402  (tests/finetune_data.py: the Kampala chips and teacher labels)
 import oracle  # noqa: E402  (tests/core/oracle.py: the official package, weight perturbation)
+import sam2_oracle  # noqa: E402  (tests/core/sam2_oracle.py: the official sam2 package, perturbed weights)
 
 import samkit  # noqa: E402
-from samkit.finetune.family import SamFamily  # noqa: E402
+from samkit.finetune.family import Sam2Family, SamFamily  # noqa: E402
 from samkit.finetune.step import PromptSettings, draw, train_image  # noqa: E402
 from samkit.predictor import ImageState  # noqa: E402
 
@@ -111,9 +114,38 @@ def step_batch(count: int):
     return state, masks, np.array(boxes, dtype=np.float64)
 
 
+def sam2_step_families():
+    """SAM 2.1 tiny: samkit's Sam2Family on samkit's modules and on the official sam2 modules, with
+    the same perturbed weights (decoder trained, as by default)."""
+    from samkit.modeling.sam2.model import build_sam2
+
+    official, path = sam2_oracle.official_model("tiny")
+    model = build_sam2("tiny")
+    model.load_official_state_dict(official.state_dict(), path)
+    ours = Sam2Family.for_model(model)
+    theirs = Sam2Family(copy.deepcopy(official.sam_prompt_encoder), copy.deepcopy(official.sam_mask_decoder),
+                        official=True)
+    for family in (ours, theirs):
+        family.mask_decoder.train()
+        trainable = family.trainable_parameters(False)
+        for name, param in family.mask_decoder.named_parameters():
+            param.requires_grad_(f"mask_decoder.{name}" in trainable)
+    return ours, theirs
+
+
 def time_steps(model, objects: int, repeats: int):
-    ours, theirs = step_families(model)
+    return time_family_steps(*step_families(model), *step_batch(objects), objects, repeats, "")
+
+
+def time_sam2_steps(objects: int, repeats: int):
     state, masks, boxes = step_batch(objects)
+    gen = np.random.default_rng(1)
+    state.high_res_features = (torch.from_numpy(gen.standard_normal((1, 32, 256, 256)).astype(np.float32)),
+                               torch.from_numpy(gen.standard_normal((1, 64, 128, 128)).astype(np.float32)))
+    return time_family_steps(*sam2_step_families(), state, masks, boxes, objects, repeats, "SAM 2.1 tiny ")
+
+
+def time_family_steps(ours, theirs, state, masks, boxes, objects: int, repeats: int, prefix: str):
     targets = np.stack([ours.low_res_target(m, state) >= 0.5 for m in masks])
     rows = []
     for label, share in (("boxes, 1 mask", 1.0), ("single points, 3 masks", 0.0)):
@@ -133,7 +165,7 @@ def time_steps(model, objects: int, repeats: int):
                 losses.setdefault(name, stats.total)
         ours_s, official_s = statistics.median(times["ours"]), statistics.median(times["official"])
         agree = abs(losses["ours"] - losses["official"]) <= 1e-5 * abs(losses["official"])
-        rows.append((f"training step, {objects} objects, {label} (forward + backward)", ours_s, official_s,
+        rows.append((f"{prefix}training step, {objects} objects, {label} (forward + backward)", ours_s, official_s,
                      f"loss {losses['ours']:.6f} vs {losses['official']:.6f}: {'same' if agree else 'DIFFERENT'}; "
                      f"{objects / ours_s:.1f} objects/s"))
         log(f"{rows[-1][0]}: ours {ours_s * 1000:.0f} ms, official {official_s * 1000:.0f} ms, "
@@ -198,7 +230,7 @@ print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 def memory_rows(masks: int, work: Path):
     rows = []
     peaks = {}
-    for count in (max(masks // 10, 20), masks):
+    for count in (max(masks // 10, 40), masks):  # 40: two images, so that a validation image is split off
         script = MEMORY_CHILD.format(tests=str(REPO / "tests" / "core"), masks=count,
                                      mosaic=str(GEO / finetune_data.MOSAIC), checkpoint=str(MOBILE_SAM),
                                      output=str(work / f"memory-{count}.pt"))
@@ -244,12 +276,12 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-images", type=int, default=12, help="Kampala chips to train on (of 16)")
     ap.add_argument("--memory-masks", type=int, default=1000)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["step", "epoch", "memory"])
-    ap.add_argument("--quick", action="store_true", help="2 objects, 1 repeat, 1 epoch on 2 chips, 40 masks")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["step", "sam2", "epoch", "memory"])
+    ap.add_argument("--quick", action="store_true", help="2 objects, 1 repeat, 1 epoch on 2 chips, 80 masks")
     ap.add_argument("--markdown", default="", help="also write the table to this markdown file")
     args = ap.parse_args(argv)
     if args.quick:
-        args.objects, args.repeats, args.epochs, args.train_images, args.memory_masks = 2, 1, 1, 2, 40
+        args.objects, args.repeats, args.epochs, args.train_images, args.memory_masks = 2, 1, 1, 2, 80
     start_machine = machine()
     log(start_machine)
     model = samkit.load_model(MOBILE_SAM, device="cpu")
@@ -258,6 +290,8 @@ def main(argv=None):
         work = Path(tmp)
         if "step" not in args.skip:
             rows += time_steps(model, args.objects, args.repeats)
+        if "sam2" not in args.skip:
+            rows += time_sam2_steps(args.objects, args.repeats)
         if "epoch" not in args.skip:
             rows += epoch_rows(model, work, args.epochs, args.train_images)
         if "memory" not in args.skip:
@@ -265,8 +299,8 @@ def main(argv=None):
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     header = (f"## Fine-tuning, commit {commit.stdout.strip() or '?'}: `python benchmarks/bench_finetune.py "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\nMachine at start: {start_machine}.  \n"
-              f"At end: {machine()}. MobileSAM (seeded random weights), fp32, medians of {args.repeats} after a "
-              "warm-up. Peak memory: ru_maxrss of a child process per run.")
+              f"At end: {machine()}. MobileSAM and SAM 2.1 tiny (seeded random weights), fp32, medians of "
+              f"{args.repeats} after a warm-up. Peak memory: ru_maxrss of a child process per run.")
     table = markdown(rows, header)
     print(table)
     if args.markdown:

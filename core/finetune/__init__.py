@@ -24,7 +24,8 @@ _LAZY = {
     "LabelledImage": "data", "LabelledObject": "data", "decode_mask": "data", "object_from_mask": "data",
     "object_from_polygons": "data", "object_from_rle": "data", "read_coco": "data", "read_dataset": "data",
     "read_yolo": "data", "select_classes": "data", "split_validation": "data",
-    "DecoderOutput": "family", "SamFamily": "family", "TrainingFamily": "family", "family_for": "family",
+    "DecoderOutput": "family", "Sam2Family": "family", "SamFamily": "family", "TrainingFamily": "family",
+    "family_for": "family",
     "FinetuneResult": "trainer", "FinetuneSettings": "trainer", "Progress": "trainer", "finetune": "trainer",
 }
 

@@ -36,14 +36,16 @@ class EmbeddingStore:
 
     expected_images: how many images a run will hold, so that the directory's size bound
     (EmbeddingCache's max_disk_bytes) keeps them all; at least the cache's default bound.
+    image_bytes: the size of one image's cached state on disk (SAM 2's has high-res maps too).
     """
 
-    def __init__(self, model, directory: str | os.PathLike, expected_images: int = 0, max_items: int = 2) -> None:
+    def __init__(self, model, directory: str | os.PathLike, expected_images: int = 0, max_items: int = 2,
+                 image_bytes: int = EMBEDDING_BYTES) -> None:
         self.model = model
         self.encoder_key = encoder_digest(model)
         self.cache = EmbeddingCache(
             max_items=max_items, directory=Path(directory),
-            max_disk_bytes=max(DISK_CACHE_BYTES, int(expected_images * EMBEDDING_BYTES * 1.25)),
+            max_disk_bytes=max(DISK_CACHE_BYTES, int(expected_images * image_bytes * 1.25)),
         )
         self.predictor = Predictor(model, cache=self.cache)
 

@@ -4,14 +4,16 @@ The trainer (trainer.py) works on cached image embeddings, ground-truth masks on
 low-res grid, and prompts; everything that differs between families lives in a
 `TrainingFamily`: how an image's pixels map to the prompt frame and to the low-res grid, how the
 prompt encoder and mask decoder are called, and how low-res logits go back to the image. SAM 1
-and MobileSAM share `SamFamily`; SAM 2.1 adds its own (its decoder also takes high-resolution
-features and returns an object-score logit, which the loss supervises when present).
+and MobileSAM share `SamFamily`; SAM 2 / 2.1 have `Sam2Family` (a square resize, a decoder that
+also takes high-resolution features and returns an object-score logit, which the loss
+supervises, and checkpoints whose decoder keys are `sam_mask_decoder.*`).
 
 The modules are called with the official segment-anything signatures
 (`PromptEncoder.forward(points, boxes, masks) -> sparse, dense`, `get_dense_pe()`,
 `MaskDecoder.forward(image_embeddings, image_pe, sparse_prompt_embeddings,
-dense_prompt_embeddings, multimask_output) -> masks, iou_pred`), so a family can wrap samkit's
-modules or the official ones (the gradient parity test does both).
+dense_prompt_embeddings, multimask_output) -> masks, iou_pred`; SAM 2's decoder also takes
+`high_res_features` and `repeat_image` and returns the object-score logits last), so a family can
+wrap samkit's modules or the official ones (the gradient parity tests do both).
 """
 
 from __future__ import annotations
@@ -38,15 +40,41 @@ class DecoderOutput(NamedTuple):
 
 
 class TrainingFamily(ABC):
-    """A model family as the trainer sees it. `modules` maps a state_dict prefix of the official
-    checkpoint ("mask_decoder", "prompt_encoder") to the module that holds those weights."""
+    """A model family as the trainer sees it. `modules` maps "mask_decoder" / "prompt_encoder" to
+    the module that holds those weights; `checkpoint_prefixes` maps the same names to their
+    state_dict prefix in the official checkpoint (SAM 1: the same; SAM 2: "sam_mask_decoder", ...).
+    `frozen` lists parameters (prefixed by the module name) that stay fixed even in a trained
+    module: the image side that the cached embeddings already include.
+    `iou_loss`: how the IoU head's error is measured ("mse": SAM paper; "l1": sam2 training)."""
 
     modules: dict[str, nn.Module]
+    checkpoint_prefixes: dict[str, str] = {"mask_decoder": "mask_decoder", "prompt_encoder": "prompt_encoder"}
+    frozen: tuple[str, ...] = ()
+    iou_loss: str = "mse"
+    embedding_bytes: int = 4_300_000  # one cached image state on disk, with its header
 
     def trainable(self, train_prompt_encoder: bool) -> dict[str, nn.Module]:
         """The modules to train: the mask decoder, and the prompt encoder when asked."""
         names = ["mask_decoder", "prompt_encoder"] if train_prompt_encoder else ["mask_decoder"]
         return {name: self.modules[name] for name in names}
+
+    def trainable_parameters(self, train_prompt_encoder: bool) -> dict[str, nn.Parameter]:
+        """"module.name" -> parameter, for every parameter the optimiser updates (`frozen` left out)."""
+        return {
+            f"{prefix}.{name}": param
+            for prefix, module in self.trainable(train_prompt_encoder).items()
+            for name, param in module.named_parameters()
+            if not f"{prefix}.{name}".startswith(self.frozen)
+        }
+
+    def checkpoint_key(self, key: str) -> str:
+        """A "module.name" key -> its key in the official checkpoint."""
+        prefix, _, rest = key.partition(".")
+        return f"{self.checkpoint_prefixes[prefix]}.{rest}"
+
+    def official_checkpoint(self, model: nn.Module) -> dict:
+        """What the official checkpoint of `model` holds (written when the base has no file)."""
+        return model.state_dict()
 
     @property
     @abstractmethod
@@ -202,9 +230,131 @@ class SamFamily(TrainingFamily):
         )[:, 0]
 
 
+class Sam2Family(TrainingFamily):
+    """SAM 2 / 2.1 image models: the image stretched to a 1024 x 1024 square (aspect ratio not
+    kept, nothing padded), prompts in that frame, low-res logits 256 x 256 (4 input pixels per
+    cell), the decoder fed the image's high-resolution features.
+
+    What differs from SAM 1 in training, and why:
+    - `conv_s0` / `conv_s1` are mask decoder weights, but they project the encoder's features
+      once per image (samkit.modeling.sam2's `Sam2.embed`): the cached high-res features already
+      include them, so they stay frozen with the encoder (training them would need the encoder's
+      raw maps per image, and the cache would no longer match the tuned model);
+    - the object-score logit is supervised with binary cross-entropy towards "present", weight
+      1, and the IoU head with L1 over every output, as sam2's `MultiStepMultiMasksAndIous` does
+      in `sam2.1_hiera_b+_MOSE_finetune.yaml` (`loss_class` 1 with focal gamma 0 and no alpha,
+      `iou_use_l1_loss`, `supervise_all_iou`);
+    - masks are not replaced by "no object" where the object score is negative (sam2's video
+      training does that in `_forward_sam_heads`): the image predictor, which a tuned image
+      model serves, never does, so the masks are trained as they are used;
+    - the loss is on the low-res logits (sam2 upsamples to 1024 first): the same targets and cost
+      as SAM 1 here, one sixteenth of the pixels.
+    - checkpoints are `{"model": state_dict}` with `sam_mask_decoder.*` / `sam_prompt_encoder.*`.
+    """
+
+    checkpoint_prefixes = {"mask_decoder": "sam_mask_decoder", "prompt_encoder": "sam_prompt_encoder"}
+    frozen = ("mask_decoder.conv_s0.", "mask_decoder.conv_s1.")
+    iou_loss = "l1"
+    # the 64x64 embedding plus the (32, 256, 256) and (64, 128, 128) high-res maps, float32
+    embedding_bytes = 4 * 256 * 64 * 64 + 4 * 32 * 256 * 256 + 4 * 64 * 128 * 128 + 20_000
+
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, image_size: int = 1024,
+                 official: bool = False) -> None:
+        """official: the modules are the sam2 package's (their decoder takes `repeat_image` and
+        returns (masks, ious, sam tokens, object scores)); else samkit's."""
+        self.modules = {"mask_decoder": mask_decoder, "prompt_encoder": prompt_encoder}
+        self.image_size = image_size
+        self._low_res = tuple(int(v) for v in prompt_encoder.mask_input_size)
+        self._scale = image_size // self._low_res[1]
+        self._official = official
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> "Sam2Family":
+        """Trainable copies of a samkit Sam2's prompt encoder and mask decoder."""
+        return cls(copy.deepcopy(model.prompt_encoder), copy.deepcopy(model.mask_decoder), model.image_size)
+
+    def official_checkpoint(self, model: nn.Module) -> dict:
+        """{"model": state_dict} under the official names (the video weights are not there)."""
+        from ..modeling.sam2.model import IMAGE_KEY_PREFIXES
+
+        ours_to_official = {new: old for old, new in IMAGE_KEY_PREFIXES.items()}
+        out = {}
+        for key, value in model.state_dict().items():
+            prefix = next(p for p in ours_to_official if key.startswith(p))
+            out[ours_to_official[prefix] + key[len(prefix):]] = value
+        return {"model": out}
+
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        return self.modules["prompt_encoder"]
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        return self.modules["mask_decoder"]
+
+    @property
+    def low_res_size(self) -> tuple[int, int]:
+        return self._low_res
+
+    @property
+    def cell_size(self) -> float:
+        return float(self._scale)
+
+    def low_res_target(self, mask: np.ndarray, state: ImageState) -> np.ndarray:
+        # stretched to the square as the image is (area-averaged), then averaged over each cell
+        size = self.image_size
+        resized = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+        rows, cols = self._low_res
+        return resized.reshape(rows, self._scale, cols, self._scale).mean(axis=(1, 3))
+
+    def valid_cells(self, state: ImageState) -> np.ndarray:
+        return np.ones(self._low_res, dtype=bool)  # the image fills the whole square
+
+    def _frame(self, state: ImageState) -> np.ndarray:
+        height, width = state.original_size
+        return np.array([width, height], dtype=np.float64)
+
+    def prompt_points(self, xy: np.ndarray, state: ImageState) -> np.ndarray:
+        return np.asarray(xy, dtype=np.float64) / self._frame(state) * self.image_size
+
+    def prompt_boxes(self, boxes: np.ndarray, state: ImageState) -> np.ndarray:
+        boxes = np.asarray(boxes, dtype=np.float64)
+        return self.prompt_points(boxes.reshape(-1, 2, 2), state).reshape(boxes.shape)
+
+    def prompt_extent(self, state: ImageState) -> tuple[float, float]:
+        return float(self.image_size), float(self.image_size)
+
+    def cell_points(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(cols, np.float64), np.asarray(rows, np.float64)], axis=-1) * self._scale
+
+    def decode(self, state, coords, labels, boxes, mask_input, multimask_output) -> DecoderOutput:
+        from ..modeling.sam2.model import Sam2
+
+        # boxes go in as their corners labelled 2 and 3, in front of the points (SAM 2's predictor)
+        points = Sam2.prompt_points(coords, labels, boxes)
+        sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
+        extra = {"repeat_image": sparse.shape[0] > 1} if self._official else {}
+        out = self.mask_decoder(
+            image_embeddings=state.features,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            high_res_features=list(state.high_res_features),
+            **extra,
+        )
+        return DecoderOutput(out[0], out[1], out[-1])
+
+    def logits_to_image(self, low_res: torch.Tensor, state: ImageState) -> torch.Tensor:
+        # SAM 2's postprocessing: one bilinear resize straight to the image (nothing was padded)
+        return torch.nn.functional.interpolate(
+            low_res[:, None].float(), state.original_size, mode="bilinear", align_corners=False
+        )[:, 0]
+
+
 # The trainer's side of each model family of the registry (samkit.registry.Family.name -> make
-# the family for a loaded model). SAM 2.1 adds its entry here when it lands.
-FAMILIES: dict[str, Callable[[nn.Module], TrainingFamily]] = {"sam": SamFamily.for_model}
+# the family for a loaded model).
+FAMILIES: dict[str, Callable[[nn.Module], TrainingFamily]] = {"sam": SamFamily.for_model, "sam2": Sam2Family.for_model}
 
 
 def family_for(model: nn.Module) -> TrainingFamily:
@@ -212,9 +362,13 @@ def family_for(model: nn.Module) -> TrainingFamily:
     from ..errors import SamkitError
     from ..registry import spec_of
 
+    from ..modeling.sam2.model import Sam2
+
     try:
         name = spec_of(model).family.name
     except (KeyError, AttributeError):
+        if isinstance(model, Sam2):  # built with build_sam2, or an arch the registry does not list
+            return Sam2Family.for_model(model)
         raise SamkitError(f"fine-tuning needs a samkit model from the registry, got {type(model).__name__}") from None
     make = FAMILIES.get(name)
     if make is None:

@@ -4,9 +4,10 @@
   dice 1), focal with alpha 0.25 and gamma 2 (sam2's `sigmoid_focal_loss`). With several output
   masks (an ambiguous single point) only the mask with the lowest 20 * focal + dice is
   back-propagated, so each output may specialise on one reading of the prompt.
-- IoU head: mean squared error between each output's predicted IoU and the IoU its mask actually
-  has with the ground truth (SAM paper: MSE; sam2.1's fine-tuning config supervises every
-  output's IoU, `supervise_all_iou: true`), weight 1.
+- IoU head: the error between each output's predicted IoU and the IoU its mask actually has
+  with the ground truth, averaged over every output (sam2.1's fine-tuning config,
+  `supervise_all_iou: true`), weight 1: squared (SAM paper, `iou_loss="mse"`) or absolute
+  (sam2, `iou_use_l1_loss: true`, `iou_loss="l1"`; each family says which).
 - Object score (families that predict one, SAM 2): binary cross-entropy towards "object
   present", weight 1 (sam2); every training object has a non-empty mask.
 
@@ -55,9 +56,13 @@ def mask_loss(
     target: torch.Tensor,
     valid: torch.Tensor,
     object_score_logits: torch.Tensor | None = None,
+    iou_loss: str = "mse",
 ) -> MaskLoss:
     """logits (B, M, h, w), iou_predictions (B, M), target (B, h, w) in {0, 1}, valid (h, w) bool,
-    object_score_logits (B, 1) or None -> per-object losses (see the module docstring)."""
+    object_score_logits (B, 1) or None, iou_loss "mse" or "l1" -> per-object losses (see the
+    module docstring)."""
+    if iou_loss not in ("mse", "l1"):
+        raise ValueError(f"iou_loss must be 'mse' or 'l1', got {iou_loss!r}")
     logits = logits.float()[..., valid]  # (B, M, K)
     target = target.float()[..., valid][:, None]  # (B, 1, K)
     focal = sigmoid_focal(logits, target.expand_as(logits)).mean(-1)  # (B, M)
@@ -72,7 +77,8 @@ def mask_loss(
         intersection = (predicted & truth).sum(-1).float()
         union = (predicted | truth).sum(-1).float()
         actual_iou = torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
-    iou = ((iou_predictions.float() - actual_iou) ** 2).mean(-1)  # (B,)
+    error = iou_predictions.float() - actual_iou
+    iou = (error.abs() if iou_loss == "l1" else error**2).mean(-1)  # (B,)
     if object_score_logits is not None:
         present = torch.ones_like(object_score_logits, dtype=torch.float32)
         obj = F.binary_cross_entropy_with_logits(object_score_logits.float(), present, reduction="none").mean(-1)

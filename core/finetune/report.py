@@ -79,20 +79,18 @@ def read_checkpoint_object(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def write_checkpoint(output: Path, base: Path | None, fallback: dict[str, torch.Tensor],
+def write_checkpoint(output: Path, base: Path | None, fallback: dict,
                      updates: dict[str, torch.Tensor]) -> None:
     """Write the base checkpoint with `updates` (full state_dict keys) replaced: the same keys,
     the same layout ({"model": state_dict} stays so), each tensor in its stored dtype. Without a
-    base file, `fallback` (the model's state_dict) is the base."""
-    if base is not None:
-        data = read_checkpoint_object(base)
-        container = data
-        for wrapper in ("model", "state_dict"):
-            if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
-                container = data[wrapper]
-                break
-    else:
-        data = container = dict(fallback)
+    base file, `fallback` (the model's official checkpoint content: a state_dict, or SAM 2's
+    {"model": state_dict}) is the base."""
+    data = read_checkpoint_object(base) if base is not None else dict(fallback)
+    container = data
+    for wrapper in ("model", "state_dict"):
+        if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
+            data[wrapper] = container = dict(data[wrapper])
+            break
     for key, value in updates.items():
         stored_key = key if key in container else f"model.{key}" if f"model.{key}" in container else None
         if stored_key is None:

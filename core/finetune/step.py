@@ -168,7 +168,8 @@ def train_image(
             multimask = box_t is None and coords.shape[1] == 1
             with autocast():
                 out = family.decode(state, coords_t, labels_t, box_t, mask_input, multimask)
-            loss = mask_loss(out.low_res_logits, out.iou_predictions, target_t[index], valid, out.object_score_logits)
+            loss = mask_loss(out.low_res_logits, out.iou_predictions, target_t[index], valid, out.object_score_logits,
+                             family.iou_loss)
             total = loss.total.sum() * scale
             if backward is None:
                 total.backward()

@@ -246,6 +246,10 @@ def finetune(
         module.to(device_t).train().requires_grad_(False)
     for module in trained.values():
         module.requires_grad_(True)
+    trained_params = family.trainable_parameters(settings.train_prompt_encoder)
+    for prefix, module in trained.items():
+        for name, param in module.named_parameters():
+            param.requires_grad_(f"{prefix}.{name}" in trained_params)
     base_sha = file_sha256(base_path) if base_path is not None and base_path.is_file() else None
     data_key = _data_fingerprint(train_images, val_images)
 
@@ -259,7 +263,8 @@ def finetune(
 
     # -- embeddings --------------------------------------------------------------------------
     store = EmbeddingStore(sam, Path(cache_dir) if cache_dir is not None else work / "embeddings",
-                           expected_images=len(train_images) + len(val_images))
+                           expected_images=len(train_images) + len(val_images),
+                           image_bytes=family.embedding_bytes)
     train_entries = _embed(store, family, train_images, True, progress, "embedding train")
     val_entries = _embed(store, family, val_images, False, progress, "embedding val")
 
@@ -270,7 +275,7 @@ def finetune(
         return state
 
     # -- optimiser ---------------------------------------------------------------------------
-    params = [p for module in trained.values() for p in module.parameters()]
+    params = list(trained_params.values())
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
@@ -383,7 +388,7 @@ def finetune(
 
     # -- outputs -----------------------------------------------------------------------------
     _load_trained(trained, best_weights)
-    updates = {f"{prefix}.{key}": value for prefix, module in trained.items()
+    updates = {family.checkpoint_key(f"{prefix}.{key}"): value for prefix, module in trained.items()
                for key, value in module.state_dict().items()}
     stem = output.with_suffix("")
     paths = {
@@ -417,7 +422,7 @@ def finetune(
         "epochs": history,
         "seconds": round(time.time() - started, 1),
     })
-    write_checkpoint(output, base_path, sam.state_dict(), updates)
+    write_checkpoint(output, base_path, family.official_checkpoint(sam), updates)
     if not keep_work_dir:
         embeddings_inside = cache_dir is not None and Path(cache_dir).resolve().is_relative_to(work.resolve())
         if work_dir is None and not embeddings_inside:  # samkit's own folder: all of it goes

@@ -3,6 +3,7 @@
     samkit label-studio serve [--host 0.0.0.0] [--port 9090] [--model ...] [--checkpoint ...] ...
     samkit label-studio precompute --project 3 [--backend http://localhost:9090]
     samkit label-studio config            # print the example labeling config
+    samkit label-studio finetune export.json --images DIR -o tuned.pt [--model ...] [--epochs ...]
 
 Every option has an environment variable (see `samkit label-studio serve --help`); flags win.
 """
@@ -19,7 +20,7 @@ _INSTALL_HINT = 'the Label Studio backend needs its extra: pip install "samkit[l
 def add_commands(subparsers) -> None:
     ls = subparsers.add_parser("label-studio", help="Label Studio ML backend (interactive SAM pre-labelling)",
                                description="Label Studio ML backend: interactive SAM pre-labelling.")
-    sub = ls.add_subparsers(dest="ls_command", metavar="{serve,precompute,config}")
+    sub = ls.add_subparsers(dest="ls_command", metavar="{serve,precompute,config,finetune}")
     sub.required = True
 
     serve = sub.add_parser(
@@ -73,6 +74,38 @@ def add_commands(subparsers) -> None:
 
     cfg = sub.add_parser("config", help="print a ready labeling config (brush, polygon, smart keypoint and rectangle)")
     cfg.set_defaults(func=_config)
+
+    from samkit.finetune.cli import add_training_options
+
+    ft = sub.add_parser(
+        "finetune", help="fine-tune the mask decoder on a project's JSON export (brushes and polygons)",
+        description="Fine-tune a model's mask decoder on a Label Studio JSON export (Export > JSON): each task's "
+                    "newest annotation, its brush masks and polygons (samkit finetune's training). A running "
+                    "backend trains without an export: press Start Training on its model card.")
+    ft.add_argument("export", help="the project's JSON export file")
+    ft.add_argument("--images", help="folder holding the tasks' images (default: the export's folder); uploaded "
+                    "files are also found by their name without Label Studio's 8-character prefix")
+    ft.add_argument("--val", help="a second JSON export to validate on (default: --val-fraction of the tasks)")
+    ft.add_argument("--classes", help="comma-separated labels to train on (default: all)")
+    ft.add_argument("--model", "-m", default="mobile_sam", help="base model name or checkpoint path")
+    ft.add_argument("--output", "-o", required=True, help="the tuned checkpoint to write (e.g. tuned.pt)")
+    add_training_options(ft)
+    ft.set_defaults(func=_finetune)
+
+
+def _finetune(args) -> int:
+    import samkit
+    from samkit.finetune.cli import training_kwargs
+
+    from .training import read_export
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    train = read_export(args.export, args.images, classes)
+    val = read_export(args.val, args.images, classes) if args.val else None
+    result = samkit.finetune(args.model, train, args.output, val, **training_kwargs(args))
+    print(f"wrote {result.checkpoint} (kept epoch {result.best_epoch}); serve it: samkit label-studio serve "
+          f"--model {result.checkpoint}")
+    return 0
 
 
 def _env_help() -> str:

@@ -23,10 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 import requests
@@ -168,6 +170,85 @@ def task_objects(task: dict, image_key: str, where: str):
             polygon = points / 100.0 * [width, height]
             objects.append(object_from_polygons([polygon], (int(height), int(width)), label, name, where))
     return objects
+
+
+# -- a JSON export file -> training records ----------------------------------------------------
+
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio names each uploaded file "<8 hex>-<name>"
+
+
+def export_image_candidates(ref: str, export_dir: Path, images: Path | None) -> list[Path]:
+    """Where the image of a task's data reference may be on disk: uploads (/data/upload/<project>/
+    <8 hex>-<name>), local files (/data/local-files/?d=<path>), URLs and plain paths, looked up in
+    `images` (also by the base name, with and without the upload prefix) or beside the export."""
+    parsed = urlparse(ref)
+    if parsed.path.startswith("/data/local-files") and "d" in parse_qs(parsed.query):
+        relative = Path(unquote(parse_qs(parsed.query)["d"][0]))
+    elif parsed.scheme in ("http", "https", "s3", "gs", "azure-blob") or parsed.path.startswith("/data/"):
+        relative = Path(unquote(parsed.path).lstrip("/"))
+    else:
+        relative = Path(ref)
+    names = [relative.name]
+    stripped = _UPLOAD_PREFIX.sub("", relative.name)
+    if stripped != relative.name:
+        names.append(stripped)
+    folders = [images] if images is not None else [export_dir]
+    candidates = [relative] if relative.is_absolute() else []
+    for folder in folders:
+        if not relative.is_absolute():
+            candidates.append(folder / relative)
+        candidates.extend(folder / name for name in names)
+    return list(dict.fromkeys(candidates))
+
+
+def read_export(path: str | os.PathLike, images: str | os.PathLike | None = None, classes=None):
+    """A Label Studio JSON export (Export > JSON: a list of tasks with their annotations) ->
+    samkit.finetune LabelledImages: each task's newest annotation, its brush masks and polygons
+    (as the Start Training path reads them over the API). The images are found in `images` (the
+    folder the originals are in; uploaded files also by their name without Label Studio's
+    prefix) or beside the export; a task whose image is not found is an error naming it.
+    `classes`: the labels to keep. Tasks without such an annotation are left out."""
+    from samkit import DatasetError
+    from samkit.finetune import LabelledImage, select_classes
+    from samkit.finetune.data import image_size
+
+    path = Path(path)
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"Label Studio export not found: {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DatasetError(f"{path} is not a readable Label Studio JSON export: {exc}") from None
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in tasks):
+        raise DatasetError(f"{path} is not a Label Studio JSON export (Export > JSON): expected a list of tasks "
+                           "with 'data'")
+    image_dir = Path(images) if images is not None else None
+    records = []
+    for task in tasks:
+        where = f"{path.name}: task {task.get('id')}"
+        data = task["data"]
+        key = "image" if isinstance(data.get("image"), str) else next(
+            (k for k, v in data.items() if isinstance(v, str)), None)
+        if key is None:
+            continue
+        try:
+            objects = task_objects(task, key, where)
+        except TaskError as exc:
+            raise DatasetError(str(exc)) from None
+        if not objects:
+            continue
+        candidates = export_image_candidates(data[key], path.parent, image_dir)
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            hint = "" if image_dir is not None else " (pass the folder of the images as images= / --images)"
+            raise DatasetError(f"{where}: image {data[key]!r} not found (tried "
+                               f"{', '.join(str(c) for c in candidates)}){hint}")
+        size = image_size(found, where)
+        records.append(LabelledImage(str(found), tuple(objects), f"{where} ({found.name})", size))
+    records = select_classes(records, classes, str(path))
+    if not records:
+        raise DatasetError(f"{path}: no task has an annotation with a brush mask or a polygon to train on")
+    return records
 
 
 class ProjectTrainer:

@@ -1,5 +1,5 @@
 """The fine-tuning benchmark runs end to end (its --quick sizes) and reports the same loss for
-samkit's and the official training step; timings are not asserted."""
+samkit's and the official training step (SAM 1 and SAM 2.1); timings are not asserted."""
 
 from __future__ import annotations
 
@@ -18,5 +18,7 @@ def test_bench_finetune_quick_run(tmp_path):
     text = table.read_text()
     steps = [line for line in text.splitlines() if line.startswith("| training step")]
     assert len(steps) == 2 and all(": same;" in line for line in steps), steps
+    sam2_steps = [line for line in text.splitlines() if line.startswith("| SAM 2.1 tiny training step")]
+    assert len(sam2_steps) == 2 and all(": same;" in line for line in sam2_steps), sam2_steps
     assert "| epoch: 2 Kampala chips" in text and "held-out box mIoU" in text
     assert text.count("| peak memory of a whole run") == 2 and "| memory growth" in text

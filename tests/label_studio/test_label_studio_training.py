@@ -19,7 +19,7 @@ from PIL import Image
 import samkit
 from samkit.finetune import decode_mask, read_coco
 from samkit.label_studio.regions import brush_rle
-from samkit.label_studio.training import ProjectTrainer, decode_brush_rle
+from samkit.label_studio.training import ProjectTrainer, decode_brush_rle, task_objects
 
 BASE_VERSION = "samkit-0.1.0-mobile_sam_random"
 SIDE = 256
@@ -164,3 +164,53 @@ def test_training_every_n_annotations(make_client, monkeypatch, tmp_path, payloa
     other = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 5}})
     assert other.status_code == 200 and other.json()["action"] == "PROJECT_UPDATED"
     assert time.time() >= job.started
+
+
+def test_json_export_file_reads_and_trains(label_studio, annotated_project, kampala_teacher, mobile_sam_checkpoint,
+                                           tmp_path):
+    """A real project's Export > JSON file: read_export finds the uploaded images (by their name
+    without Label Studio's upload prefix) and gives the same objects as the API path (brushes
+    exactly, polygons closely); `samkit label-studio finetune` trains on it; a missing image is one
+    error naming the task."""
+    import json
+
+    from samkit.cli import main
+    from samkit.label_studio.training import read_export
+
+    ls = label_studio
+    pid, tasks = annotated_project
+    exported = ls.ok("GET", f"/api/projects/{pid}/export?exportType=JSON")
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(exported))
+    refs = [t["data"]["image"] for t in exported]
+    assert all(r.startswith("/data/upload/") for r in refs)
+    assert all(Path(r).name != Path(rec.image).name for r, (_, rec, _) in zip(refs, tasks))  # prefixed on upload
+    images = Path(tasks[0][1].image).parent
+    records = read_export(export, images)
+    assert len(records) == 3
+    by_name = {Path(r.image).name: r for r in records}
+    for index, (tid, record, masks) in enumerate(tasks):
+        read = by_name[Path(record.image).name]
+        assert len(read.objects) == len(masks) and read.size == masks[0].shape
+        # what the Start Training path reads of the same task over the API
+        api = task_objects(ls.ok("GET", f"/api/tasks/{tid}"), "image", "api")
+        for obj, mask, api_obj in zip(read.objects, masks, api):
+            ours = decode_mask(obj)
+            assert np.array_equal(ours, decode_mask(api_obj))
+            if index < 2:  # brushes: the very masks that were annotated
+                assert np.array_equal(ours, mask)
+            else:  # polygons: the mask's largest outline, filled
+                assert ours.any() and (ours & mask).sum() > 0.5 * ours.sum()
+        assert read.load().shape == (*masks[0].shape, 3)
+
+    output = tmp_path / "tuned.pt"
+    code = main(["label-studio", "finetune", str(export), "--images", str(images), "-o", str(output),
+                 "--model", str(mobile_sam_checkpoint), "--epochs", "1", "--val-fraction", "0", "--quiet",
+                 "--prompt-iterations", "1"])
+    assert code == 0 and output.is_file() and output.with_suffix(".json").is_file()
+    assert samkit.load_model(output, device="cpu") is not None
+
+    with pytest.raises(samkit.DatasetError, match=r"export.json: task \d+: image '/data/upload/.*' not found"):
+        read_export(export, tmp_path / "elsewhere")
+    with pytest.raises(samkit.DatasetError, match="no object has class Car"):
+        read_export(export, images, classes=["Car"])
