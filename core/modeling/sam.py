@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 from ..fast.engine import DecoderEngine
 from ..image_state import ImageState
 from ..utils.transforms import low_res_extent, resize_longest_side, scale_coords, upscale_logits
+from .base import PromptableModel
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
@@ -19,7 +19,7 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-class Sam(nn.Module):
+class Sam(PromptableModel):
     """A SAM 1 model. `arch` names the image encoder ("vit_b", "vit_l", "vit_h", "mobile_sam").
 
     What the predictor asks of every model family (SAM 2's model answers the same calls):
@@ -43,37 +43,7 @@ class Sam(nn.Module):
     def __init__(
         self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, arch: str
     ) -> None:
-        super().__init__()
-        self.image_encoder = image_encoder
-        self.prompt_encoder = prompt_encoder
-        self.mask_decoder = mask_decoder
-        self.arch = arch
-        self.compute_dtype = torch.float32
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.compute_dtype
-
-    @property
-    def image_size(self) -> int:
-        return self.image_encoder.img_size
-
-    @property
-    def mask_scale(self) -> int:
-        """Input-frame pixels per low-res mask pixel (1024 / 256 = 4)."""
-        return self.image_size // self.prompt_encoder.mask_input_size[1]
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Context in which the networks run at `compute_dtype`; a no-op for float32."""
-        if self.compute_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+        super().__init__(image_encoder, prompt_encoder, mask_decoder, arch, PIXEL_MEAN, PIXEL_STD)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Resized uint8/float image (B, 3, h, w) -> normalised and zero-padded (B, 3, 1024, 1024)."""

@@ -26,7 +26,6 @@ strictly; the video model's memory weights are recognised and ignored.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,6 +39,7 @@ from ...build import load_weights
 from ...fast.sam2_decoder import Sam2DecoderEngine
 from ...image_state import ImageState
 from ..backbones.sam2_encoder import Sam2ImageEncoder, build_sam2_image_encoder
+from ..base import PromptableModel
 from ..common import MLP
 from ..transformer import TwoWayTransformer
 from .checkpoint import IMAGE_KEY_PREFIXES, VIDEO_KEY_PREFIXES, image_weights  # noqa: F401 (their home before)
@@ -67,7 +67,7 @@ class Sam2ImageEmbedding(NamedTuple):
     high_res_features: tuple[torch.Tensor, torch.Tensor]  # (B, 32, 256, 256), (B, 64, 128, 128), projected
 
 
-class Sam2(nn.Module):
+class Sam2(PromptableModel):
     """A SAM 2 / 2.1 image model. ``arch`` names it (e.g. "sam2.1_hiera_tiny").
 
     Weights stay in float32; ``compute_dtype`` is the precision the networks run in under
@@ -84,38 +84,8 @@ class Sam2(nn.Module):
         mask_decoder: Sam2MaskDecoder,
         arch: str,
     ) -> None:
-        super().__init__()
-        self.image_encoder = image_encoder
-        self.prompt_encoder = prompt_encoder
-        self.mask_decoder = mask_decoder
+        super().__init__(image_encoder, prompt_encoder, mask_decoder, arch, IMAGENET_MEAN, IMAGENET_STD)
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, prompt_encoder.embed_dim))
-        self.arch = arch
-        self.compute_dtype = torch.float32
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(-1, 1, 1), persistent=False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.compute_dtype
-
-    @property
-    def image_size(self) -> int:
-        return self.image_encoder.img_size
-
-    @property
-    def mask_scale(self) -> int:
-        """Input-frame pixels per low-res mask pixel (1024 / 256 = 4)."""
-        return self.image_size // self.prompt_encoder.mask_input_size[1]
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Context in which the networks run at ``compute_dtype``; a no-op for float32."""
-        if self.compute_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
     # -- 1. image -> model input ---------------------------------------------------------------
 
