@@ -83,8 +83,16 @@ class GeneratorOptions:
         return dataclasses.replace(self, **filled)
 
 
-# segment-anything's SamAutomaticMaskGenerator values for what GeneratorOptions leaves to the family.
-SAM1_GENERATOR_DEFAULTS = {"pred_iou_thresh": 0.88}
+# The official automatic mask generators' values for what GeneratorOptions leaves to the model
+# family, by registry family name: segment-anything's SamAutomaticMaskGenerator ("sam") and sam2's
+# SAM2AutomaticMaskGenerator ("sam2"). They live here, where no torch is imported, so that a
+# command's --help can show them; registry.Family.generator_defaults refers to these.
+FAMILY_GENERATOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sam": {"pred_iou_thresh": 0.88},
+    "sam2": {"pred_iou_thresh": 0.8},
+}
+FAMILY_LABELS = {"sam": "SAM 1 and MobileSAM", "sam2": "SAM 2 / 2.1"}
+SAM1_GENERATOR_DEFAULTS = FAMILY_GENERATOR_DEFAULTS["sam"]
 
 
 # -- old spellings ---------------------------------------------------------------------------------
@@ -127,12 +135,10 @@ _HELP = {
 
 def family_defaults(name: str) -> str:
     """How a setting left to the model family is described in help texts: "the model's: 0.88 for
-    SAM 1, ..." from the registry's families (the registry imports no torch)."""
-    from .registry import FAMILIES
-
-    values = [f"{family.generator_defaults.get(name, SAM1_GENERATOR_DEFAULTS.get(name))} for {family.title}"
-              for family in FAMILIES.values()]
-    return "the model's: " + ", ".join(values)
+    SAM 1 and MobileSAM, 0.8 for SAM 2 / 2.1"."""
+    values = [f"{defaults[name]:g} for {FAMILY_LABELS[family]}"
+              for family, defaults in FAMILY_GENERATOR_DEFAULTS.items() if name in defaults]
+    return "the model's: " + ", ".join(values) if values else "the model's"
 
 
 def flag(name: str) -> str:

@@ -13,10 +13,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .errors import PromptError, SamkitError
+from .errors import PromptError
 from .image_state import STATE_FORMAT, ImageState
 from .utils.files import atomic_output
 from .utils.image_io import ImageLike, load_image
+from .utils.image_session import ImageSession
 from .utils.memory import keep_freed_memory
 from .utils.prompts import check_boxes, check_mask_input, check_points
 from .modeling.sam import Sam
@@ -164,7 +165,7 @@ def _is_frozen(array: np.ndarray) -> bool:
     return isinstance(obj, bytes)
 
 
-class Predictor:
+class Predictor(ImageSession):
     """SAM's promptable predictor with the official semantics, plus batching and an embedding cache.
 
     `set_image` computes an image's embedding, or takes it from the cache when the same pixels
@@ -219,45 +220,15 @@ class Predictor:
         self.encoder_calls += 1
         return state
 
-    @property
-    def current_state(self) -> ImageState | None:
-        """The current image's state, or None when no image is set."""
-        return self._state
-
     def set_image_state(self, state: ImageState | None) -> None:
         """Use an embedding computed elsewhere (for example by another predictor)."""
         self._state = state
         if state is not None:
             self.model.prepare_decoder(state)
 
-    def reset_image(self) -> None:
-        """Forget the current image (its embedding stays in the cache)."""
-        self._state = None
-
-    @property
-    def is_image_set(self) -> bool:
-        return self._state is not None
-
-    @property
-    def original_size(self) -> tuple[int, int]:
-        return self._require_state().original_size
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self._require_state().input_size
-
     @property
     def image_state(self) -> ImageState:
         return self._require_state()
-
-    def get_image_embedding(self) -> torch.Tensor:
-        """The current image's embedding, (1, 256, 64, 64)."""
-        return self._require_state().features
-
-    def _require_state(self) -> ImageState:
-        if self._state is None:
-            raise SamkitError("no image set: call predictor.set_image(image) before predicting")
-        return self._state
 
     # -- prompts -----------------------------------------------------------------------------
     def predict(

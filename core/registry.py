@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .options import FAMILY_GENERATOR_DEFAULTS
 from .modeling.backbones.hiera import HIERA_CONFIGS
 from .modeling.sam2.checkpoint import VIDEO_KEY_PREFIXES, image_weights, recognise_sam2
 
@@ -126,7 +127,8 @@ def _recognise_sam1(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     return _VIT_WIDTHS[width]
 
 
-SAM1 = Family("sam", "Segment Anything (SAM 1) and MobileSAM", _recognise_sam1, "a SAM or MobileSAM checkpoint")
+SAM1 = Family("sam", "Segment Anything (SAM 1) and MobileSAM", _recognise_sam1, "a SAM or MobileSAM checkpoint",
+              generator_defaults=FAMILY_GENERATOR_DEFAULTS["sam"])
 
 META_SAM1 = "https://dl.fbaipublicfiles.com/segment_anything/"
 
@@ -188,7 +190,7 @@ SAM2 = Family(
     "sam2", "Segment Anything 2 / 2.1 (images)", recognise_sam2, "a SAM 2 / 2.1 checkpoint",
     ignored_prefixes=VIDEO_KEY_PREFIXES,
     # SAM2AutomaticMaskGenerator's (sam2 1.1.0) defaults that differ from SAM 1's
-    generator_defaults={"pred_iou_thresh": 0.8},
+    generator_defaults=FAMILY_GENERATOR_DEFAULTS["sam2"],
     rename_keys=image_weights,
 )
 

@@ -31,6 +31,7 @@ from PIL import Image
 
 from ..errors import PromptError, SamkitError
 from ..utils.image_io import ImageLike, load_image
+from ..utils.image_session import ImageSession
 from ..utils.prompts import check_boxes, check_mask_input, check_points
 from ..utils.transforms import resize_longest_side, scale_boxes, scale_coords, upscale_logits
 
@@ -55,7 +56,7 @@ class OnnxImageState:
     high_res_features: tuple[np.ndarray, ...] = ()
 
 
-class OnnxPredictor:
+class OnnxPredictor(ImageSession):
     """Promptable prediction with a samkit ONNX export (a folder written by samkit.export).
 
     `set_image` runs the exported encoder (or takes the embedding from a small in-memory cache
@@ -195,37 +196,9 @@ class OnnxPredictor:
         self.encoder_calls += 1
         return OnnxImageState(features, original_size, input_size)
 
-    @property
-    def current_state(self) -> OnnxImageState | None:
-        return self._state
-
     def set_image_state(self, state: OnnxImageState | None) -> None:
         """Use an embedding computed elsewhere (another predictor, a server, the browser)."""
         self._state = state
-
-    def reset_image(self) -> None:
-        self._state = None
-
-    @property
-    def is_image_set(self) -> bool:
-        return self._state is not None
-
-    @property
-    def original_size(self) -> tuple[int, int]:
-        return self._require_state().original_size
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self._require_state().input_size
-
-    def get_image_embedding(self) -> np.ndarray:
-        """The current image's embedding, (1, 256, 64, 64) float32."""
-        return self._require_state().features
-
-    def _require_state(self) -> OnnxImageState:
-        if self._state is None:
-            raise SamkitError("no image set: call predictor.set_image(image) before predicting")
-        return self._state
 
     # -- prompts -----------------------------------------------------------------------------
     def predict(

@@ -74,7 +74,8 @@ def test_everything_help_describes_every_option_with_its_default():
     text = everything.format_help()
     assert re.search(r"--pred-iou-thresh X\s+keep masks whose predicted IoU", text)
     flat = " ".join(text.split())
-    assert "(default: the model's: 0.88 for Segment Anything (SAM 1)" in flat and "(default: 32)" in text
+    assert "(default: the model's: 0.88 for SAM 1 and MobileSAM, 0.8 for SAM 2 / 2.1)" in flat
+    assert "(default: 32)" in text
 
 
 def test_info_offline_prints_the_architecture_without_weights(tmp_path, monkeypatch, mobile_sam_checkpoint,
