@@ -275,9 +275,8 @@ class Sam2Family(TrainingFamily):
 
     def official_checkpoint(self, model: nn.Module) -> dict:
         """{"model": state_dict} under the official names (the video weights are not there)."""
-        from ..modeling.sam2.model import IMAGE_KEY_PREFIXES
+        from ..modeling.sam2.checkpoint import OFFICIAL_KEY_PREFIXES as ours_to_official
 
-        ours_to_official = {new: old for old, new in IMAGE_KEY_PREFIXES.items()}
         out = {}
         for key, value in model.state_dict().items():
             prefix = next(p for p in ours_to_official if key.startswith(p))

@@ -28,6 +28,13 @@ IMAGE_KEY_PREFIXES = {
     "mask_decoder.": "mask_decoder.",
     "no_mem_embed": "no_mem_embed",
 }
+# ours -> the official checkpoint's prefix (what a checkpoint samkit writes uses)
+OFFICIAL_KEY_PREFIXES = {
+    "image_encoder.": "image_encoder.",
+    "prompt_encoder.": "sam_prompt_encoder.",
+    "mask_decoder.": "sam_mask_decoder.",
+    "no_mem_embed": "no_mem_embed",
+}
 # the video model's weights: present in every official checkpoint, unused for images
 VIDEO_KEY_PREFIXES = (
     "memory_attention.",
