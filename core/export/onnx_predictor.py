@@ -42,6 +42,7 @@ FAMILIES = ("sam", "sam2")
 SAM2_ENCODER_OUTPUTS = ("high_res_feats_0", "high_res_feats_1", "image_embed")
 SAM2_STABILITY_DELTA = 0.05
 SAM2_STABILITY_THRESH = 0.98
+SAM2_LOW_RES_LIMIT = 32.0  # the low-res logits SAM 2's predictor returns are bounded to +-32 (modeling/sam2)
 
 
 @dataclass(frozen=True)
@@ -388,6 +389,9 @@ class OnnxPredictor(ImageSession):
             self._upscale(low_res[i], state, target)
             if not return_logits:
                 np.greater(logits, self.mask_threshold, out=masks[i])
+        if return_low_res and self.family == "sam2":
+            # bounded after upscaling, as SAM2ImagePredictor (and samkit.Predictor) return them
+            low_res = np.clip(low_res, -SAM2_LOW_RES_LIMIT, SAM2_LOW_RES_LIMIT)
         return masks, scores.astype(np.float32), (np.ascontiguousarray(low_res) if return_low_res else None)
 
 
