@@ -19,7 +19,7 @@ from .utils.files import atomic_output
 from .utils.image_io import ImageLike, load_image
 from .utils.image_session import ImageSession
 from .utils.memory import keep_freed_memory
-from .utils.prompts import check_boxes, check_mask_input, check_points
+from .utils.prompts import check_boxes, check_mask_input, check_points, check_prompts
 from .modeling.sam import Sam
 
 UPSCALE_CHUNK = 16  # prompts whose full-size logits are computed at once
@@ -415,17 +415,3 @@ class Predictor(ImageSession):
     @staticmethod
     def _check_mask_input(mask_input):
         return check_mask_input(mask_input)
-
-
-def check_prompts(original_size: tuple[int, int], point_coords=None, point_labels=None, boxes=None):
-    """The checks of predict_batch for an image of original_size (H, W), before it is encoded:
-    point_coords (B, N, 2) with point_labels (B, N) and/or boxes (B, 4), XY pixels. Raises
-    PromptError naming what is wrong; returns (coords, labels, boxes) as predict_batch uses them
-    (None where not given; boxes that only overhang the image clipped to it)."""
-    coords, labels = check_points(point_coords, point_labels, original_size, batched=True)
-    box_array = check_boxes(boxes, original_size, batched=True)
-    if coords is not None and box_array is not None and coords.shape[0] != box_array.shape[0]:
-        raise PromptError(f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box")
-    if coords is None and box_array is None:
-        raise PromptError("predict_batch needs point_coords/point_labels or boxes")
-    return coords, labels, box_array

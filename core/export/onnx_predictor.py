@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..errors import PromptError, SamkitError
+from ..errors import SamkitError
 from ..utils.image_io import ImageLike, load_image
 from ..utils.image_session import ImageSession
-from ..utils.prompts import check_boxes, check_mask_input, check_points
+from ..utils.prompts import check_boxes, check_mask_input, check_points, check_prompts
 from ..utils.transforms import resize_longest_side, scale_boxes, scale_coords, upscale_logits
 
 METADATA_FILE = "model.json"  # as exporter.METADATA_FILE (that module imports torch)
@@ -239,14 +239,7 @@ class OnnxPredictor(ImageSession):
         so the B prompts run one after the other. Returns masks (B, C, H, W), scores (B, C),
         low-res logits (B, C, 256, 256) or None."""
         state = self._require_state()
-        coords, labels = check_points(point_coords, point_labels, state.original_size, batched=True)
-        box_array = check_boxes(boxes, state.original_size, batched=True)
-        if coords is not None and box_array is not None and coords.shape[0] != box_array.shape[0]:
-            raise PromptError(
-                f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box"
-            )
-        if coords is None and box_array is None:
-            raise PromptError("predict_batch needs point_coords/point_labels or boxes")
+        coords, labels, box_array = check_prompts(state.original_size, point_coords, point_labels, boxes)
         count = coords.shape[0] if coords is not None else box_array.shape[0]
         results = [
             self._decode(

@@ -87,3 +87,17 @@ def check_mask_input(mask_input):
             f"mask_input must be the (1, 256, 256) low-res logits of an earlier call, got shape {mask.shape}"
         )
     return mask
+
+
+def check_prompts(original_size: tuple[int, int], point_coords=None, point_labels=None, boxes=None):
+    """The checks of predict_batch for an image of original_size (H, W), before it is encoded:
+    point_coords (B, N, 2) with point_labels (B, N) and/or boxes (B, 4), XY pixels. Raises
+    PromptError naming what is wrong; returns (coords, labels, boxes) as predict_batch uses them
+    (None where not given; boxes that only overhang the image clipped to it)."""
+    coords, labels = check_points(point_coords, point_labels, original_size, batched=True)
+    box_array = check_boxes(boxes, original_size, batched=True)
+    if coords is not None and box_array is not None and coords.shape[0] != box_array.shape[0]:
+        raise PromptError(f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box")
+    if coords is None and box_array is None:
+        raise PromptError("predict_batch needs point_coords/point_labels or boxes")
+    return coords, labels, box_array
