@@ -79,12 +79,21 @@ def test_killed_run_resumes_to_the_uninterrupted_result(small_run):
     a = torch.load(whole.checkpoint, map_location="cpu", weights_only=True)
     b = torch.load(resumed.checkpoint, map_location="cpu", weights_only=True)
     assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    # The first two epochs ran in the killed child, the whole run in this process. Alone, the two
+    # agree to the bit; after other tests, MKL's float sums may differ in the last bits between
+    # processes (its results depend on memory alignment), so the bound is float32 rounding
+    # carried through six optimiser steps, far below what a lost or repeated step changes.
+    different = [k for k in a if not torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5)]
+    assert not different, different[:5]
+    changed = [k for k in a if not torch.equal(a[k], torch.load(small_run["student"], map_location="cpu",
+                                                                  weights_only=True)[k])]
+    assert changed, "training changed no weight: the comparison above would prove nothing"
 
     def scores(result):
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in result.history]
+        return [{k: pytest.approx(v, abs=1e-3) if isinstance(v, float) else v for k, v in r.items()
+                 if k != "seconds"} for r in result.history]
 
-    assert scores(resumed) == scores(whole)
+    assert scores(whole) == scores(resumed)
     assert resumed.best_epoch == whole.best_epoch
     assert not work.exists()  # finished: the work folder is gone
 
