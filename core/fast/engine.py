@@ -18,19 +18,26 @@ from .prompt_encoder import KeptDensePE
 
 class DecoderEngine:
     """The kept dense positional encoding (`dense_pe()`) and the FastMaskDecoder
-    (`mask_decoder`) of one model's plain prompt encoder and mask decoder."""
+    (`mask_decoder`) of one model's plain prompt encoder and mask decoder.
 
-    def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
+    A family's engine (fast/sam2_decoder.py) names its plain modules and its fast decoder in the
+    three class attributes and inherits the rest."""
+
+    prompt_encoder_type: type[nn.Module] = PromptEncoder
+    mask_decoder_type: type[nn.Module] = MaskDecoder
+    fast_decoder_type: type = FastMaskDecoder
+
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
         self.dense_pe = KeptDensePE(prompt_encoder)
-        self.mask_decoder = FastMaskDecoder(mask_decoder)
+        self.mask_decoder = self.fast_decoder_type(mask_decoder)
 
     @classmethod
     def for_modules(cls, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> DecoderEngine | None:
-        """An engine for these modules, or None when they are not SAM 1's plain modules (the
-        engine computes SAM 1's upscaling with GELU activations)."""
+        """An engine for these modules, or None when they are not the family's plain modules (the
+        engine computes the upscaling with GELU activations)."""
         if not (
-            isinstance(prompt_encoder, PromptEncoder)
-            and isinstance(mask_decoder, MaskDecoder)
+            isinstance(prompt_encoder, cls.prompt_encoder_type)
+            and isinstance(mask_decoder, cls.mask_decoder_type)
             and isinstance(mask_decoder.transformer, TwoWayTransformer)
         ):
             return None

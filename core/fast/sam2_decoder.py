@@ -29,14 +29,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from ..modeling.sam2.mask_decoder import Sam2MaskDecoder, stability_scores
 from ..modeling.sam2.prompt_encoder import Sam2PromptEncoder
-from ..modeling.transformer import TwoWayTransformer
+from .engine import DecoderEngine
 from .factored import FactoredWeight, factor_weight
 from .mask_decoder import FastMaskDecoder, SameTensor, WeightVersion, conv_as_matrix, decoder_chunk
-from .prompt_encoder import KeptDensePE
 from .transformer import PreparedImage, prepare_image, transformer_forward
 
 # token rows of the decoder's output tokens: [object score, IoU, 4 mask tokens] + prompts
@@ -300,29 +298,10 @@ def select_prompts(keys, rows: torch.Tensor):
     return type(keys)(keys.left[rows], keys.scale[rows], updates)
 
 
-class Sam2DecoderEngine:
+class Sam2DecoderEngine(DecoderEngine):
     """The kept dense positional encoding (`dense_pe()`) and the FastSam2MaskDecoder
     (`mask_decoder`) of one SAM 2 model's plain prompt encoder and mask decoder."""
 
-    def __init__(self, prompt_encoder: Sam2PromptEncoder, mask_decoder: Sam2MaskDecoder) -> None:
-        self.dense_pe = KeptDensePE(prompt_encoder)
-        self.mask_decoder = FastSam2MaskDecoder(mask_decoder)
-
-    @classmethod
-    def for_modules(cls, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> Sam2DecoderEngine | None:
-        """An engine for these modules, or None when they are not SAM 2's plain modules with
-        GELU activations in the upscaling (which the engine computes)."""
-        if not (
-            isinstance(prompt_encoder, Sam2PromptEncoder)
-            and isinstance(mask_decoder, Sam2MaskDecoder)
-            and isinstance(mask_decoder.transformer, TwoWayTransformer)
-        ):
-            return None
-        activations = mask_decoder.output_upscaling[2], mask_decoder.output_upscaling[4]
-        if not all(type(act) is nn.GELU and act.approximate == "none" for act in activations):
-            return None
-        return cls(prompt_encoder, mask_decoder)
-
-    def serves(self, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> bool:
-        """Whether this engine reads these very modules."""
-        return self.dense_pe.prompt_encoder is prompt_encoder and self.mask_decoder.decoder is mask_decoder
+    prompt_encoder_type = Sam2PromptEncoder
+    mask_decoder_type = Sam2MaskDecoder
+    fast_decoder_type = FastSam2MaskDecoder
