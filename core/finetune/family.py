@@ -76,10 +76,25 @@ class TrainingFamily(ABC):
         """What the official checkpoint of `model` holds (written when the base has no file)."""
         return model.state_dict()
 
+    def _hold(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, image_size: int) -> None:
+        """Keep the two trained modules (`modules`) and the frame facts every family derives alike."""
+        self.modules = {"mask_decoder": mask_decoder, "prompt_encoder": prompt_encoder}
+        self.image_size = image_size
+        self._low_res = tuple(int(v) for v in prompt_encoder.mask_input_size)
+        self._scale = image_size // self._low_res[1]
+
     @property
-    @abstractmethod
+    def prompt_encoder(self) -> nn.Module:
+        return self.modules["prompt_encoder"]
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        return self.modules["mask_decoder"]
+
+    @property
     def low_res_size(self) -> tuple[int, int]:
         """(h, w) of the decoder's low-res logits."""
+        return self._low_res
 
     @abstractmethod
     def low_res_target(self, mask: np.ndarray, state: ImageState) -> np.ndarray:
@@ -107,9 +122,9 @@ class TrainingFamily(ABC):
         cell spans `cell_size` prompt-frame pixels."""
 
     @property
-    @abstractmethod
     def cell_size(self) -> float:
         """Prompt-frame pixels per low-res cell."""
+        return float(self._scale)
 
     @abstractmethod
     def decode(
@@ -137,10 +152,7 @@ class SamFamily(TrainingFamily):
         self, prompt_encoder: nn.Module, mask_decoder: nn.Module, image_size: int = 1024,
         postprocess: Callable[[torch.Tensor, tuple[int, int], tuple[int, int]], torch.Tensor] | None = None,
     ) -> None:
-        self.modules = {"mask_decoder": mask_decoder, "prompt_encoder": prompt_encoder}
-        self.image_size = image_size
-        self._low_res = tuple(int(v) for v in prompt_encoder.mask_input_size)
-        self._scale = image_size // self._low_res[1]
+        self._hold(prompt_encoder, mask_decoder, image_size)
         self._postprocess = postprocess
 
     @classmethod
@@ -155,22 +167,6 @@ class SamFamily(TrainingFamily):
                 if hasattr(module, name):
                     setattr(module, name, None)
         return cls(prompt_encoder, mask_decoder, model.image_size, model.postprocess_masks)
-
-    @property
-    def prompt_encoder(self) -> nn.Module:
-        return self.modules["prompt_encoder"]
-
-    @property
-    def mask_decoder(self) -> nn.Module:
-        return self.modules["mask_decoder"]
-
-    @property
-    def low_res_size(self) -> tuple[int, int]:
-        return self._low_res
-
-    @property
-    def cell_size(self) -> float:
-        return float(self._scale)
 
     def _input_size(self, state: ImageState) -> tuple[int, int]:
         return preprocess_shape(*state.original_size, self.image_size)
@@ -262,10 +258,7 @@ class Sam2Family(TrainingFamily):
                  official: bool = False) -> None:
         """official: the modules are the sam2 package's (their decoder takes `repeat_image` and
         returns (masks, ious, sam tokens, object scores)); else samkit's."""
-        self.modules = {"mask_decoder": mask_decoder, "prompt_encoder": prompt_encoder}
-        self.image_size = image_size
-        self._low_res = tuple(int(v) for v in prompt_encoder.mask_input_size)
-        self._scale = image_size // self._low_res[1]
+        self._hold(prompt_encoder, mask_decoder, image_size)
         self._official = official
 
     @classmethod
@@ -282,22 +275,6 @@ class Sam2Family(TrainingFamily):
             prefix = next(p for p in ours_to_official if key.startswith(p))
             out[ours_to_official[prefix] + key[len(prefix):]] = value
         return {"model": out}
-
-    @property
-    def prompt_encoder(self) -> nn.Module:
-        return self.modules["prompt_encoder"]
-
-    @property
-    def mask_decoder(self) -> nn.Module:
-        return self.modules["mask_decoder"]
-
-    @property
-    def low_res_size(self) -> tuple[int, int]:
-        return self._low_res
-
-    @property
-    def cell_size(self) -> float:
-        return float(self._scale)
 
     def low_res_target(self, mask: np.ndarray, state: ImageState) -> np.ndarray:
         # stretched to the square as the image is (area-averaged), then averaged over each cell
