@@ -383,6 +383,18 @@ def _message(summary: RunSummary, label_field: str) -> str:
             + f", in {summary.elapsed_s:.1f} s")
 
 
+def _start_run(kind, samples, label_field, error_field, mask_storage, mask_dir):
+    """The checks and records every run that writes one label field starts with: the collection,
+    the output field (and that the view keeps it), the error field's name, a MaskWriter and the
+    RunSummary. Raises before anything is written."""
+    _check_collection(samples)
+    check_output_field(samples, label_field)
+    check_view_keeps(samples, [label_field])
+    error_field = error_field or f"{label_field}_error"
+    writer = MaskWriter(mask_storage, mask_dir, samples._root_dataset.name, label_field)
+    return writer, RunSummary(kind, label_field, total=len(samples), error_field=error_field)
+
+
 def iter_segment_everything(
     samples,
     label_field: str = "sam",
@@ -408,12 +420,8 @@ def iter_segment_everything(
     per sample and returns the :class:`RunSummary`. ``stop_requested``: checked before each
     sample; True ends the run early (``RunSummary.stopped``)."""
     started = time.monotonic()
-    _check_collection(samples)
-    check_output_field(samples, label_field)
-    check_view_keeps(samples, [label_field])
-    error_field = error_field or f"{label_field}_error"
-    writer = MaskWriter(mask_storage, mask_dir, samples._root_dataset.name, label_field)
-    summary = RunSummary("segment_everything", label_field, total=len(samples), error_field=error_field)
+    writer, summary = _start_run("segment_everything", samples, label_field, error_field, mask_storage, mask_dir)
+    error_field = summary.error_field
 
     todo = samples
     if skip_existing and samples.has_field(label_field):
@@ -590,12 +598,8 @@ def iter_segment_text(
     from samkit.annotate import text_segmenter
 
     started = time.monotonic()
-    _check_collection(samples)
-    check_output_field(samples, label_field)
-    check_view_keeps(samples, [label_field])
-    error_field = error_field or f"{label_field}_error"
-    writer = MaskWriter(mask_storage, mask_dir, samples._root_dataset.name, label_field)
-    summary = RunSummary("segment_text", label_field, total=len(samples), error_field=error_field)
+    writer, summary = _start_run("segment_text", samples, label_field, error_field, mask_storage, mask_dir)
+    error_field = summary.error_field
     todo = samples
     if skip_existing and samples.has_field(label_field):
         redo = ~F(label_field).exists()
