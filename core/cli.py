@@ -182,6 +182,9 @@ class ProgressBar:
 
     def close(self) -> None:
         if self.bar is not None:
+            # tqdm redraws at most every 0.1 s, so a fast last batch may never be drawn; show the
+            # final count before the bar (leave=False) clears its line
+            self.bar.refresh()
             self.bar.close()
 
 
