@@ -135,7 +135,7 @@ def _write_outputs(result, out_dir: Path, write_masks: bool) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .image_io import load_image
-    from .predictor import check_prompts
+    from .utils.prompts import check_prompts
     from .ultralytics_api import SAM, nest_prompts
 
     points = parse_points(args.points) if args.points else None

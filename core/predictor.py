@@ -8,7 +8,6 @@ import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,34 +16,12 @@ from .errors import PromptError
 from .image_state import STATE_FORMAT, ImageState
 from .utils.files import atomic_output
 from .utils.image_io import ImageLike, load_image
-from .utils.image_session import ImageSession
+from .utils.image_session import DecodeOutput, ImageSession
 from .utils.memory import keep_freed_memory
-from .utils.prompts import check_boxes, check_mask_input, check_points, check_prompts
+from .utils.prompts import PromptBatch, check_prompts  # noqa: F401 (check_prompts: documented as samkit.predictor's)
 from .modeling.sam import Sam
 
 UPSCALE_CHUNK = 16  # prompts whose full-size logits are computed at once
-
-
-class PromptBatch(NamedTuple):
-    """Checked prompts for B objects, in pixels of the original image: point_coords (B, N, 2)
-    with point_labels (B, N), boxes (B, 4) XYXY, mask_input (1, 256, 256) low-res logits of an
-    earlier call (shared by the objects); any of them None."""
-
-    point_coords: np.ndarray | None
-    point_labels: np.ndarray | None
-    boxes: np.ndarray | None
-    mask_input: np.ndarray | None = None
-
-
-class DecodeOutput(NamedTuple):
-    """What a prediction returns: three masks or one, logits or booleans, only the best-scoring
-    mask, and whether the low-res logits are kept (see Predictor.predict)."""
-
-    multimask_output: bool
-    return_logits: bool
-    best_only: bool = False
-    return_low_res: bool = True
-
 
 # Default bound of an EmbeddingCache's directory: ~500 embeddings of 4 MB.
 DISK_CACHE_BYTES = 2 * 1024**3
@@ -230,61 +207,7 @@ class Predictor(ImageSession):
     def image_state(self) -> ImageState:
         return self._require_state()
 
-    # -- prompts -----------------------------------------------------------------------------
-    def predict(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        mask_input: np.ndarray | None = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-        best_only: bool = False,
-        return_low_res: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Masks for one object.
-
-        point_coords (N, 2) XY pixels with point_labels (N,) 1 = foreground, 0 = background;
-        box (4,) XYXY pixels; mask_input (1, 256, 256) low-res logits of an earlier call.
-        Returns masks (C, H, W) bool (float logits with return_logits), scores (C,) and
-        low-res logits (C, 256, 256), bounded as the family's official predictor bounds them
-        (SAM 2: +-32, after the masks were upscaled from the unbounded ones); C is 3 with
-        multimask_output, else 1. best_only keeps only the highest-scoring of the masks (C = 1),
-        and only that one is upscaled: what an interactive click needs, a few ms sooner.
-        return_low_res=False returns None for the low-res logits and skips their rows and columns
-        that cover only the padding below or right of a non-square image (~1/3 of the decoder's
-        upscaling for a 3:2 photo).
-        """
-        state = self._require_state()
-        coords, labels = self._check_points(point_coords, point_labels, state.original_size, batched=False)
-        boxes = self._check_boxes(box, state.original_size, batched=False)
-        masks_in = self._check_mask_input(mask_input)
-        prompts = PromptBatch(
-            None if coords is None else coords[None], None if labels is None else labels[None], boxes, masks_in
-        )
-        output = DecodeOutput(multimask_output, return_logits, best_only, return_low_res)
-        masks, scores, low_res = self._decode(prompts, output, state)
-        return masks[0], scores[0], None if low_res is None else low_res[0]
-
-    def predict_batch(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        boxes: np.ndarray | None = None,
-        multimask_output: bool = False,
-        return_logits: bool = False,
-        return_low_res: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Masks for B objects at once: point_coords (B, N, 2) + point_labels (B, N) and/or boxes (B, 4).
-
-        Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, 256, 256) (None with
-        return_low_res=False, as in predict).
-        """
-        state = self._require_state()
-        coords, labels, box_array = check_prompts(state.original_size, point_coords, point_labels, boxes)
-        output = DecodeOutput(multimask_output, return_logits, best_only=False, return_low_res=return_low_res)
-        return self._decode(PromptBatch(coords, labels, box_array), output, state)
-
+    # -- prompts (predict / predict_batch: ImageSession's) -------------------------------------
     @torch.inference_mode()
     def predict_torch(
         self,
@@ -402,16 +325,3 @@ class Predictor(ImageSession):
                     target[...] = (logits > self.model.mask_threshold).cpu().numpy()
         returned = self.model.clamp_low_res(low_res).cpu().numpy() if return_low_res else None
         return masks, scores.cpu().numpy(), returned
-
-    # -- validation (samkit.utils.prompts, shared with the torch-free OnnxPredictor) -----------
-    @staticmethod
-    def _check_points(point_coords, point_labels, original_size: tuple[int, int], batched: bool):
-        return check_points(point_coords, point_labels, original_size, batched)
-
-    @staticmethod
-    def _check_boxes(box, original_size: tuple[int, int], batched: bool):
-        return check_boxes(box, original_size, batched)
-
-    @staticmethod
-    def _check_mask_input(mask_input):
-        return check_mask_input(mask_input)

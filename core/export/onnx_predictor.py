@@ -31,8 +31,8 @@ from PIL import Image
 
 from ..errors import SamkitError
 from ..utils.image_io import ImageLike, load_image
-from ..utils.image_session import ImageSession
-from ..utils.prompts import check_boxes, check_mask_input, check_points, check_prompts
+from ..utils.image_session import DecodeOutput, ImageSession
+from ..utils.prompts import PromptBatch
 from ..utils.transforms import resize_longest_side, scale_boxes, scale_coords, upscale_logits
 
 METADATA_FILE = "model.json"  # as exporter.METADATA_FILE (that module imports torch)
@@ -201,61 +201,7 @@ class OnnxPredictor(ImageSession):
         """Use an embedding computed elsewhere (another predictor, a server, the browser)."""
         self._state = state
 
-    # -- prompts -----------------------------------------------------------------------------
-    def predict(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        mask_input: np.ndarray | None = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-        best_only: bool = False,
-        return_low_res: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Masks for one object, as samkit.Predictor.predict: point_coords (N, 2) XY pixels with
-        point_labels (N,) 1 / 0, box (4,) XYXY, mask_input (1, 256, 256) low-res logits of an
-        earlier call. Returns masks (C, H, W) bool (float32 logits with return_logits), scores
-        (C,) and low-res logits (C, 256, 256) (None with return_low_res=False); C is 3 with
-        multimask_output, else 1; best_only keeps the highest-scoring one."""
-        state = self._require_state()
-        coords, labels = check_points(point_coords, point_labels, state.original_size, batched=False)
-        boxes = check_boxes(box, state.original_size, batched=False)
-        masks_in = check_mask_input(mask_input)
-        return self._decode(state, coords, labels, None if boxes is None else boxes[0], masks_in,
-                            multimask_output, return_logits, best_only, return_low_res)
-
-    def predict_batch(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        boxes: np.ndarray | None = None,
-        multimask_output: bool = False,
-        return_logits: bool = False,
-        return_low_res: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Masks for B objects, as samkit.Predictor.predict_batch: point_coords (B, N, 2) +
-        point_labels (B, N) and/or boxes (B, 4). The exported decoder takes one prompt per run,
-        so the B prompts run one after the other. Returns masks (B, C, H, W), scores (B, C),
-        low-res logits (B, C, 256, 256) or None."""
-        state = self._require_state()
-        coords, labels, box_array = check_prompts(state.original_size, point_coords, point_labels, boxes)
-        count = coords.shape[0] if coords is not None else box_array.shape[0]
-        results = [
-            self._decode(
-                state,
-                None if coords is None else coords[i],
-                None if labels is None else labels[i],
-                None if box_array is None else box_array[i],
-                None, multimask_output, return_logits, False, return_low_res,
-            )
-            for i in range(count)
-        ]
-        masks = np.stack([r[0] for r in results])
-        scores = np.stack([r[1] for r in results])
-        low_res = np.stack([r[2] for r in results]) if return_low_res else None
-        return masks, scores, low_res
-
+    # -- prompts (predict / predict_batch: ImageSession's) -------------------------------------
     def decode_low_res(
         self,
         point_coords: np.ndarray | None,
@@ -365,8 +311,38 @@ class OnnxPredictor(ImageSession):
             return
         upscale_logits(low_res, state.input_size, state.original_size, self.mask_scale, out=out)
 
-    def _decode(self, state, coords, labels, box, mask_input, multimask_output, return_logits, best_only,
-                return_low_res):
+    def _decode(
+        self, prompts: PromptBatch, output: DecodeOutput, state: OnnxImageState
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Checked prompts for B objects in image pixels -> masks (B, C, H, W), scores (B, C) and
+        low-res logits (B, C, 256, 256) (None unless output.return_low_res), as Predictor._decode.
+        The exported decoder takes one prompt per run, so the B prompts run one after the other."""
+        coords, labels, boxes, mask_input = prompts
+        # predict may come without points and box: one object, the decoder's padding point alone
+        count = coords.shape[0] if coords is not None else (boxes.shape[0] if boxes is not None else 1)
+        results = [
+            self._decode_one(
+                state,
+                None if coords is None else coords[i],
+                None if labels is None else labels[i],
+                None if boxes is None else boxes[i],
+                mask_input,
+                output,
+            )
+            for i in range(count)
+        ]
+        if count == 1:  # predict's one object: views, no copy
+            masks, scores, low_res = results[0]
+            return masks[None], scores[None], None if low_res is None else low_res[None]
+        masks = np.stack([r[0] for r in results])
+        scores = np.stack([r[1] for r in results])
+        low_res = np.stack([r[2] for r in results]) if output.return_low_res else None
+        return masks, scores, low_res
+
+    def _decode_one(self, state, coords, labels, box, mask_input, output: DecodeOutput):
+        """One object's prompts in image pixels (coords (N, 2), labels (N,), box (4,), mask_input)
+        -> masks (C, H, W), scores (C,), low-res logits (C, 256, 256) or None."""
+        multimask_output, return_logits, best_only, return_low_res = output
         frame_coords, frame_box = self._to_input_frame(coords, box, state.original_size)
         low_res, scores = self.decode_low_res(frame_coords, labels, frame_box, mask_input)
         chosen = slice(1, None) if multimask_output else self._single_mask(low_res, scores)

@@ -3,9 +3,22 @@ kind of mistake. numpy only (no torch), so that the ONNX predictor can use them 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..errors import PromptError
+
+
+class PromptBatch(NamedTuple):
+    """Checked prompts for B objects, in pixels of the original image: point_coords (B, N, 2)
+    with point_labels (B, N), boxes (B, 4) XYXY, mask_input (1, 256, 256) low-res logits of an
+    earlier call (shared by the objects); any of them None."""
+
+    point_coords: np.ndarray | None
+    point_labels: np.ndarray | None
+    boxes: np.ndarray | None
+    mask_input: np.ndarray | None = None
 
 
 def check_points(point_coords, point_labels, original_size: tuple[int, int], batched: bool):
@@ -89,15 +102,32 @@ def check_mask_input(mask_input):
     return mask
 
 
-def check_prompts(original_size: tuple[int, int], point_coords=None, point_labels=None, boxes=None):
+def check_prompt(
+    original_size: tuple[int, int], point_coords=None, point_labels=None, box=None, mask_input=None
+) -> PromptBatch:
+    """The checks of predict for one object on an image of original_size (H, W): point_coords (N, 2)
+    with point_labels (N,), box (4,) XYXY pixels, mask_input (1, 256, 256) or (256, 256) low-res
+    logits. Raises PromptError naming what is wrong; returns them as a PromptBatch of B = 1 (None
+    where not given; a box that only overhangs the image clipped to it)."""
+    coords, labels = check_points(point_coords, point_labels, original_size, batched=False)
+    boxes = check_boxes(box, original_size, batched=False)
+    return PromptBatch(
+        None if coords is None else coords[None],
+        None if labels is None else labels[None],
+        boxes,
+        check_mask_input(mask_input),
+    )
+
+
+def check_prompts(original_size: tuple[int, int], point_coords=None, point_labels=None, boxes=None) -> PromptBatch:
     """The checks of predict_batch for an image of original_size (H, W), before it is encoded:
     point_coords (B, N, 2) with point_labels (B, N) and/or boxes (B, 4), XY pixels. Raises
-    PromptError naming what is wrong; returns (coords, labels, boxes) as predict_batch uses them
-    (None where not given; boxes that only overhang the image clipped to it)."""
+    PromptError naming what is wrong; returns them as predict_batch uses them, a PromptBatch
+    without mask_input (None where not given; boxes that only overhang the image clipped to it)."""
     coords, labels = check_points(point_coords, point_labels, original_size, batched=True)
     box_array = check_boxes(boxes, original_size, batched=True)
     if coords is not None and box_array is not None and coords.shape[0] != box_array.shape[0]:
         raise PromptError(f"{coords.shape[0]} point sets but {box_array.shape[0]} boxes: give one point set per box")
     if coords is None and box_array is None:
         raise PromptError("predict_batch needs point_coords/point_labels or boxes")
-    return coords, labels, box_array
+    return PromptBatch(coords, labels, box_array)
