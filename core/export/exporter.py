@@ -3,7 +3,12 @@
 Each model family describes its own graphs (`FamilyExport`, e.g. `sam1.SAM1`): which parts it
 has, the module to trace for each, example inputs, tensor names and which axes are dynamic. This
 module does what is the same for every family: loading the model, checking the request, running
-torch's exporter, quantising, writing the folder atomically and the metadata.
+torch's exporter, quantising, writing the folder atomically and the metadata; and it holds the
+pieces of the prompt-decoder graphs and descriptions that the SAM families share (SAM 1's and
+SAM 2's prompt encoders embed labels and masks alike).
+
+Nothing here imports torch at import time (samkit.export imports this module; OnnxPredictor must
+work without torch): torch is imported when an export runs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ METADATA_VERSION = 1
 # weights in a `<file>.data` file beside them (ONNX external data), which onnxruntime and
 # onnxruntime-web (the `externalData` session option) read.
 EXTERNAL_DATA_BYTES = 1536 * 2**20
+ENCODER_INPUT = "image"  # every family's encoder takes the preprocessed image (1, 3, S, S) by this name
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,94 @@ class ExportResult:
     metadata: dict[str, Any]
 
 
+# -- what the SAM families' graphs share ---------------------------------------------------------
+def plain_modules(model: Any, prompt_encoder_type: type, mask_decoder_type: type, what: str) -> tuple[Any, Any]:
+    """The model's prompt encoder and mask decoder, which are traced: the family's plain reference
+    modules (of prompt_encoder_type / mask_decoder_type, which the model holds; a fast inference
+    engine only reads their weights and is never traced), else a SamkitError naming what the model
+    holds. what: the decoder's name in that message ("SAM", "SAM 2")."""
+    prompt_encoder, mask_decoder = model.prompt_encoder, model.mask_decoder
+    if not isinstance(prompt_encoder, prompt_encoder_type) or not isinstance(mask_decoder, mask_decoder_type):
+        raise SamkitError(
+            f"cannot export a {what} decoder made of {type(prompt_encoder).__name__} and "
+            f"{type(mask_decoder).__name__}: expected samkit's plain {prompt_encoder_type.__name__} and "
+            f"{mask_decoder_type.__name__}"
+        )
+    return prompt_encoder, mask_decoder
+
+
+def hold_decoder_modules(graph_module: Any, prompt_encoder: Any, mask_decoder: Any, single_mask: bool) -> None:
+    """Set up a decoder graph (an nn.Module, after its nn.Module.__init__): it holds the prompt
+    encoder and mask decoder, single_mask, the prompt frame's input_size (h, w), and the dense
+    positional encoding as the buffer image_pe: it depends on the weights only, so it is a
+    constant of the graph (samkit's prompt encoders may also keep it cached outside autograd)."""
+    import torch
+
+    graph_module.prompt_encoder = prompt_encoder
+    graph_module.mask_decoder = mask_decoder
+    graph_module.single_mask = single_mask
+    graph_module.input_size = tuple(int(v) for v in prompt_encoder.input_image_size)
+    with torch.no_grad():
+        image_pe = prompt_encoder.get_dense_pe().detach().clone()
+    graph_module.register_buffer("image_pe", image_pe, persistent=False)
+
+
+def embed_labels(prompt_encoder: Any, embedding: Any, labels: Any) -> Any:
+    """Positional encodings of points (B, N, C) and their labels (B, N, 1) -> sparse embeddings, as
+    SAM's prompt encoders embed points and box corners (labels 0-3, -1 padding); written with masks
+    instead of indexing so that any label mix is one graph."""
+    embedding = embedding * (labels != -1) + prompt_encoder.not_a_point_embed.weight * (labels == -1)
+    for index, point_embedding in enumerate(prompt_encoder.point_embeddings):
+        embedding = embedding + point_embedding.weight * (labels == index)
+    return embedding
+
+
+def embed_masks(prompt_encoder: Any, mask_input: Any, has_mask: Any) -> Any:
+    """The dense embedding: of mask_input where has_mask (broadcastable to it) is 1, else "no mask"."""
+    no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    return has_mask * prompt_encoder.mask_downscaling(mask_input) + (1 - has_mask) * no_mask
+
+
+def encoder_graph(module: Any, size: int, output_names: tuple[str, ...], context: Any = None) -> Graph:
+    """An image encoder's Graph: input ENCODER_INPUT (1, 3, size, size), the input size described;
+    context: entered around the export (Graph.context)."""
+    import torch
+
+    return Graph(
+        module,
+        {ENCODER_INPUT: torch.zeros(1, 3, size, size)},
+        output_names,
+        description={"input_size": [size, size]},
+        context=context,
+    )
+
+
+def decoder_description(options: ExportOptions, num_masks: int, **more: Any) -> dict[str, Any]:
+    """What model.json says of a decoder part: single_mask, num_masks (and `more` counts), the point count."""
+    return {
+        "single_mask": options.single_mask,
+        "num_masks": num_masks,
+        **more,
+        "dynamic_points": options.dynamic_points,
+        **({} if options.dynamic_points else {"num_points": options.num_points}),
+    }
+
+
+def model_description(family: str, model: Any, size: int, **more: Any) -> dict[str, Any]:
+    """model.json's description of a SAM-family model: family, model (arch), input_size, the
+    embedding's shape (C, h, w), `more`, the low-res mask size (h, w) and the mask threshold."""
+    prompt_encoder = model.prompt_encoder
+    return {
+        "family": family,
+        "model": model.arch,
+        "input_size": size,
+        "embedding_shape": [prompt_encoder.embed_dim, *map(int, prompt_encoder.image_embedding_size)],
+        **more,
+        "low_res_size": list(map(int, prompt_encoder.mask_input_size)),
+        "mask_threshold": float(getattr(model, "mask_threshold", 0.0)),
+    }
+
+
 def families() -> dict[str, FamilyExport]:
     """Exporters by family name (registry.Family.name for the registry's families)."""
     from .sam1 import SAM1
@@ -114,10 +208,20 @@ def export_model(
     num_points: int = 2,
     fiftyone_app: bool = False,
 ) -> ExportResult:
-    """Export `model` (a samkit model, or a name / checkpoint path for samkit.load_model) into the
-    folder `output_dir`: one `<part>.onnx` per part, `decoder.quant.onnx` with quantize, and
-    `model.json`; with fiftyone_app (SAM 2 only) also the encoder in ORT format under the name the
-    FiftyOne App downloads (sam2.FIFTYONE_APP_FILES). See samkit.export for the options."""
+    """Export `model` into the folder `output_dir` (`samkit.export(...)`, `samkit.export.export(...)`):
+    one `<part>.onnx` per part, `decoder.quant.onnx` with quantize, and `model.json`.
+
+    model: a loaded samkit model, or anything `samkit.load_model` takes (a registry name, an
+    official or fine-tuned checkpoint file). parts: which graphs ("encoder", "decoder"; default
+    all of the family's). quantize: also write an int8 (dynamic, onnxruntime) copy of the decoder.
+    dynamic_points=False fixes the decoder's point count at `num_points`. single_mask: the decoder
+    returns one mask chosen as the official export does, else all of the model's mask outputs.
+    overwrite: replace an existing folder (refused otherwise). fiftyone_app (SAM 2 / 2.1): also
+    write the encoder as `encoder.with_runtime_opt.ort` (ORT format, sam2.FIFTYONE_APP_FILES), so
+    that the folder holds the two files the FiftyOne App's in-browser SAM 2 downloads from
+    FIFTYONE_MODEL_WEIGHTS_BASE_SAM2. The folder is written completely or not at all. Returns an
+    ExportResult (folder, files, the model.json metadata).
+    """
     if str(format).lower() not in FORMATS:
         raise SamkitError(f"unknown export format {format!r}; samkit exports: {', '.join(FORMATS)}")
     output_dir = Path(output_dir).expanduser()

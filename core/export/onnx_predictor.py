@@ -34,8 +34,8 @@ from ..utils.image_io import ImageLike, load_image
 from ..utils.image_session import DecodeOutput, ImageSession
 from ..utils.prompts import PromptBatch
 from ..utils.transforms import resize_longest_side, scale_boxes, scale_coords, upscale_logits
+from .exporter import METADATA_FILE  # torch-free at import
 
-METADATA_FILE = "model.json"  # as exporter.METADATA_FILE (that module imports torch)
 FAMILIES = ("sam", "sam2")
 # SAM 2's encoder outputs and its decoder's single-mask choice (export/sam2.py and
 # modeling/sam2/mask_decoder.py, which import torch; the values are the official ones)

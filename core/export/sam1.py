@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SamkitError
+from .exporter import (
+    Graph, decoder_description, embed_labels, embed_masks, encoder_graph, hold_decoder_modules, model_description,
+    plain_modules,
+)
 
 if TYPE_CHECKING:
-    from .exporter import ExportOptions, Graph
+    from .exporter import ExportOptions
 
-ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
 DECODER_INPUTS = (
     "image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size",
@@ -83,34 +85,18 @@ class Sam1Decoder(nn.Module):
 
     def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, single_mask: bool = False) -> None:
         super().__init__()
-        self.prompt_encoder = prompt_encoder
-        self.mask_decoder = mask_decoder
-        self.single_mask = single_mask
-        self.input_size = tuple(int(v) for v in prompt_encoder.input_image_size)
+        hold_decoder_modules(self, prompt_encoder, mask_decoder, single_mask)
         self.image_size = max(self.input_size)
-        # The positional encoding of the embedding grid depends on the weights only: a constant
-        # of the graph (samkit's prompt encoder may also keep it cached outside autograd).
-        with torch.no_grad():
-            image_pe = prompt_encoder.get_dense_pe().detach().clone()
-        self.register_buffer("image_pe", image_pe, persistent=False)
 
     def embed_points(self, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
         """(1, N, 2) coords and (1, N) float labels -> sparse embeddings (1, N, 256), as the prompt
-        encoder embeds points and box corners; written with masks instead of indexing so that any
-        label mix is one graph."""
-        encoder = self.prompt_encoder
-        embedding = encoder.pe_layer.forward_with_coords(point_coords + 0.5, self.input_size)
-        labels = point_labels.unsqueeze(-1)
-        embedding = embedding * (labels != -1) + encoder.not_a_point_embed.weight * (labels == -1)
-        for index, point_embedding in enumerate(encoder.point_embeddings):
-            embedding = embedding + point_embedding.weight * (labels == index)
-        return embedding
+        encoder embeds points and box corners (exporter.embed_labels)."""
+        embedding = self.prompt_encoder.pe_layer.forward_with_coords(point_coords + 0.5, self.input_size)
+        return embed_labels(self.prompt_encoder, embedding, point_labels.unsqueeze(-1))
 
     def embed_masks(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         """The dense embedding: of the mask input when has_mask_input is 1, else "no mask"."""
-        encoder = self.prompt_encoder
-        no_mask = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        return has_mask_input * encoder.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
+        return embed_masks(self.prompt_encoder, mask_input, has_mask_input)
 
     def select_single(self, masks: torch.Tensor, scores: torch.Tensor, num_points: int):
         weight = torch.zeros_like(scores[:1])
@@ -161,22 +147,6 @@ class Sam1Decoder(nn.Module):
         return self.upscale(low_res, orig_im_size), scores, low_res
 
 
-def plain_modules(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The model's prompt encoder and mask decoder: samkit's plain reference modules (modeling/),
-    which the model holds; its fast inference engine (samkit.fast) only reads their weights and
-    is never traced."""
-    from ..modeling.mask_decoder import MaskDecoder
-    from ..modeling.prompt_encoder import PromptEncoder
-
-    prompt_encoder, mask_decoder = model.prompt_encoder, model.mask_decoder
-    if not isinstance(prompt_encoder, PromptEncoder) or not isinstance(mask_decoder, MaskDecoder):
-        raise SamkitError(
-            f"cannot export a SAM decoder made of {type(prompt_encoder).__name__} and "
-            f"{type(mask_decoder).__name__}: expected samkit's plain PromptEncoder and MaskDecoder"
-        )
-    return prompt_encoder, mask_decoder
-
-
 class Sam1Export:
     """The SAM 1 family's graphs: "encoder" (Sam1Encoder) and "decoder" (Sam1Decoder)."""
 
@@ -189,19 +159,16 @@ class Sam1Export:
 
         return isinstance(model, Sam)
 
-    def graph(self, model: nn.Module, part: str, options: "ExportOptions") -> "Graph":
-        from .exporter import Graph
-
+    def graph(self, model: nn.Module, part: str, options: "ExportOptions") -> Graph:
         size = model.image_encoder.img_size
         if part == "encoder":
-            return Graph(
-                Sam1Encoder(model.image_encoder),
-                {"image": torch.zeros(1, 3, size, size)},
-                ENCODER_OUTPUTS,
-                description={"input_size": [size, size]},
-                context=lambda: whole_attention(model.image_encoder),
+            return encoder_graph(
+                Sam1Encoder(model.image_encoder), size, ENCODER_OUTPUTS, lambda: whole_attention(model.image_encoder)
             )
-        prompt_encoder, mask_decoder = plain_modules(model)
+        from ..modeling.mask_decoder import MaskDecoder
+        from ..modeling.prompt_encoder import PromptEncoder
+
+        prompt_encoder, mask_decoder = plain_modules(model, PromptEncoder, MaskDecoder, "SAM")
         decoder = Sam1Decoder(prompt_encoder, mask_decoder, single_mask=options.single_mask)
         points = 5 if options.dynamic_points else options.num_points
         embedding = prompt_encoder.image_embedding_size
@@ -222,25 +189,13 @@ class Sam1Export:
             inputs,
             DECODER_OUTPUTS,
             dynamic_axes=axes if options.dynamic_points else {},
-            description={
-                "single_mask": options.single_mask,
-                "num_masks": num_masks,
-                "dynamic_points": options.dynamic_points,
-                **({} if options.dynamic_points else {"num_points": options.num_points}),
-            },
+            description=decoder_description(options, num_masks),
         )
 
     def metadata(self, model: nn.Module, options: "ExportOptions") -> dict:
         size = model.image_encoder.img_size
         return {
-            "family": self.name,
-            "model": model.arch,
-            "input_size": size,
-            "embedding_shape": [
-                model.prompt_encoder.embed_dim, *map(int, model.prompt_encoder.image_embedding_size)
-            ],
-            "low_res_size": list(map(int, model.prompt_encoder.mask_input_size)),
-            "mask_threshold": float(getattr(model, "mask_threshold", 0.0)),
+            **model_description(self.name, model, size),
             "preprocessing": {
                 "color": "RGB",
                 "resize": f"longest side to {size} px, the other rounded half up (h * s + 0.5), Pillow bilinear",

@@ -36,11 +36,14 @@ import torch
 from torch import nn
 
 from ..errors import SamkitError
+from .exporter import (
+    Graph, decoder_description, embed_labels, embed_masks, encoder_graph, hold_decoder_modules, model_description,
+    plain_modules,
+)
 
 if TYPE_CHECKING:
-    from .exporter import ExportOptions, Graph
+    from .exporter import ExportOptions
 
-ENCODER_INPUT = "image"
 ENCODER_OUTPUTS = ("high_res_feats_0", "high_res_feats_1", "image_embed")
 DECODER_INPUTS = (
     "image_embed", "high_res_feats_0", "high_res_feats_1",
@@ -81,35 +84,21 @@ class Sam2Decoder(nn.Module):
 
     def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, single_mask: bool = False) -> None:
         super().__init__()
-        self.prompt_encoder = prompt_encoder
-        self.mask_decoder = mask_decoder
-        self.single_mask = single_mask
-        self.input_size = tuple(int(v) for v in prompt_encoder.input_image_size)
-        # The dense positional encoding depends on the weights only: a constant of the graph.
-        with torch.no_grad():
-            image_pe = prompt_encoder.get_dense_pe().detach().clone()
-        self.register_buffer("image_pe", image_pe, persistent=False)
+        hold_decoder_modules(self, prompt_encoder, mask_decoder, single_mask)
 
     def embed_points(self, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
         """(L, N, 2) coords and (L, N) labels, plus the padding point SAM 2 appends to every prompt
         -> sparse embeddings (L, N + 1, 256), as Sam2PromptEncoder embeds points (labels 0-3, -1
-        padding); written with masks instead of indexing so that any label mix is one graph."""
-        encoder = self.prompt_encoder
+        padding; exporter.embed_labels)."""
         batch = point_coords.shape[0]
         coords = torch.cat([point_coords, point_coords.new_zeros(batch, 1, 2)], dim=1)
         labels = torch.cat([point_labels, -point_labels.new_ones(batch, 1)], dim=1).unsqueeze(-1)
-        embedding = encoder.pe_layer.forward_with_coords(coords + 0.5, self.input_size)
-        embedding = embedding * (labels != -1) + encoder.not_a_point_embed.weight * (labels == -1)
-        for index, point_embedding in enumerate(encoder.point_embeddings):
-            embedding = embedding + point_embedding.weight * (labels == index)
-        return embedding
+        embedding = self.prompt_encoder.pe_layer.forward_with_coords(coords + 0.5, self.input_size)
+        return embed_labels(self.prompt_encoder, embedding, labels)
 
     def embed_masks(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         """The dense embedding per prompt: of its mask input where has_mask_input is 1, else "no mask"."""
-        encoder = self.prompt_encoder
-        has_mask = has_mask_input.reshape(-1, 1, 1, 1)
-        no_mask = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        return has_mask * encoder.mask_downscaling(mask_input) + (1 - has_mask) * no_mask
+        return embed_masks(self.prompt_encoder, mask_input, has_mask_input.reshape(-1, 1, 1, 1))
 
     def forward(
         self,
@@ -134,20 +123,6 @@ class Sam2Decoder(nn.Module):
         return masks, iou, all_masks, all_iou
 
 
-def plain_modules(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The model's plain SAM 2 prompt encoder and mask decoder (modeling/sam2), which are traced."""
-    from ..modeling.sam2.mask_decoder import Sam2MaskDecoder
-    from ..modeling.sam2.prompt_encoder import Sam2PromptEncoder
-
-    prompt_encoder, mask_decoder = model.prompt_encoder, model.mask_decoder
-    if not isinstance(prompt_encoder, Sam2PromptEncoder) or not isinstance(mask_decoder, Sam2MaskDecoder):
-        raise SamkitError(
-            f"cannot export a SAM 2 decoder made of {type(prompt_encoder).__name__} and "
-            f"{type(mask_decoder).__name__}: expected samkit's Sam2PromptEncoder and Sam2MaskDecoder"
-        )
-    return prompt_encoder, mask_decoder
-
-
 class Sam2Export:
     """The SAM 2 / 2.1 family's graphs: "encoder" (Sam2Encoder) and "decoder" (Sam2Decoder)."""
 
@@ -160,18 +135,14 @@ class Sam2Export:
 
         return isinstance(model, Sam2)
 
-    def graph(self, model: nn.Module, part: str, options: "ExportOptions") -> "Graph":
-        from .exporter import Graph
-
+    def graph(self, model: nn.Module, part: str, options: "ExportOptions") -> Graph:
         size = model.image_size
         if part == "encoder":
-            return Graph(
-                Sam2Encoder(model),
-                {ENCODER_INPUT: torch.zeros(1, 3, size, size)},
-                ENCODER_OUTPUTS,
-                description={"input_size": [size, size]},
-            )
-        prompt_encoder, mask_decoder = plain_modules(model)
+            return encoder_graph(Sam2Encoder(model), size, ENCODER_OUTPUTS)
+        from ..modeling.sam2.mask_decoder import Sam2MaskDecoder
+        from ..modeling.sam2.prompt_encoder import Sam2PromptEncoder
+
+        prompt_encoder, mask_decoder = plain_modules(model, Sam2PromptEncoder, Sam2MaskDecoder, "SAM 2")
         decoder = Sam2Decoder(prompt_encoder, mask_decoder, single_mask=options.single_mask)
         embedding = tuple(int(v) for v in prompt_encoder.image_embedding_size)
         low_res = tuple(int(v) for v in prompt_encoder.mask_input_size)
@@ -205,25 +176,13 @@ class Sam2Export:
             inputs,
             DECODER_OUTPUTS,
             dynamic_axes=axes,
-            description={
-                "single_mask": options.single_mask,
-                "num_masks": num_masks,
-                "num_all_masks": mask_decoder.num_mask_tokens,
-                "dynamic_points": options.dynamic_points,
-                **({} if options.dynamic_points else {"num_points": options.num_points}),
-            },
+            description=decoder_description(options, num_masks, num_all_masks=mask_decoder.num_mask_tokens),
         )
 
     def metadata(self, model: nn.Module, options: "ExportOptions") -> dict:
         size = model.image_size
         return {
-            "family": self.name,
-            "model": model.arch,
-            "input_size": size,
-            "embedding_shape": [model.prompt_encoder.embed_dim, *map(int, model.prompt_encoder.image_embedding_size)],
-            "high_res_shapes": [[32, 256, 256], [64, 128, 128]],
-            "low_res_size": list(map(int, model.prompt_encoder.mask_input_size)),
-            "mask_threshold": float(getattr(model, "mask_threshold", 0.0)),
+            **model_description(self.name, model, size, high_res_shapes=[[32, 256, 256], [64, 128, 128]]),
             "preprocessing": {
                 "color": "RGB",
                 "scale": "pixel / 255",
