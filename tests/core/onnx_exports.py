@@ -1,4 +1,5 @@
-"""Exports the ONNX tests share (made once per test process, like oracle.official_vit_b).
+"""Exports the ONNX tests share (made once per test process, like oracle.official_vit_b), and how
+the OnnxPredictor tests compare it with samkit.Predictor.
 
 * ``mobile_export(checkpoint)``: MobileSAM's encoder and decoder, plus the int8 decoder, exported
   from the seeded MobileSAM checkpoint file (as `samkit export mobile_sam_random.pt` would).
@@ -15,12 +16,18 @@
   decoder alone with single_mask).
 * ``feeds(...)``: the official decoder's inputs built as the official notebook builds them
   (segment_anything's ResizeLongestSide, a (0, 0) point labelled -1 when there is no box).
+* ``prediction_images`` / ``prompt_cases`` / ``assert_same`` / ``assert_batch_matches`` /
+  ``predict_without_torch``: OnnxPredictor against samkit.Predictor (logits within LOGIT_TOL,
+  masks of IoU >= MIN_IOU), the same for every exported family.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import subprocess
+import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -33,6 +40,10 @@ try:
     from . import oracle
 except ImportError:
     import oracle
+
+
+LOGIT_TOL = 1e-3
+MIN_IOU = 0.999
 
 
 @functools.lru_cache(maxsize=None)
@@ -171,3 +182,107 @@ def session(path: Path):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 2
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+# -- OnnxPredictor against samkit.Predictor ----------------------------------------------------
+def prediction_images(images_dir: Path, truck: bool = False) -> dict[str, np.ndarray]:
+    """dog.jpg as it is (800x534), truck.jpg whole (1800x1200) if asked, a portrait cut of it and a
+    small image: smaller and larger than the 1024 input, portrait and landscape."""
+    whole = samkit.load_image(images_dir / "truck.jpg")
+    return {
+        "dog": samkit.load_image(images_dir / "dog.jpg"),
+        **({"truck": whole} if truck else {}),
+        "portrait": np.ascontiguousarray(whole[100:1000, 300:800]),
+        "small": np.ascontiguousarray(whole[::40, ::40]),
+    }
+
+
+def prompt_cases(height: int, width: int) -> list[dict[str, np.ndarray]]:
+    """predict's keyword arguments on an image of (height, width): points, boxes and both."""
+    box = np.array([0.1 * width, 0.2 * height, 0.6 * width, 0.9 * height])
+    return [
+        {"point_coords": np.array([[0.4 * width, 0.5 * height]]), "point_labels": np.array([1])},
+        {"point_coords": np.array([[0.4 * width, 0.5 * height], [0.8 * width, 0.2 * height],
+                                   [0.1 * width, 0.9 * height]]), "point_labels": np.array([1, 0, 1])},
+        {"box": box},
+        {"point_coords": np.array([[0.3 * width, 0.6 * height]]), "point_labels": np.array([0]), "box": box},
+        {"point_coords": np.array([[0.3 * width, 0.6 * height], [0.5 * width, 0.5 * height]]),
+         "point_labels": np.array([0, 1]), "box": box},
+    ]
+
+
+def assert_same(ours, theirs, what) -> None:
+    """Two (masks, scores, low_res) of predict: the same shapes and dtypes, scores and logits within
+    LOGIT_TOL, boolean masks of IoU >= MIN_IOU; low_res None in both or within LOGIT_TOL."""
+    (masks, scores, low_res), (ref_masks, ref_scores, ref_low_res) = ours, theirs
+    assert masks.shape == ref_masks.shape and masks.dtype == ref_masks.dtype, what
+    assert np.abs(scores - ref_scores).max() < LOGIT_TOL, what
+    if ref_low_res is None:
+        assert low_res is None, what
+    else:
+        assert np.abs(low_res - ref_low_res).max() < LOGIT_TOL, what
+    if masks.dtype == bool:
+        for a, b in zip(masks, ref_masks):
+            assert oracle.mask_iou(a, b) >= MIN_IOU, what
+    else:
+        assert np.abs(masks - ref_masks).max() < LOGIT_TOL, what
+
+
+def assert_batch_matches(onnx_predictor, predictor) -> None:
+    """predict_batch of both on their current image (dog.jpg): boxes, points, and both with all
+    three masks, prompt by prompt as assert_same."""
+    boxes = np.array([[50, 40, 300, 400], [400, 100, 780, 500], [10, 10, 60, 60]])
+    points = np.array([[[150, 200]], [[500, 300]], [[30, 30]]])
+    labels = np.ones((3, 1), dtype=np.int64)
+    for kwargs in ({"boxes": boxes}, {"point_coords": points, "point_labels": labels},
+                   {"point_coords": points, "point_labels": labels, "boxes": boxes, "multimask_output": True}):
+        ours = onnx_predictor.predict_batch(**kwargs)
+        theirs = predictor.predict_batch(**kwargs)
+        assert ours[0].shape == theirs[0].shape
+        for b in range(len(ours[0])):
+            assert_same([x[b] for x in ours], [x[b] for x in theirs], f"{sorted(kwargs)} prompt {b}")
+
+
+BLOCKED_TORCH = textwrap.dedent("""
+    import importlib.abc, sys
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this process")
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("the blocker did not block torch")
+
+    import numpy as np
+    import samkit
+
+    predictor = samkit.OnnxPredictor(sys.argv[1])
+    predictor.set_image(sys.argv[2])
+    masks, scores, low_res = predictor.predict(point_coords=np.array(POINT), point_labels=np.array([1]))
+    np.savez(sys.argv[3], masks=masks, scores=scores, low_res=low_res)
+    assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+    print("ok")
+""")
+TORCHLESS_POINT = [[300, 250]]  # the click predict_without_torch makes
+
+
+def predict_without_torch(export_dir: Path, image: Path, scratch: Path) -> tuple[np.ndarray, ...]:
+    """OnnxPredictor(export_dir).predict of a click at TORCHLESS_POINT on `image`, in a fresh
+    Python process where importing torch fails (and that checks no torch module got loaded):
+    (masks, scores, low_res)."""
+    script = BLOCKED_TORCH.replace("POINT", repr(TORCHLESS_POINT))
+    out = scratch / "without_torch.npz"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(export_dir), str(image), str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    saved = np.load(out)
+    return saved["masks"], saved["scores"], saved["low_res"]

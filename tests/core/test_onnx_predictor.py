@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -25,8 +22,7 @@ except ImportError:
     import onnx_exports
     import oracle
 
-LOGIT_TOL = 1e-3
-MIN_IOU = 0.999
+from onnx_exports import LOGIT_TOL, TORCHLESS_POINT, assert_batch_matches, assert_same, predict_without_torch
 
 
 @pytest.fixture(scope="module")
@@ -41,43 +37,16 @@ def onnx_predictor(export_dir):
 
 def images(images_dir):
     """dog.jpg as it is (800x534), a portrait cut of truck.jpg and a small image."""
-    truck = samkit.load_image(images_dir / "truck.jpg")
-    return {
-        "dog": samkit.load_image(images_dir / "dog.jpg"),
-        "portrait": np.ascontiguousarray(truck[100:1000, 300:800]),
-        "small": np.ascontiguousarray(truck[::40, ::40]),
-    }
+    return onnx_exports.prediction_images(images_dir)
 
 
 def prompt_cases(height, width):
-    return [
-        {"point_coords": np.array([[0.4 * width, 0.5 * height]]), "point_labels": np.array([1])},
-        {"point_coords": np.array([[0.4 * width, 0.5 * height], [0.8 * width, 0.2 * height],
-                                   [0.1 * width, 0.9 * height]]), "point_labels": np.array([1, 0, 1])},
-        {"box": np.array([0.1 * width, 0.2 * height, 0.6 * width, 0.9 * height])},
-        {"point_coords": np.array([[0.3 * width, 0.6 * height]]), "point_labels": np.array([0]),
-         "box": np.array([0.1 * width, 0.2 * height, 0.6 * width, 0.9 * height])},
-        {},
-    ]
+    """The shared cases and no prompt at all (the decoder's padding point alone)."""
+    return [*onnx_exports.prompt_cases(height, width), {}]
 
 
 OPTIONS = ({}, {"multimask_output": False}, {"return_logits": True}, {"best_only": True},
            {"return_low_res": False, "best_only": True})
-
-
-def assert_same(ours, theirs, what):
-    (masks, scores, low_res), (ref_masks, ref_scores, ref_low_res) = ours, theirs
-    assert masks.shape == ref_masks.shape and masks.dtype == ref_masks.dtype, what
-    assert np.abs(scores - ref_scores).max() < LOGIT_TOL, what
-    if ref_low_res is None:
-        assert low_res is None, what
-    else:
-        assert np.abs(low_res - ref_low_res).max() < LOGIT_TOL, what
-    if masks.dtype == bool:
-        for a, b in zip(masks, ref_masks):
-            assert oracle.mask_iou(a, b) >= MIN_IOU, what
-    else:
-        assert np.abs(masks - ref_masks).max() < LOGIT_TOL, what
 
 
 def test_matches_predictor(onnx_predictor, mobile_sam, images_dir):
@@ -119,16 +88,7 @@ def test_preprocessing_is_samkits(onnx_predictor, mobile_sam, images_dir):
 
 def test_predict_batch_matches(onnx_predictor, dog_predictor, images_dir):
     onnx_predictor.set_image(images_dir / "dog.jpg")
-    boxes = np.array([[50, 40, 300, 400], [400, 100, 780, 500], [10, 10, 60, 60]])
-    points = np.array([[[150, 200]], [[500, 300]], [[30, 30]]])
-    labels = np.ones((3, 1), dtype=np.int64)
-    for kwargs in ({"boxes": boxes}, {"point_coords": points, "point_labels": labels},
-                   {"point_coords": points, "point_labels": labels, "boxes": boxes, "multimask_output": True}):
-        ours = onnx_predictor.predict_batch(**kwargs)
-        theirs = dog_predictor.predict_batch(**kwargs)
-        assert ours[0].shape == theirs[0].shape
-        for b in range(len(ours[0])):
-            assert_same([x[b] for x in ours], [x[b] for x in theirs], f"{sorted(kwargs)} prompt {b}")
+    assert_batch_matches(onnx_predictor, dog_predictor)
 
 
 def test_embedding_cache(onnx_predictor, images_dir):
@@ -169,41 +129,7 @@ def test_bad_input(export_dir, onnx_predictor, tmp_path, images_dir):
         onnx_predictor.predict(box=np.array([300, 10, 100, 50]))
 
 
-BLOCKED_TORCH = textwrap.dedent("""
-    import importlib.abc, sys
-
-    class NoTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, NoTorch())
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("the blocker did not block torch")
-
-    import numpy as np
-    import samkit
-
-    predictor = samkit.OnnxPredictor(sys.argv[1])
-    predictor.set_image(sys.argv[2])
-    masks, scores, low_res = predictor.predict(point_coords=np.array([[300, 250]]), point_labels=np.array([1]))
-    np.savez(sys.argv[3], masks=masks, scores=scores, low_res=low_res)
-    assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
-    print("ok")
-""")
-
-
 def test_runs_without_torch(export_dir, dog_predictor, images_dir, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCKED_TORCH, str(export_dir), str(images_dir / "dog.jpg"), str(tmp_path / "out.npz")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
-    out = np.load(tmp_path / "out.npz")
-    expected = dog_predictor.predict(point_coords=np.array([[300, 250]]), point_labels=np.array([1]))
-    assert_same((out["masks"], out["scores"], out["low_res"]), expected, "without torch")
+    ours = predict_without_torch(export_dir, images_dir / "dog.jpg", tmp_path)
+    expected = dog_predictor.predict(point_coords=np.array(TORCHLESS_POINT), point_labels=np.array([1]))
+    assert_same(ours, expected, "without torch")

@@ -17,8 +17,6 @@ The model is SAM 2.1 tiny from samkit's ``build_sam2("tiny")`` with seeded, pert
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -28,14 +26,13 @@ import samkit
 
 try:
     from . import onnx_exports, oracle
-    from .test_onnx_predictor import BLOCKED_TORCH
 except ImportError:
     import onnx_exports
     import oracle
-    from test_onnx_predictor import BLOCKED_TORCH
 
-LOGIT_TOL = 1e-3
-MIN_IOU = 0.999
+from onnx_exports import (
+    LOGIT_TOL, MIN_IOU, TORCHLESS_POINT, assert_batch_matches, assert_same, predict_without_torch, prompt_cases,
+)
 DECODER_INPUTS = ["image_embed", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels",
                   "mask_input", "has_mask_input"]
 
@@ -62,13 +59,7 @@ def onnx_predictor(export_dir):
 
 def images(images_dir):
     """Smaller and larger than the 1024 square, portrait and landscape."""
-    truck = samkit.load_image(images_dir / "truck.jpg")
-    return {
-        "dog": samkit.load_image(images_dir / "dog.jpg"),
-        "truck": truck,
-        "portrait": np.ascontiguousarray(truck[100:1000, 300:800]),
-        "small": np.ascontiguousarray(truck[::40, ::40]),
-    }
+    return onnx_exports.prediction_images(images_dir, truck=True)
 
 
 @pytest.fixture(scope="module")
@@ -241,31 +232,8 @@ def test_preprocessing_is_samkits(onnx_predictor, model, images_dir):
         assert np.abs(tensor - expected).max() < 1e-5, name
 
 
-def prompt_cases(height, width):
-    return [
-        {"point_coords": np.array([[0.4 * width, 0.5 * height]]), "point_labels": np.array([1])},
-        {"point_coords": np.array([[0.4 * width, 0.5 * height], [0.8 * width, 0.2 * height],
-                                   [0.1 * width, 0.9 * height]]), "point_labels": np.array([1, 0, 1])},
-        {"box": np.array([0.1 * width, 0.2 * height, 0.6 * width, 0.9 * height])},
-        {"point_coords": np.array([[0.3 * width, 0.6 * height], [0.5 * width, 0.5 * height]]),
-         "point_labels": np.array([0, 1]), "box": np.array([0.1 * width, 0.2 * height, 0.6 * width, 0.9 * height])},
-    ]
-
-
 OPTIONS = ({}, {"multimask_output": False}, {"return_logits": True}, {"best_only": True},
            {"return_logits": True, "multimask_output": False})
-
-
-def assert_same(ours, theirs, what):
-    (masks, scores, low_res), (ref_masks, ref_scores, ref_low_res) = ours, theirs
-    assert masks.shape == ref_masks.shape and masks.dtype == ref_masks.dtype, what
-    assert np.abs(scores - ref_scores).max() < LOGIT_TOL, what
-    assert np.abs(low_res - ref_low_res).max() < LOGIT_TOL, what
-    if masks.dtype == bool:
-        for a, b in zip(masks, ref_masks):
-            assert oracle.mask_iou(a, b) >= MIN_IOU, what
-    else:
-        assert np.abs(masks - ref_masks).max() < LOGIT_TOL, what
 
 
 def test_onnx_predictor_matches_predictor(onnx_predictor, model, images_dir):
@@ -293,16 +261,7 @@ def test_predict_batch_matches(onnx_predictor, model, images_dir):
     predictor = samkit.Predictor(model)
     predictor.set_image(images_dir / "dog.jpg")
     onnx_predictor.set_image(images_dir / "dog.jpg")
-    boxes = np.array([[50, 40, 300, 400], [400, 100, 780, 500], [10, 10, 60, 60]])
-    points = np.array([[[150, 200]], [[500, 300]], [[30, 30]]])
-    labels = np.ones((3, 1), dtype=np.int64)
-    for kwargs in ({"boxes": boxes}, {"point_coords": points, "point_labels": labels, "boxes": boxes,
-                                      "multimask_output": True}):
-        ours = onnx_predictor.predict_batch(**kwargs)
-        theirs = predictor.predict_batch(**kwargs)
-        assert ours[0].shape == theirs[0].shape
-        for b in range(len(ours[0])):
-            assert_same([x[b] for x in ours], [x[b] for x in theirs], f"{sorted(kwargs)} prompt {b}")
+    assert_batch_matches(onnx_predictor, predictor)
 
 
 def test_quantized_decoder(export_dir, onnx_predictor, images_dir):
@@ -317,16 +276,11 @@ def test_quantized_decoder(export_dir, onnx_predictor, images_dir):
 
 
 def test_runs_without_torch(export_dir, model, images_dir, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCKED_TORCH, str(export_dir), str(images_dir / "dog.jpg"), str(tmp_path / "out.npz")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
-    out = np.load(tmp_path / "out.npz")
+    ours = predict_without_torch(export_dir, images_dir / "dog.jpg", tmp_path)
     predictor = samkit.Predictor(model)
     predictor.set_image(images_dir / "dog.jpg")
-    expected = predictor.predict(point_coords=np.array([[300, 250]]), point_labels=np.array([1]))
-    assert_same((out["masks"], out["scores"], out["low_res"]), expected, "without torch")
+    expected = predictor.predict(point_coords=np.array(TORCHLESS_POINT), point_labels=np.array([1]))
+    assert_same(ours, expected, "without torch")
 
 
 def test_fiftyone_app_option_refuses_what_the_app_cannot_run(mobile_sam, model, tmp_path):
