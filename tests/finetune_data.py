@@ -6,6 +6,9 @@ to empty masks, ../shared/reference/README.md), so the training tests use a teac
 random MobileSAM labels each building box with its own mask, and a copy of it with its mask
 decoder perturbed is fine-tuned on those labels. Its agreement with the teacher on held-out
 chips must rise.
+
+``ellipse_objects``: synthetic objects (filled ellipses and their boxes) for the gradient parity
+tests, which need known targets rather than real ones.
 """
 
 from __future__ import annotations
@@ -137,3 +140,20 @@ def perturbed_student(teacher_checkpoint: Path, path: Path, seed: int = 7, scale
             value.add_((scale * 0.25 * max(spread, 0.02) * noise).to(value.dtype))
     torch.save(state, path)
     return path
+
+
+def ellipse_objects(gen: np.random.Generator, size: tuple[int, int], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` filled ellipses (centres 80 px or more inside the image, radii 15-70 px) drawn with
+    `gen` on an image of size (H, W): masks (count, H, W) bool and their boxes (count, 4) XYXY
+    float64, the pixels' outer edges."""
+    height, width = size
+    yy, xx = np.mgrid[:height, :width]
+    masks, boxes = [], []
+    for _ in range(count):
+        cx, cy = gen.uniform(80, width - 80), gen.uniform(80, height - 80)
+        rx, ry = gen.uniform(15, 70), gen.uniform(15, 70)
+        mask = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+        ys, xs = np.nonzero(mask)
+        masks.append(mask)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return np.stack(masks), np.array(boxes, dtype=np.float64)

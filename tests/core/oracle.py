@@ -7,6 +7,8 @@
 * ``perturb_(module, seed)``: moves every floating tensor of a state_dict away from its initial
   value (norm weights and biases, attention rel-pos tables, positional embeddings, every bias), as
   the MobileSAM reference fixture did, so that no part of a network can be wrong unnoticed.
+* ``random_prompts(kind, batch, seed)``: seeded prompts in the 1024-px input frame for the decoder
+  tests (points, a box, a mask input, or any mix named in `kind`).
 * ``official_vit_b()``: an official ViT-B with seeded perturbed weights, its state_dict saved in
   the official checkpoint format (cached for the whole process).
 * ``StandInImageEncoder`` / ``StandInPromptEncoder`` / ``StandInMaskDecoder`` and
@@ -190,6 +192,23 @@ def perturb_(module: nn.Module, seed: int) -> nn.Module:
         else:
             t.add_(0.1 * spread * noise)
     return module
+
+
+def random_prompts(kind: str, batch: int, seed: int):
+    """(coords (B, 2, 2), labels (B, 2) int, boxes (B, 4) XYXY, mask_input (B, 1, 256, 256)) in the
+    1024-px input frame, each only where `kind` names it ("points", "box", "mask", e.g.
+    "points+box+mask"), else None; seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    coords = labels = boxes = mask_input = None
+    if "points" in kind:
+        coords = torch.rand(batch, 2, 2, generator=gen) * 1000
+        labels = torch.randint(0, 2, (batch, 2), generator=gen).int()
+    if "box" in kind:
+        corner = torch.rand(batch, 2, generator=gen) * 600
+        boxes = torch.cat([corner, corner + 100 + torch.rand(batch, 2, generator=gen) * 300], dim=1)
+    if "mask" in kind:
+        mask_input = torch.randn(batch, 1, 256, 256, generator=gen) * 3
+    return coords, labels, boxes, mask_input
 
 
 def unperturbed_keys(before: dict, after: dict, min_changed: float = 0.99) -> list[str]:

@@ -323,20 +323,6 @@ def test_fast_decoder_follows_the_reference_weights(decoders):
     _assert_same_as_reference(replaced, _reference(plain, *inputs, True))
 
 
-def _sam_prompts(kind: str, batch: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    coords = labels = boxes = mask_input = None
-    if "points" in kind:
-        coords = torch.rand(batch, 2, 2, generator=gen) * 1000
-        labels = torch.randint(0, 2, (batch, 2), generator=gen).int()
-    if "box" in kind:
-        corner = torch.rand(batch, 2, generator=gen) * 600
-        boxes = torch.cat([corner, corner + 100 + torch.rand(batch, 2, generator=gen) * 300], dim=1)
-    if "mask" in kind:
-        mask_input = torch.randn(batch, 1, 256, 256, generator=gen) * 3
-    return coords, labels, boxes, mask_input
-
-
 @pytest.fixture(scope="module")
 def image_state():
     features = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(77))
@@ -357,7 +343,7 @@ def image_state():
 def test_sam_decode_fast_matches_reference(mobile_sam, image_state, kind, batch, multimask, best_only, region):
     """Sam.decode (the engine) against Sam.decode(reference=True) (the plain modules), with the
     model's own prompt encoder: points, boxes, mask inputs, best mask, region."""
-    prompts = _sam_prompts(kind, batch, seed=500 + batch)
+    prompts = oracle.random_prompts(kind, batch, seed=500 + batch)
     with torch.inference_mode():
         fast = mobile_sam.decode(image_state, *prompts, multimask, best_only, region)
         reference = mobile_sam.decode(image_state, *prompts, multimask, best_only, region, reference=True)
@@ -379,7 +365,7 @@ def test_sam_holds_only_the_plain_modules(mobile_sam, image_state):
     assert all(type(m).__module__.startswith(("samkit.modeling", "torch.")) for m in model.modules())
     assert model.state_dict().keys() == mobile_sam.state_dict().keys()
     # tuned weights loaded into the live model reach the fast path
-    prompts = _sam_prompts("points", 3, seed=600)
+    prompts = oracle.random_prompts("points", 3, seed=600)
     with torch.inference_mode():
         before = model.decode(image_state, *prompts)
     for module, seed in ((model.mask_decoder, 601), (model.prompt_encoder, 602)):  # the latter's PE matrix too

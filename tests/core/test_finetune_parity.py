@@ -20,6 +20,8 @@ from samkit.finetune.loss import mask_loss
 from samkit.finetune.step import PromptSettings, draw, train_image
 from samkit.predictor import ImageState
 
+from finetune_data import ellipse_objects
+
 try:  # tests/core as a package or as a plain directory on sys.path
     from . import oracle
 except ImportError:
@@ -57,18 +59,9 @@ def batch(seed: int, count: int = 6, size=(480, 640)):
     """An image state (random embedding) and `count` elliptical objects with their boxes."""
     gen = np.random.default_rng(seed)
     features = torch.from_numpy(gen.standard_normal((1, 256, 64, 64)).astype(np.float32))
-    height, width = size
     state = ImageState(features, size, (768, 1024))
-    yy, xx = np.mgrid[:height, :width]
-    masks, boxes = [], []
-    for _ in range(count):
-        cx, cy = gen.uniform(80, width - 80), gen.uniform(80, height - 80)
-        rx, ry = gen.uniform(15, 70), gen.uniform(15, 70)
-        mask = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
-        ys, xs = np.nonzero(mask)
-        masks.append(mask)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    return state, np.stack(masks), np.array(boxes, dtype=np.float64)
+    masks, boxes = ellipse_objects(gen, size, count)
+    return state, masks, boxes
 
 
 # Parameters whose gradient is exactly zero in exact arithmetic: the key bias of an attention

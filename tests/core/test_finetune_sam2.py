@@ -38,6 +38,8 @@ from samkit.finetune.step import PromptSettings, draw, train_image
 from samkit.modeling.sam2.model import build_sam2, image_weights
 from samkit.predictor import ImageState
 
+from finetune_data import ellipse_objects
+
 try:
     from . import sam2_oracle
     from .test_finetune_parity import assert_same_gradients
@@ -123,18 +125,9 @@ def batch(seed: int, count: int = 5):
     features = torch.from_numpy(gen.standard_normal((1, 256, 64, 64)).astype(np.float32))
     high_res = (torch.from_numpy(gen.standard_normal((1, 32, 256, 256)).astype(np.float32)),
                 torch.from_numpy(gen.standard_normal((1, 64, 128, 128)).astype(np.float32)))
-    height, width = SIZE
     state = ImageState(features, SIZE, (1024, 1024), high_res)
-    yy, xx = np.mgrid[:height, :width]
-    masks, boxes = [], []
-    for _ in range(count):
-        cx, cy = gen.uniform(80, width - 80), gen.uniform(80, height - 80)
-        rx, ry = gen.uniform(15, 70), gen.uniform(15, 70)
-        mask = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
-        ys, xs = np.nonzero(mask)
-        masks.append(mask)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    return state, np.stack(masks), np.array(boxes, dtype=np.float64)
+    masks, boxes = ellipse_objects(gen, SIZE, count)
+    return state, masks, boxes
 
 
 def test_loss_equals_sam2_training_loss():

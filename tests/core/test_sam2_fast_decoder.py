@@ -58,20 +58,6 @@ def state(test_device):
     return make_state(77, test_device)
 
 
-def prompts(kind: str, batch: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    coords = labels = boxes = mask_input = None
-    if "points" in kind:
-        coords = torch.rand(batch, 2, 2, generator=gen) * 1000
-        labels = torch.randint(0, 2, (batch, 2), generator=gen).int()
-    if "box" in kind:
-        corner = torch.rand(batch, 2, generator=gen) * 600
-        boxes = torch.cat([corner, corner + 100 + torch.rand(batch, 2, generator=gen) * 300], dim=1)
-    if "mask" in kind:
-        mask_input = torch.randn(batch, 1, 256, 256, generator=gen) * 3
-    return coords, labels, boxes, mask_input
-
-
 def decode(model, state, inputs, multimask, best_only=False, region=None, reference=False):
     inputs = [None if t is None else t.to(model.device) for t in inputs]
     with torch.inference_mode():
@@ -104,7 +90,7 @@ def assert_same(fast, reference):
     ],
 )
 def test_fast_decode_matches_reference(model, state, kind, batch, multimask, best_only, region):
-    inputs = prompts(kind, batch, seed=600 + batch)
+    inputs = oracle.random_prompts(kind, batch, seed=600 + batch)
     fast = decode(model, state, inputs, multimask, best_only, region)
     assert_same(fast, decode(model, state, inputs, multimask, best_only, region, reference=True))
     # and again from the kept image work
@@ -115,7 +101,7 @@ def test_dynamic_single_mask_both_ways(model, state):
     """With a threshold that splits the batch, some prompts keep the single-mask token's mask and
     some fall back to the best multimask output, each as the reference chooses."""
     decoder = model.mask_decoder
-    inputs = prompts("points", 16, seed=700)
+    inputs = oracle.random_prompts("points", 16, seed=700)
     points = model.prompt_points(*(t.to(model.device) for t in inputs[:2]), None)
     with torch.inference_mode():
         sparse, dense = model.prompt_encoder(points=points, boxes=None, masks=None)
@@ -145,7 +131,7 @@ def test_kept_work_follows_image_high_res_and_weights(model, state):
     """A new image, new high-res features on the same image, and weights changed in place (the
     kept work's inputs) all show in the next fast call."""
     sam = copy.deepcopy(model)
-    inputs = prompts("points", 3, seed=800)
+    inputs = oracle.random_prompts("points", 3, seed=800)
     first = decode(sam, state, inputs, True)
     other = make_state(78, sam.device)
     assert_same(decode(sam, other, inputs, True), decode(sam, other, inputs, True, reference=True))
@@ -176,7 +162,7 @@ def test_prepare_decoder_and_engine_reads_the_plain_modules(model, state):
     sam.prepare_decoder(state)
     kept = engine.mask_decoder._kept
     assert kept is not None
-    inputs = prompts("points", 1, seed=900)
+    inputs = oracle.random_prompts("points", 1, seed=900)
     assert_same(decode(sam, state, inputs, True, True), decode(sam, state, inputs, True, True, reference=True))
     assert engine.mask_decoder._kept is kept  # the click reused the prepared work
 
@@ -185,7 +171,7 @@ def test_bf16_fast_decode_agrees_with_fp32(model, state):
     """Under bf16 autocast (compute_dtype) the engine takes the direct products; its masks match
     fp32's at IoU >= 0.98."""
     sam = copy.deepcopy(model)
-    inputs = prompts("points", 8, seed=950)
+    inputs = oracle.random_prompts("points", 8, seed=950)
     fp32 = decode(sam, state, inputs, True)
     sam.compute_dtype = torch.bfloat16
     bf16 = decode(sam, state, inputs, True)

@@ -1,8 +1,12 @@
-"""Checks shared by the FiftyOne tests."""
+"""Checks shared by the FiftyOne tests, and how they start the App server and Chromium."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,47 @@ BOXES = {
     "picture2.jpg": [("object", [0.10, 0.30, 0.50, 0.50])],
     "bus.jpg": [("bus", [0.00, 0.20, 1.00, 0.55]), ("person", [0.05, 0.40, 0.25, 0.50])],
 }
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # tests/setup/fiftyone.sh installs it
+
+
+@contextmanager
+def environ(**values: str):
+    """os.environ with `values` set, restored afterwards (what the App server process inherits)."""
+    old = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def launch_app(port: int, dataset=None, **environment: str):
+    """fo.launch_app on 127.0.0.1:port (the App server in its own process, which inherits
+    `environment`), showing `dataset` if given; returns the session once the server answers
+    (within 180 s)."""
+    import fiftyone as fo
+    import httpx
+
+    with environ(**environment):
+        session = fo.launch_app(dataset, remote=True, address="127.0.0.1", port=port, auto=False)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return session
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() >= deadline:
+            session.close()
+            raise AssertionError("the FiftyOne App did not start")
+        time.sleep(1)
 
 
 def free_port() -> int:

@@ -4,36 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
 
 import fiftyone as fo
 
-from fo_checks import check_tight, free_port, image_size
+from fo_checks import CHROMIUM, check_tight, free_port, image_size, launch_app
 
 URIS = {"@samkit/fiftyone/segment_everything", "@samkit/fiftyone/segment_prompts"}
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Debian's Chromium on this closed network: no background connections, no sandbox as root.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@contextmanager
-def _environ(**values):
-    old = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +30,8 @@ def app(photos, checkpoint, fiftyone_env):
     dataset.add_samples([fo.Sample(filepath=photos[f]) for f in ("dog.jpg", "picture1.jpg")])
     port = free_port()
     env = fiftyone_env(SAMKIT_CHECKPOINT=checkpoint)
-    with _environ(HOME=env["HOME"], SAMKIT_CHECKPOINT=checkpoint):  # inherited by the server process
-        session = fo.launch_app(dataset, remote=True, address="127.0.0.1", port=port, auto=False)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the FiftyOne App did not start"
-        time.sleep(1)
-    yield url, dataset
+    session = launch_app(port, dataset, HOME=env["HOME"], SAMKIT_CHECKPOINT=checkpoint)
+    yield f"http://127.0.0.1:{port}", dataset
     session.close()
     fo.delete_dataset(name)
 

@@ -24,10 +24,8 @@ import base64
 import contextlib
 import io
 import os
-import shutil
 import tempfile
 import threading
-import time
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,9 +41,8 @@ import samkit
 from samkit.export.onnx_predictor import read_metadata
 from samkit.export.sam2 import DECODER_INPUTS, FIFTYONE_APP_ENV, FIFTYONE_APP_FILES
 
-from fo_checks import free_port
+from fo_checks import CHROMIUM, free_port, launch_app
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # no --disable-gpu: with it Chromium never answers the worker's WebGPU adapter request (without,
 # it answers "no adapter" and the worker falls back to WebAssembly)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run",
@@ -59,20 +56,6 @@ def app_worker() -> Path:
     found = [p for p in assets.glob("worker-*.js") if FIFTYONE_APP_FILES[0] in p.read_text(errors="ignore")]
     assert len(found) == 1, f"expected one SAM 2 worker in {assets}, found {found}"
     return found[0]
-
-
-@contextmanager
-def _environ(**values):
-    old = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextmanager
@@ -221,8 +204,7 @@ def test_app_worker_runs_the_export(export_dir, image, fiftyone_env):
     env = fiftyone_env()
     with contextlib.ExitStack() as stack:
         base = stack.enter_context(cors_static_server(export_dir))
-        with _environ(HOME=env["HOME"], **{FIFTYONE_APP_ENV: base}):  # inherited by the server process
-            session = fo.launch_app(remote=True, address="127.0.0.1", port=port, auto=False)
+        session = launch_app(port, HOME=env["HOME"], **{FIFTYONE_APP_ENV: base})
         stack.callback(session.close)
         result = _run_app_worker(f"http://127.0.0.1:{port}", base, export_dir, image)
     assert "error" not in result, result
@@ -237,19 +219,10 @@ def test_app_worker_runs_the_export(export_dir, image, fiftyone_env):
 
 
 def _run_app_worker(url: str, base: str, export_dir: Path, image: np.ndarray) -> dict:
-    """Wait for the App server, check what its route resolves, then run the App's worker on the
-    App's origin in Chromium: load the model, encode the image and decode one click."""
+    """Check what the App server's route resolves, then run the App's worker on the App's origin
+    in Chromium: load the model, encode the image and decode one click."""
     from playwright.sync_api import sync_playwright
 
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the FiftyOne App did not start"
-        time.sleep(1)
     # the server's route resolves each file the worker asks for to our served folder
     for name in FIFTYONE_APP_FILES:
         resolved = httpx.get(f"{url}/runtime-assets/models/sam2/{name}", timeout=30).json()["url"]
