@@ -147,19 +147,37 @@ def _label_fields(dataset, doc_types) -> list[str]:
     return sorted(schema)
 
 
+def _loads_here(ctx) -> bool:
+    """Whether what the run will load (model, detector) is checked in this process, before it
+    starts: not when a run is only being queued (the worker that will run it has its own files,
+    packages and network, and checks them itself when it takes the run up, before running), nor
+    when there is nothing to run on (the run says so plainly and loads nothing)."""
+    if ctx.requesting_delegated_execution and not ctx.delegated:
+        return False
+    try:
+        return _target_view(ctx).limit(1).count() > 0
+    except Exception:  # no dataset yet (the App's form opening): the checks still help
+        return True
+
+
 def _model_problem(ctx, defaults: dict[str, Any]) -> Optional[str]:
     """Why the model cannot be loaded here, checked before the run (see _add_common_inputs)."""
-    if ctx.requesting_delegated_execution and not ctx.delegated:
-        return None  # the worker that will run it has its own files and network
-    try:
-        if _target_view(ctx).limit(1).count() == 0:
-            return None  # nothing to run on: the run says so plainly and loads no model
-    except Exception:  # no dataset yet (the App's form opening): the check below still helps
-        pass
+    if not _loads_here(ctx):
+        return None
     from samkit.build import checkpoint_problem
 
     env = {name: value for name in ENVIRONMENT if (value := _secret(ctx, name))}
     return checkpoint_problem(model_source(_param(ctx, defaults, "model") or None, environ=env or None))
+
+
+def _text_detector_problem(ctx, defaults: dict[str, Any]) -> Optional[str]:
+    """Why the text detector cannot be loaded here (transformers missing, no such folder, an id
+    that cannot be downloaded), checked before the run (see _add_text_detector_inputs)."""
+    if not _loads_here(ctx):
+        return None
+    from samkit.annotate.detectors.text import text_detector_problem
+
+    return text_detector_problem(_param(ctx, defaults, "det_model") or None)
 
 
 def _add_common_inputs(inputs: "types.Object", ctx, defaults: dict[str, Any]) -> None:
@@ -234,10 +252,16 @@ def _add_output_field(inputs: "types.Object", ctx, default: str, label: str) -> 
             prop.error_message = str(exc)
 
 
-def _add_text_detector_inputs(inputs: "types.Object", defaults: dict[str, Any]) -> None:
-    inputs.str("det_model", default=defaults["det_model"], required=False, label="Text detector",
-               description="A GroundingDINO or OWLv2 Hugging Face id or a local model folder on the machine that "
-                           "runs the operation. Empty: IDEA-Research/grounding-dino-tiny")
+def _add_text_detector_inputs(inputs: "types.Object", ctx, defaults: dict[str, Any]) -> None:
+    det_model = inputs.str("det_model", default=defaults["det_model"], required=False, label="Text detector",
+                           description="A GroundingDINO or OWLv2 Hugging Face id or a local model folder on the "
+                                       "machine that runs the operation. Empty: IDEA-Research/grounding-dino-tiny")
+    # as for the model (_add_common_inputs): an invalid input, shown at the field and refused
+    # before the run starts, rather than the run's error once it loads the detector
+    problem = _text_detector_problem(ctx, defaults)
+    if problem:
+        det_model.invalid = True
+        det_model.error_message = problem
     inputs.float("box_threshold", default=defaults["box_threshold"], min=0.0, max=1.0, label="Box threshold",
                  description="Keep boxes the detector scores above this")
     inputs.float("text_threshold", default=defaults["text_threshold"], min=0.0, max=1.0, label="Text threshold",
@@ -440,7 +464,7 @@ class SegmentPrompts(_SamOperator):
         inputs.str("text", default=d["text"], required=False, label="Text (instead of a prompt field)",
                    description="Phrases separated by '.', e.g. 'dog. tree.': a text detector finds their boxes")
         if text:
-            _add_text_detector_inputs(inputs, d)
+            _add_text_detector_inputs(inputs, ctx, d)
             _add_output_field(inputs, ctx, "sam_text", "Output field")
             _add_common_inputs(inputs, ctx, d)
             _delegation_hint(inputs, ctx)
@@ -512,7 +536,7 @@ class SegmentText(_SamOperator):
         inputs.view_target(ctx, action_description="Segment")
         inputs.str("text", required=True, label="Text",
                    description="Phrases separated by '.', e.g. 'dog. tree.'; each detection gets its phrase as label")
-        _add_text_detector_inputs(inputs, d)
+        _add_text_detector_inputs(inputs, ctx, d)
         _add_output_field(inputs, ctx, d["output_field"], "Output field")
         _add_common_inputs(inputs, ctx, d)
         _delegation_hint(inputs, ctx)

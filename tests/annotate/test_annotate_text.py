@@ -129,6 +129,30 @@ def test_offline_model_id_is_one_line_naming_it_and_the_folder_route(dog, monkey
     assert "--local-dir grounding-dino-tiny" in message and "--det-model path/to/grounding-dino-tiny" in message
 
 
+def test_text_detector_problem_is_what_loading_says(models, tmp_path, monkeypatch):
+    """text_detector_problem (the cheap check a form runs before a run) finds, without loading,
+    what load_detector would fail with (in the same words for a missing folder, an id offline and
+    transformers missing); None where loading works."""
+    from samkit.annotate.detectors.text import text_detector_problem
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no pretrained detector is in this machine's cache
+    for det_model in (str(tmp_path / "owlv2-missing"), "google/owlv2-base-patch16-ensemble", None):
+        problem = text_detector_problem(det_model)
+        with pytest.raises(AnnotateError) as err:
+            load_detector(det_model, "dog", NO_FILTER)
+        assert problem is not None and problem in str(err.value), det_model
+    assert "not a GroundingDINO or OWLv2 model" in text_detector_problem(str(tmp_path))  # a folder of neither
+    with pytest.raises(AnnotateError):
+        load_detector(str(tmp_path), "dog", NO_FILTER)
+    for folder in models.values():
+        assert text_detector_problem(str(folder)) is None
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)
+    problem = text_detector_problem(str(models["owlv2"]))
+    with pytest.raises(AnnotateError) as err:
+        load_detector(str(models["owlv2"]), "dog", NO_FILTER)
+    assert problem == str(err.value) and "needs transformers" in problem
+
+
 def test_text_segmenter_boxes_reach_sam_in_image_pixels(models, dog, sam_predictor):
     """samkit.annotate.text_segmenter (what the adapters run): each detected box, in image pixels,
     is SAM's prompt; the masks are SAM's for those boxes; labels are the phrases; the records

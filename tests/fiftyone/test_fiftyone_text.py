@@ -8,13 +8,15 @@ prompts, and the masks come out as Detections labelled with the phrases."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import text_models
 
 import fiftyone.operators as foo
 from fiftyone.operators.delegated import DelegatedOperationService
-from fiftyone.operators.executor import ExecutionRunState
+from fiftyone.operators.executor import ExecutionError, ExecutionRunState
 
 import samkit
 from samkit.annotate.detectors import DetectOptions, finalize, load_detector
@@ -112,6 +114,52 @@ def test_offline_detector_id_and_bad_text_are_one_line(make_dataset, photos, che
     dataset.add_sample_field("gt", fof.EmbeddedDocumentField, embedded_doc_type=fol.Detections)
     with pytest.raises(samkit.PromptError, match="a prompt field or text, not both"):
         segment_prompts(dataset, "gt", text="dog")
+
+
+def refused(operator, dataset, params: dict) -> str:
+    """The one-line validation error of an immediate run, which must not have started."""
+    with pytest.raises(ExecutionError) as info:
+        foo.execute_operator(operator, ctx={"dataset": dataset, "params": params})
+    message = str(info.value)
+    assert message.startswith("Validation error. Path: det_model. Reason: ") and "\n" not in message, message
+    assert not dataset.has_field(params["output_field"])  # nothing ran, no field made
+    return message
+
+
+def test_a_text_detector_that_cannot_load_is_refused_before_the_run(make_dataset, photos, checkpoint, owlv2,
+                                                                      tmp_path, monkeypatch, fiftyone_env):
+    """A wrong detector setting is an invalid input of segment_text and of segment_prompts' text
+    option (the App shows it at the field), found by samkit.annotate's check, not by the run once
+    it loads the detector: a folder that does not exist, an id that cannot be downloaded offline,
+    transformers not importable. A queued run is checked by the worker before it runs."""
+    dataset = make_dataset([photos["dog.jpg"]])
+    missing = tmp_path / "owlv2-missing"
+    for operator in (TEXT_OPERATOR, PROMPTS):
+        params = dict(text=TEXT, det_model=str(missing), model=checkpoint, output_field="by_text")
+        assert refused(operator, dataset, params).endswith(f"detector not found: {missing}")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the default detector is not in this machine's cache
+    message = refused(TEXT_OPERATOR, dataset, dict(text=TEXT, model=checkpoint, output_field="by_text"))
+    assert "IDEA-Research/grounding-dino-tiny" in message and "--det-model path/to/grounding-dino-tiny" in message
+
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+        params = dict(text=TEXT, det_model=owlv2, model=checkpoint, output_field="by_text")
+        for operator in (TEXT_OPERATOR, PROMPTS):
+            assert refused(operator, dataset, params).endswith("needs transformers: pip install 'samkit[text]'")
+
+    # queued: the requesting process does not judge the worker's files; the worker refuses the
+    # run before it starts, with the same reason
+    params = dict(text=TEXT, det_model=str(missing), model=checkpoint, output_field="by_text")
+    queued = foo.execute_operator(TEXT_OPERATOR, ctx={"dataset": dataset, "params": params,
+                                                      "request_delegation": True})
+    assert queued.delegated
+    run_worker(dataset, fiftyone_env(SAMKIT_CHECKPOINT=checkpoint))
+    doc = DelegatedOperationService().get(queued.result["id"])
+    assert doc.run_state == ExecutionRunState.FAILED
+    assert "Path: det_model" in str(doc.result.error) and f"detector not found: {missing}" in str(doc.result.error)
+    dataset.reload()
+    assert not dataset.has_field("by_text")
 
 
 def test_operator_is_listed_and_registered():

@@ -49,7 +49,7 @@ def load_detector(det_model: Any, text: str | Sequence[str] | None, options: Det
 
 
 def _from_path(name: str, text, options: DetectOptions) -> Detector:
-    from .text import text_model_family
+    from .text import is_path, text_model_family
 
     path = Path(name).expanduser()
     suffix = path.suffix.lower()
@@ -84,9 +84,11 @@ def _from_path(name: str, text, options: DetectOptions) -> Detector:
         from .ultralytics_pt import UltralyticsModel
 
         return UltralyticsModel(name, options)
+    if is_path(name):  # a missing file or folder, even one named like a text model
+        raise AnnotateError(f"detector not found: {path}")
     if text_model_family(name) is not None:
         return _text(name, text, options)
-    if suffix or name.startswith((".", "/", "~")):
+    if suffix:
         raise AnnotateError(f"detector not found: {path}")
     raise AnnotateError(f"{name} is neither a file or folder here nor a GroundingDINO/OWLv2 model id; det_model may be "
                         f"{KINDS}")

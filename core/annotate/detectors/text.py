@@ -10,12 +10,11 @@ whenever torchvision is installed, even when it does not work.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -62,17 +61,44 @@ def text_model_family(det_model: str) -> str | None:
     return None
 
 
+def is_path(det_model: str) -> bool:
+    """Whether det_model is written as a path (./, ../, /, ~), which a Hugging Face id never is."""
+    return det_model.startswith((".", "/", "~"))
+
+
 def _hub_reachable() -> bool:
     """Whether the Hugging Face Hub answers a TCP connection within a few seconds (a proxy in the
-    environment counts as reachable: the download then goes through it)."""
+    environment counts as reachable: the download then goes through it); remembered for a minute,
+    as for checkpoint downloads."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
-    host = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
+    from ...build import _host_reachable
+
+    return _host_reachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co", timeout=3.0)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _needs_transformers(model_id: str) -> str:
+    return f"the text detector {model_id} needs transformers: pip install 'samkit[text]'"
+
+
+def _cannot_download(model_id: str, offline: bool) -> str:
+    """What loading an id that is not in the Hugging Face cache ends with when the Hub cannot be
+    used: where to get the folder and how to pass it."""
+    folder = model_id.rstrip("/").split("/")[-1]
+    return (
+        f"cannot load the text detector {model_id}: it is not in the Hugging Face cache and the Hub "
+        f"{'is switched off (HF_HUB_OFFLINE)' if offline else 'cannot be reached (offline?)'}; download it "
+        f"where there is network (hf download {model_id} --local-dir {folder}), copy the folder here and "
+        f"pass its path as the detector: --det-model path/to/{folder}"
+    )
+
+
+def _not_a_text_model(det_model: str) -> str:
+    return f"{det_model} is not a GroundingDINO or OWLv2 model (text detectors samkit runs)"
 
 
 def from_pretrained(loader, model_id: str, **kwargs):
@@ -85,19 +111,43 @@ def from_pretrained(loader, model_id: str, **kwargs):
         return loader.from_pretrained(model_id, local_files_only=True, **kwargs)
     except OSError:
         pass  # not in the cache: download it, if the Hub can be reached
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = _hub_offline()
     if offline or not _hub_reachable():
-        folder = model_id.rstrip("/").split("/")[-1]
-        raise AnnotateError(
-            f"cannot load the text detector {model_id}: it is not in the Hugging Face cache and the Hub "
-            f"{'is switched off (HF_HUB_OFFLINE)' if offline else 'cannot be reached (offline?)'}; download it "
-            f"where there is network (hf download {model_id} --local-dir {folder}), copy the folder here and "
-            f"pass its path as the detector: --det-model path/to/{folder}"
-        )
+        raise AnnotateError(_cannot_download(model_id, offline))
     try:
         return loader.from_pretrained(model_id, **kwargs)
     except OSError as exc:
         raise AnnotateError(f"cannot load the text detector {model_id}: {str(exc).splitlines()[0]}") from None
+
+
+def text_detector_problem(det_model: str | os.PathLike | None) -> str | None:
+    """Why load_detector(det_model, text) could not load its text detector here, found without
+    loading anything (for a form's validation, before a run starts; the network is asked at most
+    once a minute): transformers not importable, a folder that does not exist or holds no
+    GroundingDINO / OWLv2 model, a name of neither, or a Hugging Face id that is not in the cache
+    while the Hub is switched off or cannot be reached. None when loading can be tried; else the
+    one-line message loading would end with. det_model None: the default text detector."""
+    model_id = str(det_model) if det_model else DEFAULT_TEXT_MODEL
+    if importlib.util.find_spec("transformers") is None:  # not imported: a form stays fast
+        return _needs_transformers(model_id)
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return None if text_model_family(model_id) is not None else _not_a_text_model(model_id)
+    if is_path(model_id):  # as load_detector tells paths and ids apart
+        return f"detector not found: {path}"
+    if text_model_family(model_id) is None:
+        return _not_a_text_model(model_id)
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+            return None
+    except ValueError:  # not a valid repo id: loading it can only fail
+        return _not_a_text_model(model_id)
+    offline = _hub_offline()
+    if offline or not _hub_reachable():
+        return _cannot_download(model_id, offline)
+    return None
 
 
 class TextDetector(Detector):
@@ -139,8 +189,7 @@ class TextDetector(Detector):
             try:
                 import transformers  # noqa: F401
             except ImportError:
-                raise AnnotateError(f"the text detector {self.model_id} needs transformers: "
-                                    "pip install 'samkit[text]'") from None
+                raise AnnotateError(_needs_transformers(self.model_id)) from None
             self._model, self._processor = self._build()
             self._model.to(self._device()).eval()
 
@@ -267,4 +316,4 @@ def text_detector(det_model: str, text: str | Sequence[str], options: DetectOpti
         return GroundingDino(det_model, text, options)
     if family == OWLV2:
         return Owlv2(det_model, text, options)
-    raise AnnotateError(f"{det_model} is not a GroundingDINO or OWLv2 model (text detectors samkit runs)")
+    raise AnnotateError(_not_a_text_model(det_model))
