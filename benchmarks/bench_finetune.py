@@ -222,14 +222,17 @@ for index in range(-(-masks_total // per_image)):
     images.append(LabelledImage(lambda crop=crop: crop, tuple(objects), f"crop {{index}}", (600, 600)))
 result = samkit.finetune({checkpoint!r}, images, {output!r}, epochs=1, prompt_iterations=1, val_fraction=0.1,
                          progress=False)
-print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# /proc's VmHWM starts afresh at exec; getrusage's ru_maxrss would keep the forking parent's peak
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+peak_kb = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"peak_mb": peak_kb / 1024,
                    "images": len(images), "epoch_s": result.history[1]["seconds"]}}))
 """
 
 
 def memory_rows(masks: int, work: Path):
     rows = []
-    peaks = {}
+    peaks, images = {}, {}
     for count in (max(masks // 10, 40), masks):  # 40: two images, so that a validation image is split off
         script = MEMORY_CHILD.format(tests=str(REPO / "tests" / "core"), masks=count,
                                      mosaic=str(GEO / finetune_data.MOSAIC), checkpoint=str(MOBILE_SAM),
@@ -240,6 +243,7 @@ def memory_rows(masks: int, work: Path):
             raise RuntimeError(done.stderr[-3000:])
         info = json.loads(done.stdout.strip().splitlines()[-1])
         peaks[count] = info["peak_mb"]
+        images[count] = info["images"]
         row = (f"peak memory of a whole run over {count} objects ({info['images']} images of 600x600)",
                time.perf_counter() - start, None,
                f"peak RSS {info['peak_mb']:.0f} MB; the embeddings of these images would take "
@@ -250,7 +254,8 @@ def memory_rows(masks: int, work: Path):
     growth = peaks[large] - peaks[small]
     rows.append((f"memory growth from {small} to {large} objects", None, None,
                  f"{growth:+.0f} MB for {large - small} more objects (their embeddings: "
-                 f"{(large - small) / 20 * 4.19:.0f} MB, kept on disk)"))
+                 f"{(images[large] - images[small]) * 4.19:.0f} MB, kept on disk; the run's own images, "
+                 f"held in memory by this benchmark: {(images[large] - images[small]) * 600 * 600 * 3 / 2**20:.0f} MB)"))
     log(rows[-1][3])
     return rows
 
@@ -300,7 +305,7 @@ def main(argv=None):
     header = (f"## Fine-tuning, commit {commit.stdout.strip() or '?'}: `python benchmarks/bench_finetune.py "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\nMachine at start: {start_machine}.  \n"
               f"At end: {machine()}. MobileSAM and SAM 2.1 tiny (seeded random weights), fp32, medians of "
-              f"{args.repeats} after a warm-up. Peak memory: ru_maxrss of a child process per run.")
+              f"{args.repeats} after a warm-up. Peak memory: VmHWM of a child process per run.")
     table = markdown(rows, header)
     print(table)
     if args.markdown:

@@ -11,9 +11,11 @@ PYTHON=${PYTHON:-python3}
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch is pinned to the CPU wheel this machine carries; a GPU user installs the CUDA build
-# of torch first instead (README, "Installing").
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[all,dev]"
+# of torch first instead (README, "Installing"). --no-compile: byte-compiling every installed
+# file (transformers, FiftyOne, torch) is a large part of a fresh install; imports compile what
+# they use.
+python -m pip install -q --no-compile torch==2.13.0
+python -m pip install -q --no-compile -e ".[all,dev]"
 for step in tests/setup/*.sh; do
     echo "== setup: $step"
     bash "$step"

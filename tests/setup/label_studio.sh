@@ -18,7 +18,7 @@ if [ -x "$LS_VENV/bin/label-studio" ] && \
 else
     start=$(date +%s)
     "$PYTHON" -m venv "$LS_VENV"
-    "$LS_VENV/bin/python" -m pip install -q "label-studio==$LS_VERSION"
+    "$LS_VENV/bin/python" -m pip install -q --no-compile "label-studio==$LS_VERSION"
     echo "label-studio $LS_VERSION installed in $LS_VENV in $(( $(date +%s) - start )) s"
 fi
 
