@@ -252,10 +252,11 @@ def memory_rows(masks: int, work: Path):
         rows.append(row)
     small, large = sorted(peaks)
     growth = peaks[large] - peaks[small]
+    more_images = images[large] - images[small]
     rows.append((f"memory growth from {small} to {large} objects", None, None,
                  f"{growth:+.0f} MB for {large - small} more objects (their embeddings: "
-                 f"{(images[large] - images[small]) * 4.19:.0f} MB, kept on disk; the run's own images, "
-                 f"held in memory by this benchmark: {(images[large] - images[small]) * 600 * 600 * 3 / 2**20:.0f} MB)"))
+                 f"{more_images * 4.19:.0f} MB, kept on disk; the run's own images, held in memory by "
+                 f"this benchmark: {more_images * 600 * 600 * 3 / 2**20:.0f} MB)"))
     log(rows[-1][3])
     return rows
 

@@ -51,3 +51,35 @@ class PromptableModel(nn.Module):
         if self.compute_dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
+    # -- the fast decoder engine (core/fast): each family names its engine type and what of an
+    # ImageState its decoder reads beside the embedding
+    engine_type: type | None = None
+
+    def decoder_engine(self):
+        """The fast engine (`engine_type`) over this model's prompt encoder and mask decoder, made
+        on first use and again whenever either module is replaced; None when they are not the
+        family's plain modules (a test's stand-in, say): decode then runs them as they are."""
+        engine = self.__dict__.get("_decoder_engine")
+        if engine is None or not engine.serves(self.prompt_encoder, self.mask_decoder):
+            engine = self.engine_type.for_modules(self.prompt_encoder, self.mask_decoder)
+            # a plain attribute, not a submodule: the engine has no weights of its own
+            self.__dict__["_decoder_engine"] = engine
+        return engine
+
+    def decoder_image_inputs(self, state) -> tuple:
+        """What the mask decoder reads of an ImageState beside its embedding (SAM 2: the high-res
+        features), as extra arguments of the engine's prepare_image."""
+        return ()
+
+    def prepare_decoder(self, state) -> None:
+        """Do the mask decoder's image-only work for prompts without a mask input now (the fast
+        engine keeps it for that image), so that the first prompt on an image is as fast as the
+        next."""
+        engine = self.decoder_engine()
+        if engine is None:
+            return
+        with torch.inference_mode(), self.autocast():
+            _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
+            extra = self.decoder_image_inputs(state)
+            engine.mask_decoder.prepare_image(state.features, engine.dense_pe(), dense, *extra)

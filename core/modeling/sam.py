@@ -40,6 +40,8 @@ class Sam(PromptableModel):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
 
+    engine_type = DecoderEngine
+
     def __init__(
         self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, arch: str
     ) -> None:
@@ -110,17 +112,6 @@ class Sam(PromptableModel):
                 )
         return low_res.float(), scores.float()
 
-    def decoder_engine(self) -> DecoderEngine | None:
-        """The fast engine over this model's prompt encoder and mask decoder, made on first use
-        and again whenever either module is replaced; None when they are not SAM 1's plain
-        modules (a test's stand-in, say): decode then runs them as they are."""
-        engine = self.__dict__.get("_decoder_engine")
-        if engine is None or not engine.serves(self.prompt_encoder, self.mask_decoder):
-            engine = DecoderEngine.for_modules(self.prompt_encoder, self.mask_decoder)
-            # a plain attribute, not a submodule: the engine has no weights of its own
-            self.__dict__["_decoder_engine"] = engine
-        return engine
-
     def mask_region(self, state: ImageState) -> tuple[int, int]:
         """(rows, cols) of image tokens from the top left whose masks reach the image: what
         postprocessing reads of the low-res logits (the rest covers the padding)."""
@@ -144,17 +135,6 @@ class Sam(PromptableModel):
         # every prompt without comparing values (inference tensors keep no counter).
         with torch.inference_mode(False):
             return features.clone()
-
-    def prepare_decoder(self, state: ImageState) -> None:
-        """Do the mask decoder's image-only work for prompts without a mask input now (the
-        engine keeps it for that image), so that the first prompt on an image is as fast as the
-        next."""
-        engine = self.decoder_engine()
-        if engine is None:
-            return
-        with torch.inference_mode(), self.autocast():
-            _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
-            engine.mask_decoder.prepare_image(state.features, engine.dense_pe(), dense)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]

@@ -77,6 +77,8 @@ class Sam2(PromptableModel):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
 
+    engine_type = Sam2DecoderEngine
+
     def __init__(
         self,
         image_encoder: Sam2ImageEncoder,
@@ -204,27 +206,8 @@ class Sam2(PromptableModel):
             high_res = tuple(t.clone() for t in embedding.high_res_features)
         return ImageState(features, model_input.original_size, model_input.input_size, high_res)
 
-    def prepare_decoder(self, state: ImageState) -> None:
-        """Do the mask decoder's image-only work for prompts without a mask input now (the fast
-        engine keeps it for that image), so that the first prompt on an image is as fast as the
-        next."""
-        engine = self.decoder_engine()
-        if engine is None:
-            return
-        with torch.inference_mode(), self.autocast():
-            _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
-            engine.mask_decoder.prepare_image(state.features, engine.dense_pe(), dense, tuple(state.high_res_features))
-
-    def decoder_engine(self) -> Sam2DecoderEngine | None:
-        """The fast engine over this model's prompt encoder and mask decoder, made on first use
-        and again whenever either module is replaced; None when they are not SAM 2's plain
-        modules: decode then runs them as they are."""
-        engine = self.__dict__.get("_decoder_engine")
-        if engine is None or not engine.serves(self.prompt_encoder, self.mask_decoder):
-            engine = Sam2DecoderEngine.for_modules(self.prompt_encoder, self.mask_decoder)
-            # a plain attribute, not a submodule: the engine has no weights of its own
-            self.__dict__["_decoder_engine"] = engine
-        return engine
+    def decoder_image_inputs(self, state: ImageState) -> tuple:
+        return (tuple(state.high_res_features),)
 
     def to_input_frame(self, coords: np.ndarray, state: ImageState) -> np.ndarray:
         """XY pixel coordinates (..., 2) in the image -> the 1024 frame (float32, as the official)."""
