@@ -58,7 +58,7 @@ def _unknown_model(name_or_path) -> str:
 _REACHABLE: dict[str, tuple[float, bool]] = {}  # host -> (when checked, reachable)
 
 
-def _host_reachable(url: str, timeout: float) -> bool:
+def host_reachable(url: str, timeout: float) -> bool:
     """Whether a TCP connection to the URL's host opens (remembered for a minute)."""
     import socket
     import time
@@ -92,7 +92,7 @@ def checkpoint_problem(name_or_path: str | os.PathLike, timeout: float = 3.0) ->
         return _unknown_model(name_or_path)
     spec = CHECKPOINTS[model.name]  # the view fetch_checkpoint reads
     cached = cache_dir() / spec.filename
-    if cached.is_file() or _host_reachable(spec.url, timeout):
+    if cached.is_file() or host_reachable(spec.url, timeout):
         return None
     return (f"{spec.filename} is not in {cached.parent} and {spec.url.split('/')[2]} cannot be reached to download "
             f"it: download {spec.url} elsewhere and put it at {cached}, or give the file's path as the model")

@@ -147,7 +147,7 @@ def test_a_name_offline_gives_one_error_naming_the_file_and_url(cache, monkeypat
     assert str(cache / "sam2.1_hiera_tiny.pt") in message and "\n" not in message
     assert list(cache.iterdir()) == []  # no partial file left
     # the early check a form makes says the same, without loading anything
-    monkeypatch.setattr(build, "_host_reachable", lambda url, timeout: False)
+    monkeypatch.setattr(build, "host_reachable", lambda url, timeout: False)
     problem = build.checkpoint_problem("sam2.1_t.pt")
     assert problem == (f"sam2.1_hiera_tiny.pt is not in {cache} and dl.fbaipublicfiles.com cannot be reached to "
                        f"download it: download {url} elsewhere and put it at {cache / 'sam2.1_hiera_tiny.pt'}, or "

@@ -72,9 +72,9 @@ def _hub_reachable() -> bool:
     as for checkpoint downloads."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
-    from ...build import _host_reachable
+    from ...build import host_reachable
 
-    return _host_reachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co", timeout=3.0)
+    return host_reachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co", timeout=3.0)
 
 
 def _hub_offline() -> bool:
