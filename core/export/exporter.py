@@ -403,8 +403,24 @@ def _export_graph(graph: Graph, path: Path, opset: int | None, torch: Any) -> in
     written = _opset_of(program.model_proto)
     if opset is not None and written != opset:
         raise SamkitError(f"the exporter wrote opset {written} instead of the {opset} asked for; use opset={written}")
+    _strip_trace_metadata(program.model)
     program.save(str(path), external_data=size > EXTERNAL_DATA_BYTES)
     return written
+
+
+def _strip_trace_metadata(model: Any) -> None:
+    """Drop what the exporter records per node and value for debugging: the Python stack trace
+    (with this machine's source paths), the FX node and module names. A file that is shared or
+    served to a browser should not carry the exporting machine's paths, and they add nothing at
+    inference."""
+    model.graph.metadata_props.clear()
+    values = [*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values()]
+    for graph in (model.graph, *model.functions.values()):
+        for node in graph.all_nodes():
+            node.metadata_props.clear()
+            values.extend(node.outputs)
+    for value in values:
+        value.metadata_props.clear()
 
 
 class _quiet_exporter:

@@ -39,6 +39,7 @@ import torch
 
 from ..errors import DatasetError, SamkitError
 from ..utils.files import atomic_output
+from ..utils.memory import release_freed_memory
 from ..image_state import ImageState
 from . import defaults
 from .data import LabelledImage, count_objects, decode_mask, mask_box, read_dataset, split_validation
@@ -359,6 +360,7 @@ def finetune(
                 scaler.step(optimizer)
                 scaler.update()
                 stats = stats + step_stats
+                release_freed_memory()
                 running = stats.total / max(stats.prompts, 1)
                 if bar is not None:
                     bar.set_postfix(loss=f"{running:.4f}")
@@ -495,6 +497,7 @@ def _embed(store: EmbeddingStore, family: TrainingFamily, images: list[LabelledI
                 else:
                     objects.append((mask_box(obj), interior_point(mask)))
             entries.append(_Image(record, key, objects))
+            release_freed_memory()
             if bar is not None:
                 bar.update()
     finally:

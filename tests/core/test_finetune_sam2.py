@@ -42,10 +42,10 @@ from finetune_data import ellipse_objects
 
 try:
     from . import sam2_oracle
-    from .test_finetune_parity import assert_same_gradients
+    from .gradient_parity import assert_same_gradients
 except ImportError:
     import sam2_oracle
-    from test_finetune_parity import assert_same_gradients
+    from gradient_parity import assert_same_gradients
 
 SIZE = (480, 640)
 

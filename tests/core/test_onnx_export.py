@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -257,6 +258,15 @@ def test_model_json(mobile_export, mobile_sam, mobile_sam_checkpoint):
         model = onnx.load(str(mobile_export / name))
         onnx.checker.check_model(model)
         assert meta["opset"] == next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def test_files_carry_no_trace_of_the_exporting_machine(mobile_export):
+    """The exporter records each node's Python stack trace, with this checkout's paths; a file
+    users share or serve to a browser must not carry them."""
+    source = str(Path(samkit.__file__).resolve().parent)
+    for name in ("encoder.onnx", "decoder.onnx", "decoder.quant.onnx"):
+        content = (mobile_export / name).read_bytes()
+        assert source.encode() not in content and b"stack_trace" not in content, name
 
 
 def test_export_of_an_in_memory_model(tmp_path, mobile_sam, dog_predictor, monkeypatch):
