@@ -18,8 +18,9 @@ ratio, and a check that the outputs agree:
   masks matched by IoU;
 * GIS: megapixels per minute of segment-everything (``samkit.geo.vectorize``) on a square mosaic of
   the shared Kampala GeoTIFF (its 1024x1024 tiled; no shared raster is 4096 px wide), with
-  MobileSAM, SAM 2.1-T and ViT-B, each in its own process, with its peak RSS; and MobileSAM on a
-  raster of half the rows, to show the peak RSS stays flat when the raster doubles.
+  MobileSAM, SAM 2.1-T and ViT-B, each in its own process, with its peak RSS and its RSS as the
+  first and the last tile start; and MobileSAM on a raster of half the rows, to show the peak
+  RSS stays flat when the raster doubles.
 
     python benchmarks/bench_sam2.py --markdown benchmarks/results_sam2.md
     python benchmarks/bench_sam2.py --quick      # a miniature run (what tests/core runs)
@@ -304,6 +305,7 @@ def gis_worker(spec: dict) -> None:
     global DEVICE
     DEVICE = torch.device(spec["device"])
     from samkit.geo import vectorize
+    from samkit.utils.memory import release_freed_memory
 
     # both thresholds 0: random weights pass few masks through the default thresholds, and a
     # trained model's masks are what vectorising costs; so every point's masks are kept here
@@ -312,14 +314,36 @@ def gis_worker(spec: dict) -> None:
         model = our_sam2("tiny", Path(spec["checkpoint"]))
     else:
         model = samkit.load_model(spec["checkpoint"], device=spec["device"])
-    generator = samkit.MaskGenerator(model, **options)
+    # the RSS as each tile starts, freed heap given back first (samkit keeps it for the next
+    # call): what the run holds outside a tile's own work, which must not grow with the raster
+    between = []
+
+    class Generator(samkit.MaskGenerator):
+        def generate(self, image, progress=None):
+            release_freed_memory()
+            between.append(rss_mb())
+            return super().generate(image, progress)
+
+    generator = Generator(model, **options)
     start = time.perf_counter()
     frame = vectorize(spec["raster"], None, generator=generator, tile_size=1024, progress=False, allow_empty=True)
     seconds = time.perf_counter() - start
     megapixels = spec["pixels"] / 1e6
     peak = peak_rss_mb()
     print(json.dumps({"seconds": seconds, "mp_per_min": megapixels / seconds * 60, "polygons": len(frame),
-                      "peak_rss_mb": peak}))
+                      "peak_rss_mb": peak, "tiles": len(between),
+                      "between_tiles_mb": [between[0], between[-1]] if between else [0, 0]}))
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def peak_rss_mb() -> float:
@@ -364,11 +388,13 @@ def bench_gis(args, sam2_path: Path, rows, gis_rows):
 
 
 def gis_table(gis_rows, points_per_side: int) -> str:
-    lines = ["| model | raster | megapixels / min | seconds | polygons | peak RSS | grid |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | raster | megapixels / min | seconds | polygons | peak RSS | grid | tiles | "
+             "RSS between tiles, first -> last |", "|---|---|---|---|---|---|---|---|---|"]
     for label, size, got in gis_rows:
+        first, last = got["between_tiles_mb"]
         lines.append(f"| {label} | {size} | {got['mp_per_min']:.2f} | {got['seconds']:.1f} | {got['polygons']} | "
-                     f"{got['peak_rss_mb']:.0f} MB | {points_per_side}x{points_per_side} |")
+                     f"{got['peak_rss_mb']:.0f} MB | {points_per_side}x{points_per_side} | {got['tiles']} | "
+                     f"{first:.0f} -> {last:.0f} MB |")
     return "\n".join(lines)
 
 
