@@ -335,27 +335,27 @@ def gis_worker(spec: dict) -> None:
                       "between_tiles_mb": [between[0], between[-1]] if between else [0, 0]}))
 
 
-def rss_mb() -> float:
-    """This process's resident memory now, in MB (0 where /proc is missing)."""
+def proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status ("VmRSS", "VmHWM") in MB; None where it is missing."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return None
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (0 where /proc is missing)."""
+    return proc_status_mb("VmRSS") or 0.0
 
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB: /proc's VmHWM, which starts afresh at exec
     (getrusage's ru_maxrss keeps the forking parent's peak across exec on Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    peak = proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def run_gis(spec: dict) -> dict:
