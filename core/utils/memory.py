@@ -22,6 +22,23 @@ MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit; larger blocks 
 TRIM_THRESHOLD = 256 << 20  # free heap kept for reuse before any is returned
 
 _tuned: bool | None = None
+_libc: ctypes.CDLL | None | bool = False  # False: not looked up yet; None: not glibc
+
+
+def _glibc():
+    """glibc (ctypes), or None off Linux or where the C library is not glibc (musl, ...)."""
+    global _libc
+    if _libc is False:
+        _libc = None
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+                libc.malloc_trim.argtypes = [ctypes.c_size_t]
+                _libc = libc
+            except (OSError, AttributeError):
+                pass
+    return _libc
 
 
 def keep_freed_memory() -> bool:
@@ -31,14 +48,10 @@ def keep_freed_memory() -> bool:
     if _tuned is not None:
         return _tuned
     _tuned = False
-    if not sys.platform.startswith("linux") or os.environ.get("SAMKIT_MALLOC_TUNING", "1") == "0":
+    libc = _glibc()
+    if libc is None or os.environ.get("SAMKIT_MALLOC_TUNING", "1") == "0":
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (musl, ...): leave its allocator alone
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    _tuned = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    _tuned = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     return _tuned
 
 
@@ -49,11 +62,6 @@ def release_freed_memory() -> None:
     decodes a different number of objects from a different image). With the thresholds above,
     glibc keeps their freed blocks, and the heap then grows with the variety of sizes seen, not
     with what one pass needs. One call per pass costs far less than the pass itself."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
