@@ -16,7 +16,8 @@ class PromptableModel(nn.Module):
 
     pixel_mean / pixel_std (3 values each, in the family's pixel scale) are buffers that move with
     the model and are not saved (official checkpoints do not hold them). Weights stay in float32;
-    `compute_dtype` is the precision the networks run in under `autocast()`."""
+    `compute_dtype` is the precision the image encoder runs in under `autocast()`; the prompt
+    encoder and mask decoder run in float32 (`decoder_autocast()`)."""
 
     def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module, arch: str,
                  pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> None:
@@ -47,10 +48,19 @@ class PromptableModel(nn.Module):
         return self.image_size // self.prompt_encoder.mask_input_size[1]
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Context in which the networks run at `compute_dtype`; a no-op for float32."""
+        """Context in which the image encoder runs at `compute_dtype`; a no-op for float32."""
         if self.compute_dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
+    def decoder_autocast(self) -> contextlib.AbstractContextManager:
+        """Context for the prompt encoder and the mask decoder: float32 whatever `compute_dtype`
+        is. Reduced precision pays in the image encoder, nearly all of an image's work; in the
+        decoder it saves little (the fast engine's factored products are float32 only) and it
+        cost most of the masks' disagreement with float32 (benchmarks/RESULTS.md, "Where bf16
+        loses mask agreement"). A caller's own autocast around the call (fine-tuning) still
+        applies."""
+        return contextlib.nullcontext()
 
     # -- the fast decoder engine (core/fast): each family names its engine type and what of an
     # ImageState its decoder reads beside the embedding
@@ -79,7 +89,7 @@ class PromptableModel(nn.Module):
         engine = self.decoder_engine()
         if engine is None:
             return
-        with torch.inference_mode(), self.autocast():
+        with torch.inference_mode(), self.decoder_autocast():
             _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
             extra = self.decoder_image_inputs(state)
             engine.mask_decoder.prepare_image(state.features, engine.dense_pe(), dense, *extra)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..fast.engine import DecoderEngine
+from ..fast.vit import FastViT
 from ..image_state import ImageState
 from ..utils.transforms import low_res_extent, resize_longest_side, scale_coords, upscale_logits
 from .base import PromptableModel
@@ -29,7 +30,8 @@ class Sam(PromptableModel):
     image_size, device, dtype and autocast.
 
     Weights stay in float32; `compute_dtype` (float32, bfloat16 or float16) is the precision the
-    networks run in under autocast. Reduced precision stops at the networks: outputs are float32.
+    image encoder runs in under autocast; the prompt encoder and mask decoder run in float32.
+    Reduced precision stops at the encoder: its outputs are float32.
 
     The model holds the plain networks only (samkit.modeling: what training, export and the
     state_dict see). decode runs the prompt encoder and mask decoder through the fast inference
@@ -89,7 +91,7 @@ class Sam(PromptableModel):
         instead of the fast engine, and pick best_only and region from their full output."""
         points = (point_coords, point_labels) if point_coords is not None else None
         engine = None if reference else self.decoder_engine()
-        with self.autocast():
+        with self.decoder_autocast():
             sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             if engine is None:
                 low_res, scores = self.mask_decoder(
@@ -127,10 +129,25 @@ class Sam(PromptableModel):
         return upscale_logits(low_res, state.input_size, state.original_size, self.mask_scale, out=out)
 
     # -- steps --------------------------------------------------------------------------------
-    def embed_image(self, x: torch.Tensor) -> torch.Tensor:
-        """Preprocessed (B, 3, 1024, 1024) -> float32 image embedding (B, 256, 64, 64)."""
+    def encoder_engine(self) -> FastViT | None:
+        """The fast ViT engine (samkit.fast.vit) over this model's image encoder, made on first use
+        and again whenever the encoder is replaced; None for other encoders (MobileSAM's TinyViT,
+        a stand-in), which run as they are."""
+        engine = self.__dict__.get("_encoder_engine")
+        if engine is None or engine.encoder is not self.image_encoder:
+            engine = FastViT.for_encoder(self.image_encoder)
+            self.__dict__["_encoder_engine"] = engine  # not a submodule: it owns no weights
+        return engine
+
+    def embed_image(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        """Preprocessed (B, 3, 1024, 1024) -> float32 image embedding (B, 256, 64, 64). A ViT
+        encoder runs through the fast engine where it applies (float32 or bfloat16 inference on
+        a CPU), which computes the plain encoder's embedding to float32 rounding;
+        ``reference=True`` runs the plain encoder."""
         with torch.inference_mode(), self.autocast():
-            features = self.image_encoder(x).float()
+            engine = None if reference else self.encoder_engine()
+            encoder = engine if engine is not None and engine.runs(x) else self.image_encoder
+            features = encoder(x).float()
         # Returned as a normal tensor: its version counter lets the decoder recognise it on
         # every prompt without comparing values (inference tensors keep no counter).
         with torch.inference_mode(False):

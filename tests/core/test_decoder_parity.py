@@ -350,6 +350,21 @@ def test_sam_decode_fast_matches_reference(mobile_sam, image_state, kind, batch,
     _assert_same_as_reference(fast, reference)
 
 
+def test_sam_decodes_in_float32_whatever_the_compute_dtype(mobile_sam, image_state):
+    """compute_dtype is the image encoder's precision: SAM 1's decoder with bf16 gives exactly the
+    float32 logits (fast engine and plain modules)."""
+    import copy
+
+    model = copy.deepcopy(mobile_sam)
+    prompts = oracle.random_prompts("points_box", 2, seed=610)
+    with torch.inference_mode():
+        fp32 = [model.decode(image_state, *prompts, reference=ref) for ref in (False, True)]
+        model.compute_dtype = torch.bfloat16
+        bf16 = [model.decode(image_state, *prompts, reference=ref) for ref in (False, True)]
+    for a, b in zip(fp32, bf16):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 def test_sam_holds_only_the_plain_modules(mobile_sam, image_state):
     """The engine has no weights of its own and is no submodule: the state_dict, the parameters
     and the modules are the plain networks'; the engine reads the model's own modules."""

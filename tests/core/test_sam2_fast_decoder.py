@@ -168,14 +168,27 @@ def test_prepare_decoder_and_engine_reads_the_plain_modules(model, state):
 
 
 def test_bf16_fast_decode_agrees_with_fp32(model, state):
-    """Under bf16 autocast (compute_dtype) the engine takes the direct products; its masks match
-    fp32's at IoU >= 0.98."""
+    """Under a caller's bf16 autocast (fine-tuning's) the engine takes the direct products; its
+    masks match fp32's at IoU >= 0.98."""
     sam = copy.deepcopy(model)
     inputs = oracle.random_prompts("points", 8, seed=950)
     fp32 = decode(sam, state, inputs, True)
-    sam.compute_dtype = torch.bfloat16
-    bf16 = decode(sam, state, inputs, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = decode(sam, state, inputs, True)
     assert bf16[0].dtype == torch.float32
+    assert not torch.equal(bf16[0], fp32[0])  # it did compute in bf16
     a, b = fp32[0] > 0, bf16[0] > 0
     iou = (a & b).flatten(2).sum(-1) / (a | b).flatten(2).sum(-1).clamp(min=1)
     assert float(iou.min()) >= 0.98
+
+
+def test_reduced_compute_dtype_leaves_the_decoder_in_float32(model, state):
+    """compute_dtype is the image encoder's precision: with bf16 the decoder (fast and plain)
+    gives exactly the float32 logits."""
+    sam = copy.deepcopy(model)
+    inputs = oracle.random_prompts("points", 4, seed=960)
+    fp32 = [decode(sam, state, inputs, True, reference=ref) for ref in (False, True)]
+    sam.compute_dtype = torch.bfloat16
+    bf16 = [decode(sam, state, inputs, True, reference=ref) for ref in (False, True)]
+    for a, b in zip(fp32, bf16):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

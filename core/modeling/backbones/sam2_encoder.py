@@ -30,7 +30,12 @@ class Sam2ImageEncoder(nn.Module):
         self.scalp = scalp
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        levels = self.neck(self.trunk(x))
+        return self.neck_levels(self.trunk(x))
+
+    def neck_levels(self, trunk_levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The trunk's stage outputs (highest resolution first) -> the kept FPN levels, same order
+        (the fast trunk's outputs go through here too)."""
+        levels = self.neck(trunk_levels)
         # the lowest-resolution level only feeds the top-down path of the one above it
         return levels[: len(levels) - self.scalp]
 

@@ -105,16 +105,21 @@ class Attention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, _ = x.shape
+        return self.proj(self.attend(self.qkv(x)))
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The qkv projection of a token grid (B, H, W, 3C) -> the attention's output before the
+        output projection (B, H, W, C)."""
+        batch, height, width, _ = qkv.shape
         tokens = height * width
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, HW, head_dim)
         rel_h, rel_w = relative_position_terms(q, self.rel_pos_h, self.rel_pos_w, (height, width))
         # scaled_dot_product_attention uses head_dim**-0.5, the same scale as the reference, and
         # runs a fused kernel instead of materialising softmax inputs several times. Its bias
         # mask is (HW x HW) per head, 800 MB for a global block of ViT-B: on a CPU it is built
         # and used a slice of queries at a time, small enough to stay in cache.
-        if x.device.type == "cpu":
+        if q.device.type == "cpu":
             batch_step, row_step = bias_chunks(batch, self.num_heads, height, width, q.element_size())
         else:
             batch_step, row_step = batch, height
@@ -129,8 +134,7 @@ class Attention(nn.Module):
                 bias = bias.reshape(b1 - b0, self.num_heads, (r1 - r0) * width, tokens)
                 rows = slice(r0 * width, r1 * width)
                 out[b0:b1, :, rows] = attention_with_bias(q[b0:b1, :, rows], k[b0:b1], v[b0:b1], bias)
-        x = out.transpose(1, 2).reshape(batch, height, width, -1)
-        return self.proj(x)
+        return out.transpose(1, 2).reshape(batch, height, width, -1)
 
 
 def attention_with_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...build import load_weights
+from ...fast.hiera import FastHiera
 from ...fast.sam2_decoder import Sam2DecoderEngine
 from ...image_state import ImageState
 from ..backbones.sam2_encoder import Sam2ImageEncoder, build_sam2_image_encoder
@@ -70,8 +71,9 @@ class Sam2ImageEmbedding(NamedTuple):
 class Sam2(PromptableModel):
     """A SAM 2 / 2.1 image model. ``arch`` names it (e.g. "sam2.1_hiera_tiny").
 
-    Weights stay in float32; ``compute_dtype`` is the precision the networks run in under
-    autocast, and outputs are float32, as for SAM 1's ``Sam``.
+    Weights stay in float32; ``compute_dtype`` is the precision the image encoder runs in under
+    autocast (the prompt encoder and mask decoder run in float32), and outputs are float32, as
+    for SAM 1's ``Sam``.
     """
 
     mask_threshold: float = 0.0
@@ -106,11 +108,29 @@ class Sam2(PromptableModel):
 
     # -- 2. model input -> image embedding ------------------------------------------------------
 
-    def embed(self, pixels: torch.Tensor) -> Sam2ImageEmbedding:
+    def trunk_engine(self) -> FastHiera | None:
+        """The fast Hiera engine (samkit.fast.hiera) over this model's trunk, made on first use and
+        again whenever the image encoder or its trunk is replaced; None for any other encoder."""
+        encoder = self.image_encoder
+        engine = self.__dict__.get("_trunk_engine")
+        if not isinstance(encoder, Sam2ImageEncoder):
+            return None
+        if engine is None or engine.trunk is not encoder.trunk:
+            engine = FastHiera.for_trunk(encoder.trunk)
+            self.__dict__["_trunk_engine"] = engine  # not a submodule: it owns no weights
+        return engine
+
+    def embed(self, pixels: torch.Tensor, reference: bool = False) -> Sam2ImageEmbedding:
         """Preprocessed (B, 3, 1024, 1024) -> the image's embedding and high-res features (float32).
-        Runs under the caller's grad mode (wrap in ``torch.inference_mode()`` for inference)."""
+        Runs under the caller's grad mode (wrap in ``torch.inference_mode()`` for inference). Where
+        it applies (float32 inference on a CPU) the trunk is the fast engine, which computes the
+        plain trunk's outputs to float32 rounding; ``reference=True`` runs the plain trunk."""
         with self.autocast():
-            feat_s0, feat_s1, image_embed = self.image_encoder(pixels)
+            engine = None if reference else self.trunk_engine()
+            if engine is not None and engine.runs(pixels):
+                feat_s0, feat_s1, image_embed = self.image_encoder.neck_levels(engine(pixels))
+            else:
+                feat_s0, feat_s1, image_embed = self.image_encoder(pixels)
             feat_s0, feat_s1 = self.mask_decoder.project_high_res(feat_s0, feat_s1)
             image_embed = image_embed + self.no_mem_embed.view(1, -1, 1, 1)
         return Sam2ImageEmbedding(image_embed.float(), (feat_s0.float(), feat_s1.float()))
@@ -165,7 +185,7 @@ class Sam2(PromptableModel):
         The image's ``features`` and ``high_res_features`` come from ``embed`` or ``encode_image``;
         with batch 1 they are shared by all B prompts. Differentiable."""
         points = self.prompt_points(point_coords, point_labels, boxes)
-        with self.autocast():
+        with self.decoder_autocast():
             sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
             prediction = self.mask_decoder(
                 image_embeddings=state.features,
@@ -236,7 +256,7 @@ class Sam2(PromptableModel):
         single_image = state.features.shape[0] == 1 and all(f.shape[0] == 1 for f in state.high_res_features)
         if engine is not None and single_image:
             points = self.prompt_points(point_coords, point_labels, boxes)
-            with self.autocast():
+            with self.decoder_autocast():
                 sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
                 masks, iou = engine.mask_decoder(
                     state.features, engine.dense_pe(), sparse, dense, tuple(state.high_res_features),

@@ -1,0 +1,92 @@
+"""The fast ViT image encoder of SAM 1 (ViT-B/L/H): inference over a plain `ImageEncoderViT`'s
+weights (it owns none), the same embedding to float32 rounding, in fewer passes over memory.
+
+The plain encoder (samkit.modeling.backbones.vit) keeps its own attention (decomposed relative
+positions, the bias built a slice of queries at a time); this engine runs that same attention
+(`Attention.attend`) and computes the rest of each block with the fused products of fast/fused.py:
+the bias in every product, GELU in the MLP's first, the residual sums in the attention
+projection and the MLP's second. The windowed attention's output is projected after the windows
+are merged (the projection is per token, so the order does not matter), with the residual added
+in the same product.
+
+It serves float32 inference on a CPU whose torch has oneDNN, and a bfloat16 autocast there
+(products in bfloat16, the residual stream in float32); the convolutional neck then runs as the
+caller's autocast says. Never while autograd records, nor for other devices or dtypes
+(`for_encoder` and `precision` say when): the caller runs the plain encoder then, and can ask for
+it (`Sam.embed_image(..., reference=True)`). tests/core/test_fast_vit.py holds the two together.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling.backbones.vit import Attention, Block, ImageEncoderViT, window_partition, window_unpartition
+from .fused import FusedLinears, engine_precision, fused_linear_available, layer_norm
+
+
+class FastViT(FusedLinears):
+    """Callable like the plain encoder: (B, 3, H, W) float32 -> the embedding (B, 256, H/16, W/16)."""
+
+    def __init__(self, encoder: ImageEncoderViT) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def __getstate__(self) -> dict:
+        return {"encoder": self.encoder, "_kept_bf16": {}}
+
+    @classmethod
+    def for_encoder(cls, encoder: nn.Module) -> FastViT | None:
+        """An engine for this encoder, or None when it is not the plain ViT (blocks, attention and
+        an erf GELU as built) or this torch has no oneDNN."""
+        if type(encoder) is not ImageEncoderViT or not fused_linear_available():
+            return None
+        for block in encoder.blocks:
+            if type(block) is not Block or type(block.attn) is not Attention:
+                return None
+            if type(block.mlp.act) is not nn.GELU or block.mlp.act.approximate != "none":
+                return None
+        return cls(encoder)
+
+    def precision(self, x: torch.Tensor) -> torch.dtype | None:
+        """float32, bfloat16 under a bfloat16 CPU autocast, or None for the plain encoder."""
+        return engine_precision(x, self.encoder.pos_embed.dtype)
+
+    def runs(self, x: torch.Tensor) -> bool:
+        """Whether the engine computes this input (see ``precision``)."""
+        return self.precision(x) is not None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.precision(x)
+        if dtype is None:
+            return self.encoder(x)
+        return self.encoder.neck(self.tokens(x, dtype).permute(0, 3, 1, 2))
+
+    def tokens(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The blocks' output grid (B, H/16, W/16, C), float32, before the neck."""
+        encoder = self.encoder
+        # the engine does its own casts: autocast would turn the residual stream to bfloat16
+        with torch.autocast("cpu", enabled=False):
+            patch = encoder.patch_embed.proj
+            weight, bias = self.weights(patch, dtype)
+            x = F.conv2d(x.to(dtype), weight, bias, patch.stride, patch.padding).permute(0, 2, 3, 1)
+            x = x + encoder.pos_embed  # a contiguous float32 grid
+            for block in encoder.blocks:
+                x = self.block(block, x, dtype)
+        return x
+
+    def block(self, block: Block, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """One Block on a contiguous float32 (B, H, W, C) grid, as its forward computes it, the
+        products in ``dtype``."""
+        normed = layer_norm(x, block.norm1, dtype)
+        if block.window_size > 0:
+            height, width = x.shape[1:3]
+            windows, padded = window_partition(normed, block.window_size)
+            attended = block.attn.attend(self.linear(windows, block.attn.qkv))
+            attended = window_unpartition(attended, block.window_size, padded, (height, width))
+        else:
+            attended = block.attn.attend(self.linear(normed, block.attn.qkv))
+        x = self.linear_add(attended.contiguous(), block.attn.proj, x)
+        hidden = self.linear(layer_norm(x, block.norm2, dtype), block.mlp.lin1, "gelu")
+        return self.linear_add(hidden, block.mlp.lin2, x)
