@@ -13,11 +13,12 @@ Three measurements, in one run:
   tests/finetune_data.py), default prompt iterations: seconds per epoch, images and objects
   per second (the embeddings already on disk, as from the second epoch on);
 * **memory**: the peak resident memory of whole runs (a child process each: embedding, one
-  epoch, validation, writing) over `--memory-masks` objects and over a tenth of them, 8 per
-  600 x 600 crop of the Kampala mosaic, box prompts, 8 objects per step: embeddings stay on disk,
-  so the peak must not grow with the data. (A step's peak grows with the objects it decodes at
-  once, at most the batch size; with mixed prompts and images a long run meets that worst case
-  and a short one may not, which would read as growth with the data.)
+  epoch, validation, writing) over `--memory-masks` objects and over a tenth of them (at least
+  40; or `--memory-small`), 8 per 600 x 600 crop of the Kampala mosaic, box prompts, 8 objects
+  per step: embeddings stay on disk, so the peak must not grow with the data. (A step's peak
+  grows with the objects it decodes at once, at most the batch size; with mixed prompts and
+  images a long run meets that worst case and a short one may not, which would read as growth
+  with the data.)
 
 No pretrained weights are needed: the seeded random MobileSAM in ../shared/reference is the base.
 
@@ -235,10 +236,12 @@ print(json.dumps({{"peak_mb": peak_kb / 1024,
 """
 
 
-def memory_rows(masks: int, work: Path):
+def memory_rows(masks: int, work: Path, small: int | None = None):
+    """The peak-memory rows of a run over `small` objects (default: a tenth of `masks`, at least
+    40: five images) and one over `masks`, and the growth between them."""
     rows = []
     peaks, images = {}, {}
-    for count in (max(masks // 10, 40), masks):  # 40: five images, so that a validation image is split off
+    for count in (max(masks // 10, 40) if small is None else small, masks):
         script = MEMORY_CHILD.format(tests=str(REPO / "tests" / "core"), masks=count,
                                      mosaic=str(GEO / finetune_data.MOSAIC), checkpoint=str(MOBILE_SAM),
                                      output=str(work / f"memory-{count}.pt"))
@@ -286,12 +289,19 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-images", type=int, default=12, help="Kampala chips to train on (of 16)")
     ap.add_argument("--memory-masks", type=int, default=1000)
+    ap.add_argument("--memory-small", type=int, default=None,
+                    help="objects of the smaller memory run (default: a tenth of --memory-masks, at least 40); "
+                         "at least 16, two images, one held out for validation")
     ap.add_argument("--skip", nargs="*", default=[], choices=["step", "sam2", "epoch", "memory"])
-    ap.add_argument("--quick", action="store_true", help="2 objects, 1 repeat, 1 epoch on 2 chips, 80 masks")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 objects, 1 repeat, 1 epoch on 2 chips, memory runs over 16 and 24 objects")
     ap.add_argument("--markdown", default="", help="also write the table to this markdown file")
     args = ap.parse_args(argv)
     if args.quick:
-        args.objects, args.repeats, args.epochs, args.train_images, args.memory_masks = 2, 1, 1, 2, 80
+        args.objects, args.repeats, args.epochs, args.train_images = 2, 1, 1, 2
+        # two and three images: the fewest that keep a validation image and a training step in
+        # each run (the test proves the rows work; the memory figures need the full sizes)
+        args.memory_small, args.memory_masks = 16, 24
     start_machine = machine()
     log(start_machine)
     model = samkit.load_model(MOBILE_SAM, device="cpu")
@@ -305,7 +315,7 @@ def main(argv=None):
         if "epoch" not in args.skip:
             rows += epoch_rows(model, work, args.epochs, args.train_images)
         if "memory" not in args.skip:
-            rows += memory_rows(args.memory_masks, work)
+            rows += memory_rows(args.memory_masks, work, args.memory_small)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     header = (f"## Fine-tuning, commit {commit.stdout.strip() or '?'}: `python benchmarks/bench_finetune.py "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\nMachine at start: {start_machine}.  \n"
