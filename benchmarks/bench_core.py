@@ -341,8 +341,8 @@ def bench_model(name, args, image, rows):
     pred32.set_image_state(ImageState(emb_ours.float(), (h, w), input_size))
     pred16 = samkit.Predictor(ours_bf16)
     pred16.set_image_state(ImageState(emb_bf.float(), (h, w), input_size))
-    pts = grid_points(64, h, w)[:, None, :]
-    lab = np.ones((64, 1), dtype=np.int64)
+    pts = grid_points(args.mask_points, h, w)[:, None, :]
+    lab = np.ones((args.mask_points, 1), dtype=np.int64)
     rng = np.random.default_rng(5)
     x0, y0 = rng.uniform(0, 0.6 * w, 16), rng.uniform(0, 0.6 * h, 16)
     boxes = np.stack([x0, y0, x0 + rng.uniform(50, 0.4 * w, 16), y0 + rng.uniform(50, 0.4 * h, 16)], 1)
@@ -427,6 +427,8 @@ def main(argv=None):
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--interactive-repeats", type=int, default=INTERACTIVE_REPEATS,
                     help="calls timed for a single prompt or click (at least 10 for the p10-p90 spread)")
+    ap.add_argument("--mask-points", type=int, default=64,
+                    help="point prompts (3 masks each) of the bf16 vs fp32 mask check, beside its 16 boxes")
     ap.add_argument("--thresholds-zero", action="store_true",
                     help="also time segment-everything with both thresholds at 0 (official: minutes)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, 1/64/256 prompts, a 16x16 grid")

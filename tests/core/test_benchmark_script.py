@@ -1,6 +1,6 @@
 """The benchmark script runs end to end (a miniature run: MobileSAM, tiny prompt counts, a 4x4
-grid, 10 interactive calls: the fewest that give a p10-p90 spread) and its checks report agreement
-with the official package. Timings are not asserted."""
+grid, 10 interactive calls: the fewest that give a p10-p90 spread, 16 points in the bf16 mask
+check) and its checks report agreement with the official package. Timings are not asserted."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_bench_core_miniature_run(tmp_path, mobile_sam_checkpoint, images_dir):
         sys.executable, str(REPO / "benchmarks" / "bench_core.py"), "--model", "mobile_sam",
         "--checkpoint", str(mobile_sam_checkpoint), "--image", str(images_dir / "dog.jpg"),
         "--repeats", "1", "--prompts", "1", "5", "--points-per-side", "4", "--thresholds-zero",
-        "--interactive-repeats", "10", "--markdown", str(table),
+        "--interactive-repeats", "10", "--mask-points", "16", "--markdown", str(table),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
