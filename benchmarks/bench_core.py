@@ -277,9 +277,8 @@ def bench_model(name, args, image, rows):
         coords = torch.as_tensor(off_pred.transform.apply_coords(pts, (h, w)), dtype=torch.float)[:, None, :]
         labels = torch.ones((n, 1), dtype=torch.int)
         # a single prompt takes milliseconds on a VM whose speed drifts: take the median of many
-        reps = (
-            max(INTERACTIVE_REPEATS, args.repeats) if n == 1 else args.repeats if n <= 64 else max(1, args.repeats // 2)
-        )
+        interactive = max(args.interactive_repeats, args.repeats)
+        reps = interactive if n == 1 else args.repeats if n <= 64 else max(1, args.repeats // 2)
         (t_o, t_f), ((low_o, iou_o), (low_f, iou_f)) = timeit_pair(
             lambda: pred.decode_low_res(coords, labels, multimask_output=True),
             lambda: official_decode(coords, labels), reps,
@@ -303,7 +302,7 @@ def bench_model(name, args, image, rows):
     (t_o, t_f), ((m_o, _, _), (m_f, _, _)) = timeit_pair(
         lambda: pred.predict(point_coords=point, point_labels=one),
         official_call(lambda: off_pred.predict(point_coords=point, point_labels=one)),
-        max(INTERACTIVE_REPEATS, args.repeats),
+        max(args.interactive_repeats, args.repeats),
     )
     rows.append(
         Row(label, f"one prompt, 3 masks at {w}x{h}", "fp32", t_o, t_f,
@@ -319,7 +318,7 @@ def bench_model(name, args, image, rows):
         return pred.predict(point_coords=point, point_labels=one, best_only=True, return_low_res=False)
 
     (t_o, t_f), ((m_o, _, _), m_f) = timeit_pair(
-        click, official_call(official_best), max(INTERACTIVE_REPEATS, args.repeats)
+        click, official_call(official_best), max(args.interactive_repeats, args.repeats)
     )
     rows.append(
         Row(label, f"one click, best mask at {w}x{h}", "fp32", t_o, t_f,
@@ -330,7 +329,7 @@ def bench_model(name, args, image, rows):
     # The same click repeated with nothing in between (an annotator's next clicks on one image):
     # above, each of our calls follows an official one, which leaves little of our per-image
     # decoder data in the CPU's cache.
-    t_rep, (m_rep, _, _) = timeit(click, max(INTERACTIVE_REPEATS, args.repeats))
+    t_rep, (m_rep, _, _) = timeit(click, max(args.interactive_repeats, args.repeats))
     rows.append(
         Row(label, "one click, repeated (no official call between)", "fp32", t_rep, None,
             f"same mask as the click above: {bool(np.array_equal(m_rep, m_o))}; ours {fmt_spread(t_rep)}", "< 20 ms")
@@ -342,8 +341,8 @@ def bench_model(name, args, image, rows):
     pred32.set_image_state(ImageState(emb_ours.float(), (h, w), input_size))
     pred16 = samkit.Predictor(ours_bf16)
     pred16.set_image_state(ImageState(emb_bf.float(), (h, w), input_size))
-    pts = grid_points(64, h, w)[:, None, :]
-    lab = np.ones((64, 1), dtype=np.int64)
+    pts = grid_points(args.mask_points, h, w)[:, None, :]
+    lab = np.ones((args.mask_points, 1), dtype=np.int64)
     rng = np.random.default_rng(5)
     x0, y0 = rng.uniform(0, 0.6 * w, 16), rng.uniform(0, 0.6 * h, 16)
     boxes = np.stack([x0, y0, x0 + rng.uniform(50, 0.4 * w, 16), y0 + rng.uniform(50, 0.4 * h, 16)], 1)
@@ -426,6 +425,10 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prompts", type=int, nargs="+", default=[1, 64, 1024])
     ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument("--interactive-repeats", type=int, default=INTERACTIVE_REPEATS,
+                    help="calls timed for a single prompt or click (at least 10 for the p10-p90 spread)")
+    ap.add_argument("--mask-points", type=int, default=64,
+                    help="point prompts (3 masks each) of the bf16 vs fp32 mask check, beside its 16 boxes")
     ap.add_argument("--thresholds-zero", action="store_true",
                     help="also time segment-everything with both thresholds at 0 (official: minutes)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, 1/64/256 prompts, a 16x16 grid")
@@ -460,7 +463,7 @@ def main(argv=None):
             f"`python benchmarks/bench_core.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
             f" on {Path(args.image).name} ({image.shape[1]}x{image.shape[0]}), {weights}, "
             f"median of {args.repeats} after a warm-up (single prompt and click: of "
-            f"{max(INTERACTIVE_REPEATS, args.repeats)}; official stages over {LONG:.0f} s once).\n\n"
+            f"{max(args.interactive_repeats, args.repeats)}; official stages over {LONG:.0f} s once).\n\n"
             f"Machine at start: {start}.  \nAt end: {end}.\n\n"
             + f"Times: {'wall clock' if args.clock == 'wall' else 'process CPU time'}.\n\n"
             + table(rows, markdown=True, clock=args.clock) + "\n"

@@ -13,11 +13,12 @@ Three measurements, in one run:
   tests/finetune_data.py), default prompt iterations: seconds per epoch, images and objects
   per second (the embeddings already on disk, as from the second epoch on);
 * **memory**: the peak resident memory of whole runs (a child process each: embedding, one
-  epoch, validation, writing) over `--memory-masks` objects and over a tenth of them, 8 per
-  600 x 600 crop of the Kampala mosaic, box prompts, 8 objects per step: embeddings stay on disk,
-  so the peak must not grow with the data. (A step's peak grows with the objects it decodes at
-  once, at most the batch size; with mixed prompts and images a long run meets that worst case
-  and a short one may not, which would read as growth with the data.)
+  epoch, validation, writing) over `--memory-masks` objects and over a tenth of them (at least
+  40; or `--memory-small`), 8 per 600 x 600 crop of the Kampala mosaic, box prompts, 8 objects
+  per step: embeddings stay on disk, so the peak must not grow with the data. (A step's peak
+  grows with the objects it decodes at once, at most the batch size; with mixed prompts and
+  images a long run meets that worst case and a short one may not, which would read as growth
+  with the data.)
 
 No pretrained weights are needed: the seeded random MobileSAM in ../shared/reference is the base.
 
@@ -178,20 +179,22 @@ def time_family_steps(ours, theirs, state, masks, boxes, objects: int, repeats: 
 # -- an epoch on the Kampala chips --------------------------------------------------------------
 
 
-def epoch_rows(model, work: Path, epochs: int, train_images: int):
-    chips = finetune_data.kampala_chips(GEO)[: train_images + 3]
+def epoch_rows(model, work: Path, epochs: int, train_images: int, val_images: int = 3):
+    chips = finetune_data.kampala_chips(GEO)[: train_images + val_images]
     teacher = finetune_data.write_teacher_coco(chips, model, work / "teacher")
     student = finetune_data.perturbed_student(MOBILE_SAM, work / "student.pt")
     ids = list(range(1, train_images + 1))
     train = finetune_data.subset_coco(teacher.coco, work / "train.json", ids)
-    val = finetune_data.subset_coco(teacher.coco, work / "val.json", list(range(train_images + 1, train_images + 4)))
+    val_ids = list(range(train_images + 1, train_images + val_images + 1))
+    val = finetune_data.subset_coco(teacher.coco, work / "val.json", val_ids)
     result = samkit.finetune(student, train, work / "tuned.pt", val, epochs=epochs, cache_dir=teacher.embeddings,
                              progress=False)
     objects = json.loads(result.metadata.read_text())["data"]["train"]["objects"]
     seconds = [r["seconds"] for r in result.history[1:]]
     per_epoch = statistics.median(seconds)
     before, best = result.history[0], result.best
-    row = (f"epoch: {train_images} Kampala chips, {objects} objects, 3 prompts each, + validation of 3 chips",
+    row = (f"epoch: {train_images} Kampala chips, {objects} objects, 3 prompts each, + validation of {val_images} "
+           f"chip{'s' if val_images != 1 else ''}",
            per_epoch, None,
            f"{train_images / per_epoch:.2f} images/s, {objects / per_epoch:.2f} objects/s; held-out box mIoU "
            f"{before['miou_box']:.3f} -> {best['miou_box']:.3f} (epoch {result.best_epoch} of {epochs})")
@@ -235,10 +238,12 @@ print(json.dumps({{"peak_mb": peak_kb / 1024,
 """
 
 
-def memory_rows(masks: int, work: Path):
+def memory_rows(masks: int, work: Path, small: int | None = None):
+    """The peak-memory rows of a run over `small` objects (default: a tenth of `masks`, at least
+    40: five images) and one over `masks`, and the growth between them."""
     rows = []
     peaks, images = {}, {}
-    for count in (max(masks // 10, 40), masks):  # 40: five images, so that a validation image is split off
+    for count in (max(masks // 10, 40) if small is None else small, masks):
         script = MEMORY_CHILD.format(tests=str(REPO / "tests" / "core"), masks=count,
                                      mosaic=str(GEO / finetune_data.MOSAIC), checkpoint=str(MOBILE_SAM),
                                      output=str(work / f"memory-{count}.pt"))
@@ -285,13 +290,21 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-images", type=int, default=12, help="Kampala chips to train on (of 16)")
+    ap.add_argument("--val-images", type=int, default=3, help="Kampala chips to validate on (after the training ones)")
     ap.add_argument("--memory-masks", type=int, default=1000)
+    ap.add_argument("--memory-small", type=int, default=None,
+                    help="objects of the smaller memory run (default: a tenth of --memory-masks, at least 40); "
+                         "at least 16, two images, one held out for validation")
     ap.add_argument("--skip", nargs="*", default=[], choices=["step", "sam2", "epoch", "memory"])
-    ap.add_argument("--quick", action="store_true", help="2 objects, 1 repeat, 1 epoch on 2 chips, 80 masks")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 objects, 1 repeat, 1 epoch on 2 chips validated on 1, memory runs over 16 and 24 objects")
     ap.add_argument("--markdown", default="", help="also write the table to this markdown file")
     args = ap.parse_args(argv)
     if args.quick:
-        args.objects, args.repeats, args.epochs, args.train_images, args.memory_masks = 2, 1, 1, 2, 80
+        args.objects, args.repeats, args.epochs, args.train_images, args.val_images = 2, 1, 1, 2, 1
+        # two and three images: the fewest that keep a validation image and a training step in
+        # each run (the test proves the rows work; the memory figures need the full sizes)
+        args.memory_small, args.memory_masks = 16, 24
     start_machine = machine()
     log(start_machine)
     model = samkit.load_model(MOBILE_SAM, device="cpu")
@@ -303,9 +316,9 @@ def main(argv=None):
         if "sam2" not in args.skip:
             rows += time_sam2_steps(args.objects, args.repeats)
         if "epoch" not in args.skip:
-            rows += epoch_rows(model, work, args.epochs, args.train_images)
+            rows += epoch_rows(model, work, args.epochs, args.train_images, args.val_images)
         if "memory" not in args.skip:
-            rows += memory_rows(args.memory_masks, work)
+            rows += memory_rows(args.memory_masks, work, args.memory_small)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     header = (f"## Fine-tuning, commit {commit.stdout.strip() or '?'}: `python benchmarks/bench_finetune.py "
               f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\nMachine at start: {start_machine}.  \n"

@@ -63,6 +63,11 @@ MOBILE_SAM = SHARED / "reference" / "mobile_sam_random" / "mobile_sam_random.pt"
 LABELS = {"tiny": "SAM 2.1-T", "base_plus": "SAM 2.1-B+"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE = torch.device("cpu")
+# the settings of a full run, and of a miniature one (--quick); flags given override either
+FULL = dict(sizes=["tiny", "base_plus"], repeats=2, clicks=30, prompts=1024, points_per_side=16,
+            sam1=["mobile_sam", "vit_b"], gis_size=4096, gis_models=["MobileSAM", LABELS["tiny"], "ViT-B"])
+QUICK = dict(sizes=["tiny"], repeats=1, clicks=10, prompts=64, points_per_side=4, sam1=["mobile_sam"], gis_size=512,
+             gis_models=["MobileSAM", LABELS["tiny"]])
 
 
 def log(msg: str) -> None:
@@ -164,7 +169,7 @@ def bench_encoder(size, image, args, rows, low):
     rows.append(Row(label, "encoder (set_image)", low, t_l, t_f2,
                     f"{t_o.wall / t_l.wall:.2f}x our fp32; masks vs fp32 ({len(ious)}): IoU mean {ious.mean():.4f}, "
                     f"min {ious.min():.4f}", ">= 1.5x official fp32, IoU >= 0.98"))
-    return ours, official, off_pred, state
+    return ours, official, off_pred, state, path
 
 
 def grid_points(n: int, h: int, w: int) -> np.ndarray:
@@ -251,7 +256,7 @@ def bench_prompts(ours, official, off_pred, state, image, n, args, rows):
 
     (t_o, t_f), ((low_o, iou_o), (low_f, iou_f)) = timeit_pair(
         synced(lambda: pred.decode_low_res(coords, labels, multimask_output=True)), official_call(official_decode),
-        max(1, args.repeats),
+        max(1, args.repeats), warmup=0 if args.quick else 1,
     )
     dl = float((low_o - low_f).abs().max() / low_f.abs().max())
     same = float(((low_o > 0) == (low_f > 0)).float().mean())
@@ -371,11 +376,11 @@ def bench_gis(args, sam2_path: Path, rows, gis_rows):
     workdir = Path(tempfile.mkdtemp(prefix="samkit-bench-gis-"))
     raster = mosaic(GEO_RASTER, workdir / f"mosaic_{side}.tif", side, side)
     half = mosaic(GEO_RASTER, workdir / f"mosaic_{side // 2}x{side}.tif", side // 2, side)
-    _, vit_b = oracle.official_vit_b()
-    models = {"MobileSAM": ("sam1", str(MOBILE_SAM)), LABELS["tiny"]: ("sam2", str(sam2_path)),
-              "ViT-B": ("sam1", str(vit_b))}
+    models = {"MobileSAM": ("sam1", MOBILE_SAM), LABELS["tiny"]: ("sam2", sam2_path),
+              "ViT-B": ("sam1", None)}  # ViT-B's perturbed checkpoint is written only when a row needs it
     for label in args.gis_models:
         kind, checkpoint = models[label]
+        checkpoint = str(checkpoint if checkpoint is not None else oracle.official_vit_b()[1])
         log(f"   GIS {side}x{side}: {label}")
         spec = dict(kind=kind, checkpoint=checkpoint, raster=str(raster), pixels=side * side, device=str(DEVICE),
                     points_per_side=args.points_per_side)
@@ -432,28 +437,30 @@ def main(argv=None) -> None:
     global DEVICE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--image", default=str(DEFAULT_IMAGE))
-    ap.add_argument("--sizes", nargs="+", default=["tiny", "base_plus"], choices=sorted(LABELS))
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--clicks", type=int, default=30, help="clicks timed per side (p50 / p90)")
-    ap.add_argument("--prompts", type=int, default=1024)
-    ap.add_argument("--points-per-side", type=int, default=16, help="segment-everything grid (0: no such rows)")
-    ap.add_argument("--sam1", nargs="*", default=["mobile_sam", "vit_b"], choices=["mobile_sam", "vit_b"])
-    ap.add_argument("--gis-size", type=int, default=4096, help="side of the square GIS raster (0: no GIS rows)")
-    ap.add_argument("--gis-models", nargs="*", default=["MobileSAM", LABELS["tiny"], "ViT-B"])
+    # defaults None: filled in below from FULL or, with --quick, QUICK; a flag given always wins
+    ap.add_argument("--sizes", nargs="+", choices=sorted(LABELS))
+    ap.add_argument("--repeats", type=int)
+    ap.add_argument("--clicks", type=int, help="clicks timed per side (p50 / p90; at least 10 for the p90)")
+    ap.add_argument("--prompts", type=int)
+    ap.add_argument("--points-per-side", type=int, help="segment-everything grid (0: no such rows)")
+    ap.add_argument("--sam1", nargs="*", choices=["mobile_sam", "vit_b"])
+    ap.add_argument("--gis-size", type=int, help="side of the square GIS raster (0: no GIS rows)")
+    ap.add_argument("--gis-models", nargs="*")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--low-precision", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--quick", action="store_true",
-                    help="a miniature run: Hiera-T only, 1 repeat, 10 clicks, 64 prompts, 4x4 points, MobileSAM "
-                         "clicks, a 512x512 GIS raster with MobileSAM and SAM 2.1-T")
+                    help="a miniature run: Hiera-T only, 1 repeat and no warm-up for the encoder and the prompts, "
+                         "10 clicks, 64 prompts, 4x4 points, MobileSAM clicks, a 512x512 GIS raster with MobileSAM "
+                         "and SAM 2.1-T (flags given override these)")
     ap.add_argument("--markdown", default="", help="write the tables here as markdown")
     ap.add_argument("--gis-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.gis_worker:
         return gis_worker(json.loads(args.gis_worker))
-    if args.quick:
-        args.sizes, args.repeats, args.clicks, args.prompts, args.points_per_side = ["tiny"], 1, 10, 64, 4
-        args.sam1, args.gis_size, args.gis_models = ["mobile_sam"], 512, ["MobileSAM", LABELS["tiny"]]
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     DEVICE = torch.device(args.device)
@@ -492,7 +499,7 @@ def main(argv=None) -> None:
             tiny = found
     if tiny is None:
         tiny = bench_encoder("tiny", image, args, rows, args.low_precision)
-    ours, official, off_pred, state = tiny
+    ours, official, off_pred, state, tiny_path = tiny
     log("   SAM 2.1-T: one click")
     bench_click(LABELS["tiny"], ours, off_pred.predict, image, args, rows)
     bench_sam1_clicks(image, args, rows)
@@ -504,7 +511,7 @@ def main(argv=None) -> None:
         bench_generator(ours, official, image, args, rows)
         emit()
     if args.gis_size:
-        bench_gis(args, sam2_oracle.official_model("tiny")[1], rows, gis_rows)
+        bench_gis(args, tiny_path, rows, gis_rows)
     emit(final=True)
     if args.markdown:
         log(f"\nmarkdown written to {args.markdown}")

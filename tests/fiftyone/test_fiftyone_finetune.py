@@ -94,6 +94,10 @@ def test_finetune_operator_delegated_then_used(kampala_dataset, checkpoint, fift
     import subprocess
 
     dataset, chips = kampala_dataset
+    # two chips are enough: the worker trains on one and holds the other out; each chip more is
+    # an embedding more in the worker and in segment_prompts
+    dataset.delete_samples(dataset.skip(2))
+    assert len(dataset) == 2
     output = tmp_path / "tuned.pt"
     params = dict(label_field="gt", output=str(output), model=checkpoint, epochs=1, batch_size=8, val_fraction=0.25)
     queued = foo.execute_operator(FINETUNE, ctx={"dataset": dataset, "params": params, "request_delegation": True})
