@@ -69,6 +69,15 @@ class FusedLinears:
     def __init__(self) -> None:
         self._kept_bf16: dict[int, KeptWeights] = {}
 
+    def precision(self, x: torch.Tensor) -> torch.dtype | None:
+        """The precision an engine computes this input in (``engine_precision``); each engine
+        names the weights that decide it."""
+        raise NotImplementedError
+
+    def runs(self, x: torch.Tensor) -> bool:
+        """Whether the engine computes this input (see ``precision``)."""
+        return self.precision(x) is not None
+
     def weights(self, layer: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A layer's weight and bias in ``dtype``: the parameters themselves for float32."""
         if dtype == torch.float32:

@@ -71,10 +71,6 @@ class FastHiera(FusedLinears):
         float32, bfloat16 under a bfloat16 CPU autocast, or None for the plain trunk."""
         return engine_precision(x, self.trunk.pos_embed.dtype)
 
-    def runs(self, x: torch.Tensor) -> bool:
-        """Whether the engine computes this input (see ``precision``)."""
-        return self.precision(x) is not None
-
     def position_embedding(self, height: int, width: int) -> torch.Tensor:
         trunk = self.trunk
         found = sources(trunk.pos_embed, trunk.pos_embed_window)

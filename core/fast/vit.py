@@ -53,10 +53,6 @@ class FastViT(FusedLinears):
         """float32, bfloat16 under a bfloat16 CPU autocast, or None for the plain encoder."""
         return engine_precision(x, self.encoder.pos_embed.dtype)
 
-    def runs(self, x: torch.Tensor) -> bool:
-        """Whether the engine computes this input (see ``precision``)."""
-        return self.precision(x) is not None
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.precision(x)
         if dtype is None:

@@ -57,9 +57,9 @@ class PromptableModel(nn.Module):
         """Context for the prompt encoder and the mask decoder: float32 whatever `compute_dtype`
         is. Reduced precision pays in the image encoder, nearly all of an image's work; in the
         decoder it saves little (the fast engine's factored products are float32 only) and it
-        cost most of the masks' disagreement with float32 (benchmarks/RESULTS.md, "Where bf16
-        loses mask agreement"). A caller's own autocast around the call (fine-tuning) still
-        applies."""
+        cost most of the masks' disagreement with float32 (benchmarks/RESULTS.md, "Design
+        measurements", `decoder_autocast`). A caller's own autocast around the call
+        (fine-tuning) still applies."""
         return contextlib.nullcontext()
 
     # -- the fast decoder engine (core/fast): each family names its engine type and what of an
