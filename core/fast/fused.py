@@ -32,8 +32,8 @@ def layer_norm(x: torch.Tensor, norm: nn.LayerNorm, dtype: torch.dtype) -> torch
 
 
 class KeptWeights(NamedTuple):
-    """A layer's weight and bias in bfloat16, and the float32 parameters' memory and version
-    counters they were converted from."""
+    """A layer's weight (for a linear layer in oneDNN's layout) and bias in bfloat16, and the
+    float32 parameters' memory and version counters they were converted from."""
 
     sources: tuple[tuple[int, int], ...]
     weight: torch.Tensor
@@ -78,22 +78,28 @@ class FusedLinears:
         """Whether the engine computes this input (see ``precision``)."""
         return self.precision(x) is not None
 
-    def weights(self, layer: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A layer's weight and bias in ``dtype``: the parameters themselves for float32."""
+    def weights(self, layer: nn.Module, dtype: torch.dtype, packed: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A layer's weight and bias in ``dtype``: the parameters themselves for float32.
+        packed (linear layers): a bfloat16 weight is kept in oneDNN's own layout, for
+        `_linear_pointwise` only, which otherwise reorders it on every call."""
         if dtype == torch.float32:
             return layer.weight, layer.bias
         found = sources(layer.weight, layer.bias)
         kept = self._kept_bf16.get(id(layer))
         if kept is None or kept.sources != found:
             bias = None if layer.bias is None else layer.bias.to(dtype)
-            kept = KeptWeights(found, layer.weight.to(dtype), bias)
+            weight = layer.weight.to(dtype)
+            if packed and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+                weight = torch.ops.mkldnn._reorder_linear_weight(weight)
+            kept = KeptWeights(found, weight, bias)
             self._kept_bf16[id(layer)] = kept
         return kept.weight, kept.bias
 
     def linear(self, x: torch.Tensor, layer: nn.Linear, post: str = "none") -> torch.Tensor:
         """layer(x) in x's precision, then ``post`` ("none" or "gelu", the erf GELU of
         `nn.GELU()`) on the output, in one oneDNN product."""
-        weight, bias = self.weights(layer, x.dtype)
+        weight, bias = self.weights(layer, x.dtype, packed=True)
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post, [], "none" if post == "gelu" else "")
 
     def linear_add(self, x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
@@ -101,5 +107,5 @@ class FusedLinears:
         product when both are float32."""
         if x.dtype != residual.dtype:
             return residual + self.linear(x, layer)
-        weight, bias = self.weights(layer, x.dtype)
+        weight, bias = self.weights(layer, x.dtype, packed=True)
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")

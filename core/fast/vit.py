@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.backbones.vit import Attention, Block, ImageEncoderViT, window_partition, window_unpartition
+from ..modeling.backbones.vit import (
+    Attention,
+    Block,
+    ImageEncoderViT,
+    bias_chunks,
+    relative_position_terms,
+    window_partition,
+    window_unpartition,
+)
 from .fused import FusedLinears, engine_precision, fused_linear_available, layer_norm
 
 
@@ -79,10 +87,66 @@ class FastViT(FusedLinears):
         if block.window_size > 0:
             height, width = x.shape[1:3]
             windows, padded = window_partition(normed, block.window_size)
-            attended = block.attn.attend(self.linear(windows, block.attn.qkv))
+            attended = attend(block.attn, self.linear(windows, block.attn.qkv))
             attended = window_unpartition(attended, block.window_size, padded, (height, width))
         else:
-            attended = block.attn.attend(self.linear(normed, block.attn.qkv))
+            attended = attend(block.attn, self.linear(normed, block.attn.qkv))
         x = self.linear_add(attended.contiguous(), block.attn.proj, x)
         hidden = self.linear(layer_norm(x, block.norm2, dtype), block.mlp.lin1, "gelu")
         return self.linear_add(hidden, block.mlp.lin2, x)
+
+
+def attend(attention: Attention, qkv: torch.Tensor) -> torch.Tensor:
+    """What ``Attention.attend`` computes, (B, H, W, 3C) -> (B, H, W, C), with fewer passes over
+    the logits: per slice of queries, the logits in one reused buffer, softmax in place, then the
+    product with v.
+
+    The plain attention builds each slice's bias as a new tensor (laid out by the broadcast, so
+    that its reshape copies it again), which the product then copies into its output. Here the
+    two relative-position terms reach the logits without a bias tensor:
+
+    * small grids (windows): inside the product. Each query gets its H vertical and W horizontal
+      terms as extra features, each key the one-hot of its row and its column, so that
+      q' . k' = q . k / sqrt(d) + vertical[row(k)] + horizontal[col(k)]. Adding them afterwards
+      would take two passes whose innermost loops are only W long;
+    * large grids (global attention): added in place, two passes over the buffer, where H + W
+      more features would cost more arithmetic than the passes.
+
+    benchmarks/RESULTS.md ("Design measurements") has the measurements."""
+    batch, height, width, _ = qkv.shape
+    tokens, heads = height * width, attention.num_heads
+    q, k, v = qkv.reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    dim = q.shape[-1]
+    rel_h, rel_w = relative_position_terms(q, attention.rel_pos_h, attention.rel_pos_w, (height, width))
+    in_product = height + width <= dim
+    if in_product:
+        q = torch.cat([q * dim**-0.5, rel_h.reshape(batch, heads, tokens, height),
+                       rel_w.reshape(batch, heads, tokens, width)], dim=-1)
+        key = torch.arange(tokens, device=qkv.device)
+        one_hot = torch.cat([key[:, None] // width == torch.arange(height, device=qkv.device),
+                             key[:, None] % width == torch.arange(width, device=qkv.device)], dim=-1)
+        k = torch.cat([k, one_hot.to(k.dtype).expand(batch, heads, tokens, height + width)], dim=-1)
+    else:
+        q = q * dim**-0.5  # (B, heads, HW, d), contiguous
+    features = q.shape[-1]
+    k_t, v = k.transpose(2, 3).contiguous(), v.contiguous()
+    out = qkv.new_empty(batch, tokens, heads, dim)
+    batch_step, row_step = bias_chunks(batch, heads, height, width, q.element_size())
+    buffer = qkv.new_empty(min(batch_step, batch) * heads * min(row_step, height) * width * tokens)
+    for b0 in range(0, batch, batch_step):
+        b1 = min(b0 + batch_step, batch)
+        for r0 in range(0, height, row_step):
+            r1 = min(r0 + row_step, height)
+            rows = slice(r0 * width, r1 * width)
+            count, length = (b1 - b0) * heads, (r1 - r0) * width
+            logits = buffer[: count * length * tokens].view(count, length, tokens)
+            torch.bmm(q[b0:b1, :, rows].reshape(count, length, features),
+                      k_t[b0:b1].view(count, features, tokens), out=logits)
+            if not in_product:
+                grid = logits.view(b1 - b0, heads, r1 - r0, width, height, width)
+                grid.add_(rel_h[b0:b1, :, r0:r1, :, :, None])
+                grid.add_(rel_w[b0:b1, :, r0:r1, :, None, :])
+            torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+            attended = torch.bmm(logits, v[b0:b1].view(count, tokens, dim))
+            out[b0:b1, rows] = attended.view(b1 - b0, heads, length, dim).transpose(1, 2)
+    return out.view(batch, height, width, heads * dim)

@@ -141,8 +141,9 @@ def attention_with_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias:
     """softmax(q k^T / sqrt(d) + bias) v for (B, heads, L, d) q and (B, heads, S, d) k, v."""
     if q.device.type != "cpu" or q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    # bf16/fp16 on a CPU: the fused kernel ran ~1.5x slower than these three plain ops (measured
-    # on AVX-512 BF16), which are also what the reference computes under autocast.
+    # bf16/fp16 on a CPU: these three plain ops, which are what the official code computes under
+    # autocast. (The fused kernel with a reduced-precision mask was measured both ~1.5x slower
+    # and 3% faster on the same CPU at different times; inference runs fast/vit.py's attention.)
     batch, heads, length, dim = q.shape
     logits = torch.baddbmm(
         bias.reshape(batch * heads, length, -1),
