@@ -118,10 +118,12 @@ def timeit(fn, repeats, warmup=1, long=LONG):
     return median_timing(samples), result
 
 
-def timeit_pair(ours_fn, official_fn, repeats, warmup=1, long=LONG):
+def timeit_pair(ours_fn, official_fn, repeats, warmup=1, long=LONG, block=1):
     """Ours and the official timed in alternation (ours, official, ours, ...), so that a machine
     whose speed drifts during the run slows both sides alike; otherwise as timeit (medians; a
-    stage longer than `long` in warm-up is measured by that call alone).
+    stage longer than `long` in warm-up is measured by that call alone). block: calls per turn
+    (ours `block` times in a row, then the official `block` times, ...), for work whose
+    consecutive calls are what a user meets, such as an annotator's clicks on one image.
     Returns ((ours Timing, official Timing), (ours result, official result))."""
     fns = (ours_fn, official_fn)
     results = [None, None]
@@ -139,10 +141,11 @@ def timeit_pair(ours_fn, official_fn, repeats, warmup=1, long=LONG):
             if first.wall > long:
                 samples[i].append(first)
                 finished[i] = True
-    for _ in range(repeats):
+    for start in range(0, repeats, block):
         for i in (0, 1):
-            if not finished[i]:
-                samples[i].append(run(i))
+            for _ in range(min(block, repeats - start)):
+                if not finished[i]:
+                    samples[i].append(run(i))
     return tuple(median_timing(s) for s in samples), tuple(results)
 
 

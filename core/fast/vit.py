@@ -34,6 +34,10 @@ from ..modeling.backbones.vit import (
 from .fused import FusedLinears, engine_precision, fused_linear_available, layer_norm
 
 
+# heads per slice of the global attention (benchmarks/RESULTS.md, "Design measurements")
+HEADS_PER_SLICE = 4
+
+
 class FastViT(FusedLinears):
     """Callable like the plain encoder: (B, 3, H, W) float32 -> the embedding (B, 256, H/16, W/16)."""
 
@@ -131,22 +135,29 @@ def attend(attention: Attention, qkv: torch.Tensor) -> torch.Tensor:
     features = q.shape[-1]
     k_t, v = k.transpose(2, 3).contiguous(), v.contiguous()
     out = qkv.new_empty(batch, tokens, heads, dim)
-    batch_step, row_step = bias_chunks(batch, heads, height, width, q.element_size())
-    buffer = qkv.new_empty(min(batch_step, batch) * heads * min(row_step, height) * width * tokens)
+    # slices of a few heads and more query rows (the same logits size): each head's keys and
+    # values stay in the per-core cache for more queries
+    head_step = heads if in_product else min(heads, HEADS_PER_SLICE)
+    batch_step, row_step = bias_chunks(batch, head_step, height, width, q.element_size())
+    if head_step < heads:
+        batch_step = 1
+    buffer = qkv.new_empty(min(batch_step, batch) * head_step * min(row_step, height) * width * tokens)
     for b0 in range(0, batch, batch_step):
         b1 = min(b0 + batch_step, batch)
-        for r0 in range(0, height, row_step):
-            r1 = min(r0 + row_step, height)
-            rows = slice(r0 * width, r1 * width)
-            count, length = (b1 - b0) * heads, (r1 - r0) * width
-            logits = buffer[: count * length * tokens].view(count, length, tokens)
-            torch.bmm(q[b0:b1, :, rows].reshape(count, length, features),
-                      k_t[b0:b1].view(count, features, tokens), out=logits)
-            if not in_product:
-                grid = logits.view(b1 - b0, heads, r1 - r0, width, height, width)
-                grid.add_(rel_h[b0:b1, :, r0:r1, :, :, None])
-                grid.add_(rel_w[b0:b1, :, r0:r1, :, None, :])
-            torch.ops.aten._softmax.out(logits, -1, False, out=logits)
-            attended = torch.bmm(logits, v[b0:b1].view(count, tokens, dim))
-            out[b0:b1, rows] = attended.view(b1 - b0, heads, length, dim).transpose(1, 2)
+        for h0 in range(0, heads, head_step):
+            h1 = min(h0 + head_step, heads)
+            for r0 in range(0, height, row_step):
+                r1 = min(r0 + row_step, height)
+                rows = slice(r0 * width, r1 * width)
+                count, length = (b1 - b0) * (h1 - h0), (r1 - r0) * width
+                logits = buffer[: count * length * tokens].view(count, length, tokens)
+                torch.bmm(q[b0:b1, h0:h1, rows].reshape(count, length, features),
+                          k_t[b0:b1, h0:h1].reshape(count, features, tokens), out=logits)
+                if not in_product:
+                    grid = logits.view(b1 - b0, h1 - h0, r1 - r0, width, height, width)
+                    grid.add_(rel_h[b0:b1, h0:h1, r0:r1, :, :, None])
+                    grid.add_(rel_w[b0:b1, h0:h1, r0:r1, :, None, :])
+                torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+                attended = torch.bmm(logits, v[b0:b1, h0:h1].reshape(count, tokens, dim))
+                out[b0:b1, rows, h0:h1] = attended.view(b1 - b0, h1 - h0, length, dim).transpose(1, 2)
     return out.view(batch, height, width, heads * dim)

@@ -58,6 +58,29 @@ def test_embedding_matches_the_plain_encoder(img_size, window):
     assert max_rel_diff(ours, ref) <= REL_TOL
 
 
+def test_attention_in_slices_matches_the_plain_encoder(monkeypatch):
+    """The fast attention's slices: a few heads at a time (global blocks: 2 of the 3 heads, then
+    1) and a few query rows at a time (a logits buffer of 64 KB), in float32 and bfloat16."""
+    import samkit.fast.vit as fast_vit
+    import samkit.modeling.backbones.vit as plain_vit
+
+    encoder = small_vit(448, 14)
+    engine = FastViT.for_encoder(encoder)
+    x = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        ref = encoder(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            whole = engine(x)
+        monkeypatch.setattr(fast_vit, "HEADS_PER_SLICE", 2)
+        monkeypatch.setattr(plain_vit, "BIAS_CHUNK_BYTES", 64 * 2**10)
+        assert plain_vit.bias_chunks(1, 2, 28, 28, 4)[1] < 28  # several row slices
+        assert max_rel_diff(engine(x), ref) <= REL_TOL
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            sliced = engine(x)
+    # bfloat16 in slices is as close to float32 as in whole (the products' blocking may differ)
+    assert rel_l2(sliced, ref) <= 1.05 * rel_l2(whole, ref) + 1e-4
+
+
 def test_bfloat16_is_closer_to_float32_than_autocast():
     encoder = small_vit(512, 14)
     engine = FastViT.for_encoder(encoder)
