@@ -2,8 +2,9 @@
 weights (it owns none), the same embedding to float32 rounding, in fewer passes over memory.
 
 The plain encoder (samkit.modeling.backbones.vit) keeps its own attention (decomposed relative
-positions, the bias built a slice of queries at a time); this engine runs that same attention
-(`Attention.attend`) and computes the rest of each block with the fused products of fast/fused.py:
+positions, the bias built a slice of queries at a time); this engine computes the same attention
+without building the bias (`attend` below) and the rest of each block with the fused products of
+fast/fused.py:
 the bias in every product, GELU in the MLP's first, the residual sums in the attention
 projection and the MLP's second. The windowed attention's output is projected after the windows
 are merged (the projection is per token, so the order does not matter), with the residual added
