@@ -42,6 +42,11 @@ def max_rel_diff(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours.float() - ref).abs().max()) / float(ref.abs().max())
 
 
+def in_bfloat16(fn, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return fn(x)
+
+
 def rel_l2(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours.float() - ref).norm() / ref.norm())
 
@@ -68,15 +73,12 @@ def test_attention_in_slices_matches_the_plain_encoder(monkeypatch):
     engine = FastViT.for_encoder(encoder)
     x = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        ref = encoder(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            whole = engine(x)
+        ref, whole = encoder(x), in_bfloat16(engine, x)
         monkeypatch.setattr(fast_vit, "HEADS_PER_SLICE", 2)
         monkeypatch.setattr(plain_vit, "BIAS_CHUNK_BYTES", 64 * 2**10)
         assert plain_vit.bias_chunks(1, 2, 28, 28, 4)[1] < 28  # several row slices
         assert max_rel_diff(engine(x), ref) <= REL_TOL
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            sliced = engine(x)
+        sliced = in_bfloat16(engine, x)
     # bfloat16 in slices is as close to float32 as in whole (the products' blocking may differ)
     assert rel_l2(sliced, ref) <= 1.05 * rel_l2(whole, ref) + 1e-4
 
