@@ -45,7 +45,3 @@ class DecoderEngine:
         if not all(type(act) is nn.GELU and act.approximate == "none" for act in activations):
             return None
         return cls(prompt_encoder, mask_decoder)
-
-    def serves(self, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> bool:
-        """Whether this engine reads these very modules."""
-        return self.dense_pe.prompt_encoder is prompt_encoder and self.mask_decoder.decoder is mask_decoder

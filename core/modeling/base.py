@@ -5,7 +5,8 @@ build on it and add their own pre- and post-processing (the family interface, se
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,16 +67,22 @@ class PromptableModel(nn.Module):
     # ImageState its decoder reads beside the embedding
     engine_type: type | None = None
 
+    def kept_engine(self, slot: str, modules: tuple[nn.Module, ...], make: Callable[[], Any]) -> Any:
+        """The fast engine kept under `slot` for these very modules: made by `make` on first use
+        and again whenever one of them is replaced. A None from `make` (modules the engine does
+        not serve) is kept too. A plain attribute, not a submodule: engines own no weights."""
+        kept = self.__dict__.get(slot)
+        if kept is None or len(kept[0]) != len(modules) or any(a is not b for a, b in zip(kept[0], modules)):
+            kept = (modules, make())
+            self.__dict__[slot] = kept
+        return kept[1]
+
     def decoder_engine(self):
         """The fast engine (`engine_type`) over this model's prompt encoder and mask decoder, made
         on first use and again whenever either module is replaced; None when they are not the
         family's plain modules (a test's stand-in, say): decode then runs them as they are."""
-        engine = self.__dict__.get("_decoder_engine")
-        if engine is None or not engine.serves(self.prompt_encoder, self.mask_decoder):
-            engine = self.engine_type.for_modules(self.prompt_encoder, self.mask_decoder)
-            # a plain attribute, not a submodule: the engine has no weights of its own
-            self.__dict__["_decoder_engine"] = engine
-        return engine
+        return self.kept_engine("_decoder_engine", (self.prompt_encoder, self.mask_decoder),
+                                lambda: self.engine_type.for_modules(self.prompt_encoder, self.mask_decoder))
 
     def decoder_image_inputs(self, state) -> tuple:
         """What the mask decoder reads of an ImageState beside its embedding (SAM 2: the high-res

@@ -133,11 +133,8 @@ class Sam(PromptableModel):
         """The fast ViT engine (samkit.fast.vit) over this model's image encoder, made on first use
         and again whenever the encoder is replaced; None for other encoders (MobileSAM's TinyViT,
         a stand-in), which run as they are."""
-        engine = self.__dict__.get("_encoder_engine")
-        if engine is None or engine.encoder is not self.image_encoder:
-            engine = FastViT.for_encoder(self.image_encoder)
-            self.__dict__["_encoder_engine"] = engine  # not a submodule: it owns no weights
-        return engine
+        encoder = self.image_encoder
+        return self.kept_engine("_encoder_engine", (encoder,), lambda: FastViT.for_encoder(encoder))
 
     def embed_image(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
         """Preprocessed (B, 3, 1024, 1024) -> float32 image embedding (B, 256, 64, 64). A ViT

@@ -112,13 +112,9 @@ class Sam2(PromptableModel):
         """The fast Hiera engine (samkit.fast.hiera) over this model's trunk, made on first use and
         again whenever the image encoder or its trunk is replaced; None for any other encoder."""
         encoder = self.image_encoder
-        engine = self.__dict__.get("_trunk_engine")
         if not isinstance(encoder, Sam2ImageEncoder):
             return None
-        if engine is None or engine.trunk is not encoder.trunk:
-            engine = FastHiera.for_trunk(encoder.trunk)
-            self.__dict__["_trunk_engine"] = engine  # not a submodule: it owns no weights
-        return engine
+        return self.kept_engine("_trunk_engine", (encoder.trunk,), lambda: FastHiera.for_trunk(encoder.trunk))
 
     def embed(self, pixels: torch.Tensor, reference: bool = False) -> Sam2ImageEmbedding:
         """Preprocessed (B, 3, 1024, 1024) -> the image's embedding and high-res features (float32).
