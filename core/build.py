@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, SamkitError
 from .registry import DEFAULT_MODEL, FAMILIES, Checkpoint, ModelSpec, aliases, lookup, recognise
 from .registry import MODELS as _MODELS
 from .utils.files import atomic_output
@@ -136,6 +136,29 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         resolved = _DTYPES.get(str(dtype).lower().replace("torch.", ""))
     if resolved not in (torch.float32, torch.bfloat16, torch.float16):
         raise CheckpointError(f"unsupported dtype {dtype!r}: use float32, bfloat16 or float16")
+    return resolved
+
+
+def cpu_has_bfloat16_dot_products() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), where bfloat16
+    products run at about twice the float32 rate; elsewhere they are converted and gain nothing."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_decoder_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The decoder precision a Predictor is asked for: None or float32 (exact), bfloat16 (the
+    reduced-precision mode), or "auto": bfloat16 on a CPU with bfloat16 dot products, else
+    float32 (on a GPU the decoder's click is not where the time goes). float16 only on a GPU."""
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bfloat16_dot_products() else torch.float32
+    try:
+        resolved = resolve_dtype(dtype)
+    except CheckpointError as exc:
+        raise SamkitError(f"decoder_dtype: {exc}; or auto") from None
+    if resolved == torch.float16 and device.type == "cpu":
+        raise SamkitError("decoder_dtype float16 needs a GPU (CPUs have no fast float16 kernels): "
+                              "use bfloat16 or float32 on a CPU")
     return resolved
 
 

@@ -23,7 +23,10 @@ remain. Attention that reads these tokens applies it per head: a head's queries 
 image_part's 16 columns of that head and right(W)'s, never an N x D projection per prompt.
 The result agrees with the direct product to float32 rounding (tests/core/test_decoder_parity.py).
 It subtracts large terms, which bf16 would not resolve: under autocast, and while autograd
-records, the decoder takes the direct products.
+records, the decoder takes the direct products. The reduced-precision mode (fast/mask_decoder.py,
+image_side_dtype) reads only the upscaling's first convolution in this form, its image part
+computed in float32 and stored in bfloat16, its low-rank product in bfloat16; its masks are held
+to float32's in tests/core/test_reduced_precision_decoder.py.
 """
 
 from __future__ import annotations
@@ -67,6 +70,14 @@ class FactoredWeight(NamedTuple):
     image_part: torch.Tensor
     constant: torch.Tensor
     levels: list[FactorLevel]
+
+    def to(self, dtype: torch.dtype) -> FactoredWeight:
+        """The same in another dtype: the reduced-precision mode's, whose per-prompt low-rank
+        product then runs in bfloat16."""
+        if self.image_part.dtype == dtype:
+            return self
+        levels = [FactorLevel(*(t.to(dtype) for t in level)) for level in self.levels]
+        return FactoredWeight(self.image_part.to(dtype), self.constant.to(dtype), levels)
 
 
 def add_batched_product_(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -132,7 +143,7 @@ class FactoredKeys(NamedTuple):
                 constant = constant.view(height, width, -1)[:rows, :cols]
             # whole rows are a view; a column range is copied (K x rows * cols, ~1 MB)
             left = left.view(batch, num_rows, height, width)[..., :rows, :cols].reshape(batch, num_rows, rows * cols)
-        out = torch.addcmul(constant, image_part, scale).view(batch, left.shape[2], -1)
+        out = torch.addcmul(constant, image_part, scale.to(image_part.dtype)).view(batch, left.shape[2], -1)
         return add_batched_product_(out, left.transpose(1, 2), self.right(weight))
 
 

@@ -97,7 +97,7 @@ class FusedLinears:
         return kept.weight, kept.bias
 
     def linear(self, x: torch.Tensor, layer: nn.Linear, post: str = "none") -> torch.Tensor:
-        """layer(x) in x's precision, then ``post`` ("none" or "gelu", the erf GELU of
+        """layer(x) in x's precision, then ``post`` ("none", "relu" or "gelu", the erf GELU of
         `nn.GELU()`) on the output, in one oneDNN product."""
         weight, bias = self.weights(layer, x.dtype, packed=True)
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post, [], "none" if post == "gelu" else "")

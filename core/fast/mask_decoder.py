@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..modeling.mask_decoder import MaskDecoder
 from .factored import FactoredWeight, factor_weight
+from .fused import FusedLinears, KeptWeights, fused_linear_available, sources
 from .transformer import PreparedImage, prepare_image, transformer_forward
 
 # Prompts decoded together, by device type. On a CPU the per-prompt image tokens (4 MB each in
@@ -103,10 +104,10 @@ class DecoderImage(NamedTuple):
 
 class KeptImage(NamedTuple):
     """The one image whose work the engine keeps, and what it was computed from: autocast on or
-    off, the weights' versions, the image embedding, positional encoding and dense prompt
-    embedding."""
+    off and the image side's dtype (ImageMode), the weights' versions, the image embedding,
+    positional encoding and dense prompt embedding."""
 
-    autocast: bool
+    mode: ImageMode
     weights: tuple[WeightVersion, ...]
     image_embeddings: SameTensor
     image_pe: SameTensor
@@ -115,19 +116,48 @@ class KeptImage(NamedTuple):
 
     def serves(
         self,
-        autocast: bool,
+        mode: ImageMode,
         weights: tuple[WeightVersion, ...],
         image_embeddings: torch.Tensor,
         image_pe: torch.Tensor,
         dense: torch.Tensor,
     ) -> bool:
         return (
-            self.autocast == autocast
+            self.mode == mode
             and self.weights == weights
             and self.image_embeddings.matches(image_embeddings)
             and self.image_pe.matches(image_pe)
             and self.dense.matches(dense)
         )
+
+
+class ImageMode(NamedTuple):
+    """How the kept image work was computed: under autocast or not, and the dtype of the
+    image-sized tensors (bfloat16 in the reduced-precision mode, see image_side_dtype)."""
+
+    autocast: bool
+    image_dtype: torch.dtype
+
+
+def image_side_dtype(image_embeddings: torch.Tensor, requested: torch.dtype) -> torch.dtype:
+    """The dtype the decoder's image-sized work runs in: `requested` (a Predictor's
+    decoder_dtype) for a float32 embedding without autocast or autograd, else the embedding's own
+    (autocast and training take the plain computation's precision).
+
+    The reduced-precision mode (bfloat16) runs in bfloat16 what has an image token axis: the
+    image tokens and their updates, the attention against them and the upscaling (its first
+    convolution in factored form, factored.py), and the blocks' MLPs (transformer.PackedMLP).
+    The prompt tokens, their norms and small products stay float32. The image-sized products and
+    passes are nearly all of a click's work; in bfloat16 they move half the bytes, and where the
+    CPU has bfloat16 dot products (AVX-512 BF16, AMX) they run at twice the rate."""
+    if (
+        requested == image_embeddings.dtype
+        or image_embeddings.dtype != torch.float32
+        or torch.is_grad_enabled()
+        or torch.is_autocast_enabled(image_embeddings.device.type)
+    ):
+        return image_embeddings.dtype
+    return requested
 
 
 class ConvAsMatrix(NamedTuple):
@@ -136,6 +166,9 @@ class ConvAsMatrix(NamedTuple):
 
     weight: torch.Tensor
     bias: torch.Tensor
+
+    def to(self, dtype: torch.dtype) -> ConvAsMatrix:
+        return ConvAsMatrix(self.weight.to(dtype), self.bias.to(dtype))
 
 
 def conv_as_matrix(conv: torch.nn.ConvTranspose2d) -> ConvAsMatrix:
@@ -150,10 +183,29 @@ class FastMaskDecoder:
     def __init__(self, decoder: MaskDecoder) -> None:
         self.decoder = decoder
         self._kept: KeptImage | None = None
+        self._second_packed: KeptWeights | None = None
+        self._fused = FusedLinears()  # the reduced-precision mode's kept MLP weights
 
     def __getstate__(self) -> dict:
         # a copy (deepcopy, pickle) recomputes the kept image work rather than carrying ~35 MB
-        return {"decoder": self.decoder, "_kept": None}
+        return {"decoder": self.decoder, "_kept": None, "_second_packed": None, "_fused": FusedLinears()}
+
+    def second_packed(self, dtype: torch.dtype) -> KeptWeights | None:
+        """The second upscaling convolution as a oneDNN linear weight (4*C2, C1) in `dtype`, in
+        oneDNN's own layout, and its bias, kept until the parameters change; None where torch has
+        no fused linear products. The reduced-precision mode's SAM 1 upscaling takes the GELU
+        inside that product (~10% of the step; SAM 2's per-pixel bias gains nothing from it:
+        benchmarks/RESULTS.md, "Design measurements")."""
+        conv = self.decoder.output_upscaling[3]
+        if not fused_linear_available() or conv.weight.device.type != "cpu":
+            return None
+        found = sources(conv.weight, conv.bias)
+        kept = self._second_packed
+        if kept is None or kept.sources != found or kept.weight.dtype != dtype:
+            matrix = conv_as_matrix(conv).to(dtype)
+            weight = torch.ops.mkldnn._reorder_linear_weight(matrix.weight.t().contiguous())
+            kept = self._second_packed = KeptWeights(found, weight, matrix.bias)
+        return kept
 
     def __call__(
         self,
@@ -164,6 +216,7 @@ class FastMaskDecoder:
         multimask_output: bool,
         best_only: bool = False,
         region: tuple[int, int] | None = None,
+        image_dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings (1, C, 64, 64), image_pe (1, C, 64, 64), sparse (B, N, C), dense (B, C, 64, 64)
         -> low-res mask logits (B, M, 256, 256) and IoU predictions (B, M), as MaskDecoder.forward:
@@ -171,7 +224,10 @@ class FastMaskDecoder:
         those M with the highest predicted IoU (M = 1); the others are never upscaled. region
         (rows, cols): only the masks of that many image token rows and columns from the top left
         are upscaled, (B, M, 4 * rows, 4 * cols); each token's 4x4 mask pixels depend on that
-        token alone, so they are the same values."""
+        token alone, so they are the same values. image_dtype: bfloat16 for the reduced-precision
+        mode (image_side_dtype), wherever the image work is shared (one dense embedding: no mask
+        input, or one prompt; a batch of mask inputs decodes in float32); the logits are then
+        bfloat16."""
         num_prompts = sparse_prompt_embeddings.shape[0]
         if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
             # One dense embedding broadcast to every prompt (no mask input): keep batch 1 so the
@@ -179,7 +235,7 @@ class FastMaskDecoder:
             dense_prompt_embeddings = dense_prompt_embeddings[:1]
         prepared = None
         if dense_prompt_embeddings.shape[0] == 1 and image_embeddings.shape[0] == 1:
-            prepared = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
+            prepared = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings, image_dtype)
         selected = slice(1, None) if multimask_output else slice(0, 1)
         chunk = decoder_chunk(image_embeddings.device)
         masks, iou_pred = [], []
@@ -207,10 +263,15 @@ class FastMaskDecoder:
         return masks_all, iou_all
 
     def prepare_image(
-        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense: torch.Tensor,
+        image_dtype: torch.dtype = torch.float32,
     ) -> DecoderImage:
         """The decoder's image-only work for image_embeddings (1, C, H, W) with one dense prompt
-        embedding (1, C, H, W), valid for any sparse prompts on them.
+        embedding (1, C, H, W), valid for any sparse prompts on them, with the image side in
+        image_dtype (image_side_dtype).
 
         Kept (one image) while neither the inputs nor the weights change and no gradient is
         recorded, so every later click on an image, and every point batch of segment-everything,
@@ -218,24 +279,29 @@ class FastMaskDecoder:
         as the next.
         """
         decoder = self.decoder
-        autocast = torch.is_autocast_enabled(image_embeddings.device.type)
+        mode = ImageMode(
+            torch.is_autocast_enabled(image_embeddings.device.type), image_side_dtype(image_embeddings, image_dtype)
+        )
         cacheable = not torch.is_grad_enabled()
         weights = self._weights_version() if cacheable else ()
         kept = self._kept
-        if cacheable and kept is not None and kept.serves(autocast, weights, image_embeddings, image_pe, dense):
+        if cacheable and kept is not None and kept.serves(mode, weights, image_embeddings, image_pe, dense):
             return kept.prepared
-        factored = cacheable and not autocast and image_embeddings.dtype in (torch.float32, torch.float64)
+        factored = cacheable and not mode.autocast and mode.image_dtype in (torch.float32, torch.float64)
         transformer = prepare_image(decoder.transformer, image_embeddings + dense, image_pe, factored)
         upscaling = None
-        if factored:
+        if cacheable and not mode.autocast and image_embeddings.dtype in (torch.float32, torch.float64):
+            # in the reduced-precision mode too: its low-rank product in bfloat16, the per-image
+            # part computed in float32 (masks against float32 in tests/core/
+            # test_reduced_precision_decoder.py)
             first = conv_as_matrix(decoder.output_upscaling[0])
             upscaling = factor_weight(
                 transformer.keys[0], first.weight, first.bias, [layer.norm4 for layer in decoder.transformer.layers]
-            )
-        prepared = DecoderImage(transformer, upscaling)
+            ).to(mode.image_dtype)
+        prepared = DecoderImage(transformer.reduced(decoder.transformer, mode.image_dtype, self._fused), upscaling)
         if cacheable:
             self._kept = KeptImage(
-                autocast, weights, SameTensor(image_embeddings), SameTensor(image_pe), SameTensor(dense), prepared
+                mode, weights, SameTensor(image_embeddings), SameTensor(image_pe), SameTensor(dense), prepared
             )
         return prepared
 
@@ -292,7 +358,7 @@ class FastMaskDecoder:
         if factored_keys is not None:
             first = factored_keys.times(prepared.upscaling, grid, region).view(-1, prepared.upscaling.constant.shape[0])
         else:
-            conv = conv_as_matrix(decoder.output_upscaling[0])
+            conv = conv_as_matrix(decoder.output_upscaling[0]).to(keys.dtype)
             keys = keys.reshape(keys.shape[0], *grid, keys.shape[-1])[:, :height, :width]
             first = torch.addmm(conv.bias, keys.reshape(-1, keys.shape[-1]), conv.weight)
         return self.upscale_masks(first, hyper_in, height, width), iou_pred
@@ -316,7 +382,9 @@ class FastMaskDecoder:
         """
         conv1, norm, _, conv2, _ = self.decoder.output_upscaling
         batch, num_masks = hyper_in.shape[:2]
-        second = conv_as_matrix(conv2)
+        second = conv_as_matrix(conv2).to(first.dtype)
+        fuse = first.dtype == torch.bfloat16 and first.is_cpu and second_bias is None
+        packed = self.second_packed(first.dtype) if fuse else None
         hyper_t = hyper_in.transpose(1, 2)
         pixels = height * width
         pieces = []
@@ -332,7 +400,11 @@ class FastMaskDecoder:
                         piece.reshape(-1, conv1.out_channels), (conv1.out_channels,), norm.weight, norm.bias, norm.eps
                     )
                 )
-                x = F.gelu(torch.addmm(bias, x, second.weight))  # (tokens * 4, 4 * C2), ordered (ei, ej, out)
+                # (tokens * 4, 4 * C2), ordered (ei, ej, out)
+                if packed is None:
+                    x = F.gelu(torch.addmm(bias, x, second.weight))
+                else:
+                    x = torch.ops.mkldnn._linear_pointwise(x, packed.weight, packed.bias, "gelu", [], "none")
                 # x is indexed [i, j, di, dj, ei, ej, c]; contract c with each mask's hypernetwork vector
                 pieces.append(x.view(-1, conv2.out_channels) @ hyper_t[start // pixels].to(x.dtype))
         masks = torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # (B*H*W*16, M)

@@ -34,7 +34,15 @@ from ..modeling.sam2.mask_decoder import Sam2MaskDecoder, stability_scores
 from ..modeling.sam2.prompt_encoder import Sam2PromptEncoder
 from .engine import DecoderEngine
 from .factored import FactoredWeight, factor_weight
-from .mask_decoder import FastMaskDecoder, SameTensor, WeightVersion, conv_as_matrix, decoder_chunk
+from .mask_decoder import (
+    FastMaskDecoder,
+    ImageMode,
+    SameTensor,
+    WeightVersion,
+    conv_as_matrix,
+    decoder_chunk,
+    image_side_dtype,
+)
 from .transformer import PreparedImage, prepare_image, transformer_forward
 
 # token rows of the decoder's output tokens: [object score, IoU, 4 mask tokens] + prompts
@@ -43,25 +51,33 @@ FIRST_MASK_ROW = 2
 
 
 class HighRes(NamedTuple):
-    """One image's high-res features laid out for the upscaling: s1 (H, W, 4*C1), the stride-8
-    map per image token in the first convolution's (di, dj, c) column order; s0_bias (H*W*4,
-    4*C2), the stride-4 map plus the second convolution's bias, one row per first-convolution
-    pixel (i, j, di, dj) and its (ei, ej, c) columns."""
+    """One image's high-res features laid out for the upscaling, each with its convolution's bias
+    added: s1_bias (H, W, 4*C1), the stride-8 map per image token in the first convolution's
+    (di, dj, c) column order; s0_bias (H*W*4, 4*C2), the stride-4 map, one row per
+    first-convolution pixel (i, j, di, dj) and its (ei, ej, c) columns. Each is a per-pixel
+    bias of its convolution's product."""
 
-    s1: torch.Tensor
+    s1_bias: torch.Tensor
     s0_bias: torch.Tensor
 
     def region(self, height: int, width: int) -> HighRes:
         """The same for the top-left (height, width) image tokens."""
-        grid_h, grid_w = self.s1.shape[:2]
+        grid_h, grid_w = self.s1_bias.shape[:2]
         if (height, width) == (grid_h, grid_w):
             return self
         s0 = self.s0_bias.view(grid_h, grid_w, 4, -1)[:height, :width].reshape(height * width * 4, -1)
-        return HighRes(self.s1[:height, :width], s0)
+        return HighRes(self.s1_bias[:height, :width], s0)
+
+    def to(self, dtype: torch.dtype) -> HighRes:
+        return HighRes(self.s1_bias.to(dtype), self.s0_bias.to(dtype))
 
 
 def lay_out_high_res(
-    feat_s0: torch.Tensor, feat_s1: torch.Tensor, second_bias: torch.Tensor, grid: tuple[int, int]
+    feat_s0: torch.Tensor,
+    feat_s1: torch.Tensor,
+    first_bias: torch.Tensor,
+    second_bias: torch.Tensor,
+    grid: tuple[int, int],
 ) -> HighRes:
     """feat_s0 (1, C2, 4H, 4W) and feat_s1 (1, C1, 2H, 2W), projected -> HighRes for the (H, W)
     token grid. Pixel row 2i + di of feat_s1 belongs to token row i; pixel row 4i + 2di + ei of
@@ -71,7 +87,7 @@ def lay_out_high_res(
     s1 = feat_s1[0].reshape(c1, height, 2, width, 2).permute(1, 3, 2, 4, 0).reshape(height, width, 4 * c1)
     s0 = feat_s0[0].reshape(c2, height, 2, 2, width, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)  # (i, j, di, dj, ei, ej, c)
     s0 = s0.reshape(height * width * 4, 4 * c2) + second_bias
-    return HighRes(s1.contiguous(), s0.contiguous())
+    return HighRes((s1 + first_bias).contiguous(), s0.contiguous())
 
 
 class Sam2DecoderImage(NamedTuple):
@@ -87,14 +103,14 @@ class Sam2DecoderImage(NamedTuple):
 class KeptSam2Image(NamedTuple):
     """The one image whose work the engine keeps, and what it was computed from."""
 
-    autocast: bool
+    mode: ImageMode
     weights: tuple[WeightVersion, ...]
     inputs: tuple[SameTensor, ...]  # image embedding, positional encoding, dense embedding, feat_s0, feat_s1
     prepared: Sam2DecoderImage
 
-    def serves(self, autocast: bool, weights: tuple[WeightVersion, ...], inputs: tuple[torch.Tensor, ...]) -> bool:
+    def serves(self, mode: ImageMode, weights: tuple[WeightVersion, ...], inputs: tuple[torch.Tensor, ...]) -> bool:
         return (
-            self.autocast == autocast
+            self.mode == mode
             and self.weights == weights
             and all(kept.matches(tensor) for kept, tensor in zip(self.inputs, inputs))
         )
@@ -117,13 +133,15 @@ class FastSam2MaskDecoder(FastMaskDecoder):
         multimask_output: bool,
         best_only: bool = False,
         region: tuple[int, int] | None = None,
+        image_dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings (1, C, 64, 64), image_pe (1, C, 64, 64), sparse (B, N, C), dense
         (1 or B, C, 64, 64), high_res_features (1, 32, 256, 256), (1, 64, 128, 128) projected ->
         low-res logits (B, M, 256, 256) and IoU predictions (B, M), as Sam2MaskDecoder.forward
         (M = 3 with multimask_output, else 1, the dynamic single mask in eval mode). best_only:
         per prompt only the mask of highest predicted IoU (M = 1). region (rows, cols): only the
-        top-left (4 * rows, 4 * cols) of the logits are computed."""
+        top-left (4 * rows, 4 * cols) of the logits are computed. image_dtype: bfloat16 for the
+        reduced-precision mode (mask_decoder.image_side_dtype), as FastMaskDecoder's."""
         num_prompts = sparse_prompt_embeddings.shape[0]
         if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
             dense_prompt_embeddings = dense_prompt_embeddings[:1]  # one broadcast dense embedding
@@ -132,7 +150,9 @@ class FastSam2MaskDecoder(FastMaskDecoder):
         grid = tuple(image_embeddings.shape[2:])
         prepared = None
         if dense_prompt_embeddings.shape[0] == 1:
-            prepared = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings, high_res_features)
+            prepared = self.prepare_image(
+                image_embeddings, image_pe, dense_prompt_embeddings, high_res_features, image_dtype
+            )
         high_res = prepared.high_res if prepared is not None else self.lay_out(high_res_features, grid)
         chunk = decoder_chunk(image_embeddings.device)
         masks, iou_pred = [], []
@@ -151,7 +171,8 @@ class FastSam2MaskDecoder(FastMaskDecoder):
 
     def lay_out(self, high_res_features: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> HighRes:
         feat_s0, feat_s1 = high_res_features
-        return lay_out_high_res(feat_s0, feat_s1, self.decoder.output_upscaling[3].bias.repeat(4), grid)
+        first, _, _, second, _ = self.decoder.output_upscaling
+        return lay_out_high_res(feat_s0, feat_s1, first.bias.repeat(4), second.bias.repeat(4), grid)
 
     def prepare_image(  # type: ignore[override]
         self,
@@ -159,31 +180,38 @@ class FastSam2MaskDecoder(FastMaskDecoder):
         image_pe: torch.Tensor,
         dense: torch.Tensor,
         high_res_features: tuple[torch.Tensor, torch.Tensor],
+        image_dtype: torch.dtype = torch.float32,
     ) -> Sam2DecoderImage:
         """The decoder's image-only work for one image (batch 1) with one dense prompt embedding,
-        valid for any sparse prompts on it; kept as FastMaskDecoder.prepare_image keeps SAM 1's."""
+        valid for any sparse prompts on it, with the image side in image_dtype; kept as
+        FastMaskDecoder.prepare_image keeps SAM 1's."""
         decoder = self.decoder
-        autocast = torch.is_autocast_enabled(image_embeddings.device.type)
+        mode = ImageMode(
+            torch.is_autocast_enabled(image_embeddings.device.type), image_side_dtype(image_embeddings, image_dtype)
+        )
         cacheable = not torch.is_grad_enabled()
         weights = self._weights_version() if cacheable else ()
         inputs = (image_embeddings, image_pe, dense, *high_res_features)
         kept = self._kept
-        if cacheable and isinstance(kept, KeptSam2Image) and kept.serves(autocast, weights, inputs):
+        if cacheable and isinstance(kept, KeptSam2Image) and kept.serves(mode, weights, inputs):
             return kept.prepared
         grid = tuple(image_embeddings.shape[2:])
-        high_res = self.lay_out(high_res_features, grid)
-        factored = cacheable and not autocast and image_embeddings.dtype in (torch.float32, torch.float64)
+        high_res = self.lay_out(high_res_features, grid).to(mode.image_dtype)
+        factored = cacheable and not mode.autocast and mode.image_dtype in (torch.float32, torch.float64)
         transformer = prepare_image(decoder.transformer, image_embeddings + dense, image_pe, factored)
         upscaling = None
-        if factored:
+        # in the reduced-precision mode too (as FastMaskDecoder)
+        if cacheable and not mode.autocast and image_embeddings.dtype in (torch.float32, torch.float64):
             first = conv_as_matrix(decoder.output_upscaling[0])
             norms = [layer.norm4 for layer in decoder.transformer.layers]
-            upscaling = factor_weight(transformer.keys[0], first.weight, first.bias, norms)
-            # the stride-8 features join the constant: (N, 4*C1), per image token
-            upscaling = upscaling._replace(constant=upscaling.constant + high_res.s1.view(-1, first.weight.shape[1]))
+            upscaling = factor_weight(transformer.keys[0], first.weight, None, norms)
+            # the stride-8 features and the bias join the constant: (N, 4*C1), per image token
+            s1_bias = high_res.s1_bias.view(-1, first.weight.shape[1])
+            upscaling = upscaling._replace(constant=upscaling.constant + s1_bias).to(mode.image_dtype)
+        transformer = transformer.reduced(decoder.transformer, mode.image_dtype, self._fused)
         prepared = Sam2DecoderImage(transformer, upscaling, high_res)
         if cacheable:
-            self._kept = KeptSam2Image(autocast, weights, tuple(SameTensor(t) for t in inputs), prepared)
+            self._kept = KeptSam2Image(mode, weights, tuple(SameTensor(t) for t in inputs), prepared)
         return prepared
 
     def _weights_version(self) -> tuple[WeightVersion, ...]:
@@ -283,11 +311,13 @@ class FastSam2MaskDecoder(FastMaskDecoder):
         else:
             if rows is not None:
                 keys = keys[rows]
-            first_conv = conv_as_matrix(conv)
+            weight = conv_as_matrix(conv).weight.to(keys.dtype)
             keys = keys.reshape(keys.shape[0], *grid, keys.shape[-1])[:, :height, :width]
-            first = torch.addmm(first_conv.bias, keys.reshape(-1, keys.shape[-1]), first_conv.weight)
-            first = (first.view(keys.shape[0], height * width, -1) + high_res.s1[:height, :width].reshape(
-                height * width, -1)).view(-1, first.shape[-1])
+            s1_bias = high_res.s1_bias[:height, :width].reshape(height * width, -1)
+            if keys.shape[0] == 1:  # the per-pixel bias is the product's
+                first = torch.addmm(s1_bias, keys.reshape(-1, keys.shape[-1]), weight)
+            else:
+                first = (keys.reshape(keys.shape[0], height * width, -1) @ weight + s1_bias).view(-1, weight.shape[1])
         local = high_res.region(height, width)
         return self.upscale_masks(first, hyper_in, height, width, second_bias=local.s0_bias)
 

@@ -18,8 +18,12 @@ Three paths run through a block (block_forward):
 - later blocks, with a prepared image in fp32 and no autograd: the image tokens differ per
   prompt, but only by low-rank updates; the attentions read them in factored form (factored.py)
   and the tokens plus their positional encoding are never formed;
-- otherwise (autocast, autograd, no prepared image): the folded attention on the tokens as they
-  are (tokens_to_image, image_to_tokens).
+- otherwise (autocast, autograd, no prepared image, the reduced-precision mode): the folded
+  attention on the tokens as they are (tokens_to_image, image_to_tokens).
+
+In the reduced-precision mode (mask_decoder.image_side_dtype) the image side (the prepared image,
+the image tokens and their updates, the attention logits and weights) is bfloat16 and the prompt
+side float32: each function casts where the two meet.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch import nn
 
 from ..modeling.common import MLP, MLPBlock
 from ..modeling.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
+from .fused import FusedLinears, fused_linear_available
 from .factored import (
     FactoredKeys,
     FactoredWeight,
@@ -78,12 +83,67 @@ class TransformerFactors(NamedTuple):
 
 class PreparedImage(NamedTuple):
     """Image tokens (1, N, C), their positional encoding (1, N, C), the first block's
-    projections of them, and the later attentions' factored weights (or None)."""
+    projections of them, and the later attentions' factored weights (or None). factor_output:
+    also return the final image tokens' factors where the attentions read the tokens as they are
+    (the reduced-precision mode, `reduced`: its upscaling reads them in factored form)."""
 
     keys: torch.Tensor
     key_pe: torch.Tensor
     first_projections: ImageProjections
     factors: TransformerFactors | None = None
+    factor_output: bool = False
+    mlps: tuple[PackedMLP | None, ...] | None = None
+
+    def reduced(self, transformer: TwoWayTransformer, dtype: torch.dtype, fused: FusedLinears) -> PreparedImage:
+        """The same for the reduced-precision mode (mask_decoder.image_side_dtype): the image
+        side in `dtype` (unfactored), with the blocks' MLPs as fused products from `fused`'s
+        kept weights (pack_mlp)."""
+        if self.keys.dtype == dtype:
+            return self
+        if self.factors is not None:
+            raise ValueError("the factored form is float32 only")
+        k, v, q = (t.to(dtype) for t in self.first_projections)
+        # k and q enter their products transposed, (h, d, N): laid out so, as the bfloat16
+        # products otherwise copy them on every call
+        k, q = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, q))
+        v = v.contiguous()
+        mlps = tuple(pack_mlp(layer.mlp, dtype, fused) for layer in transformer.layers)
+        return PreparedImage(self.keys.to(dtype), self.key_pe.to(dtype), ImageProjections(k, v, q), None, True, mlps)
+
+
+class PackedMLP(NamedTuple):
+    """A block's two-layer MLP for the reduced-precision mode: its two linear layers, the
+    activation oneDNN applies to the first product ("gelu", the erf GELU, or "relu"), the dtype
+    the products run in, and the FusedLinears that keeps their weights in that dtype."""
+
+    lin1: nn.Linear
+    lin2: nn.Linear
+    activation: str
+    dtype: torch.dtype
+    fused: FusedLinears
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Prompt tokens (B, T, C) in float32 -> the MLP's output in float32, computed in
+        `dtype`: two fused products (the MLP is ~2 MB of weights per product in float32, read for
+        a handful of tokens)."""
+        x = tokens.reshape(-1, tokens.shape[-1]).to(self.dtype)
+        x = self.fused.linear(self.fused.linear(x, self.lin1, self.activation), self.lin2)
+        return x.to(tokens.dtype).view(tokens.shape)
+
+
+def pack_mlp(mlp: nn.Module, dtype: torch.dtype, fused: FusedLinears) -> PackedMLP | None:
+    """PackedMLP of SAM 1's MLPBlock (ReLU or erf GELU) or SAM 2's two-layer MLP (ReLU) on a CPU with
+    oneDNN's fused products; None otherwise (token_mlp then runs it as it is)."""
+    erf_gelu = isinstance(mlp, MLPBlock) and type(mlp.act) is nn.GELU and mlp.act.approximate == "none"
+    if isinstance(mlp, MLPBlock) and (type(mlp.act) is nn.ReLU or erf_gelu):
+        (lin1, lin2), activation = (mlp.lin1, mlp.lin2), "gelu" if erf_gelu else "relu"
+    elif isinstance(mlp, MLP) and len(mlp.layers) == 2:
+        (lin1, lin2), activation = mlp.layers, "relu"
+    else:
+        return None
+    if not fused_linear_available() or lin1.weight.device.type != "cpu":
+        return None
+    return PackedMLP(lin1, lin2, activation, dtype, fused)
 
 
 class TransformerOutput(NamedTuple):
@@ -93,7 +153,7 @@ class TransformerOutput(NamedTuple):
 
     tokens: torch.Tensor
     keys: torch.Tensor
-    factored_keys: FactoredKeys | None
+    factored_keys: FactoredKeys | None  # with factor_output also beside the final tokens
 
 
 class BlockOutput(NamedTuple):
@@ -157,7 +217,7 @@ def transformer_forward(
         key_pe = image_pe.flatten(2).transpose(1, 2)
         projections = factors = None
     else:
-        keys, key_pe, projections, factors = prepared
+        keys, key_pe, projections, factors = prepared[:4]
     queries = point_embedding
     updates = []
     for i, layer in enumerate(transformer.layers):
@@ -167,15 +227,16 @@ def transformer_forward(
         queries, keys, update = block_forward(
             layer, queries, keys, point_embedding, key_pe, projections if i == 0 else None,
             keys_are_scratch=i > 0, factored_keys=factored_keys, factors=block_factors,
+            packed_mlp=prepared.mlps[i] if prepared is not None and prepared.mlps else None,
         )
         updates.append(update)
     final = transformer.final_attn_token_to_image
     if output_rows is not None and output_rows != list(range(queries.shape[1])):
         rows = torch.tensor(output_rows, device=queries.device)
         queries, point_embedding = queries.index_select(1, rows), point_embedding.index_select(1, rows)
-    factored_keys = None
+    factor_output = factors is not None or (prepared is not None and prepared.factor_output)
+    factored_keys = factor_keys(updates) if factor_output else None
     if factors is not None:
-        factored_keys = factor_keys(updates)
         attn_out = tokens_to_factored_image(final, queries + point_embedding, factored_keys, factors.final)
     else:
         attn_out = tokens_to_image(final, queries + point_embedding, keys + key_pe, keys)
@@ -218,13 +279,14 @@ def block_forward(
     keys_are_scratch: bool = False,
     factored_keys: FactoredKeys | None = None,
     factors: ImageFactors | None = None,
+    packed_mlp: PackedMLP | None = None,
 ) -> BlockOutput:
     """TwoWayAttentionBlock.forward for queries (B, T, C), keys (1 or B, N, C) -> updated
     queries, keys (B, N, C) and the update that made the keys. `image_projections` (batch-1
     keys only) replaces the image-side work of this block; `factors` with `factored_keys` (the
     same keys in factored form) let the attentions read the keys without projecting them.
     keys_are_scratch: keys is an intermediate nobody else holds, so the update may overwrite it
-    (only done without autograd)."""
+    (only done without autograd). packed_mlp: the reduced-precision mode's MLP (PackedMLP)."""
     if block.skip_first_layer_pe:
         # The first block replaces the tokens by their self-attention (no residual, no PE).
         queries = block.self_attn(queries, queries, queries)
@@ -242,7 +304,8 @@ def block_forward(
     else:
         attn_out = tokens_to_image(to_image, queries + query_pe, keys_with_pe, keys)
     queries = block.norm2(queries + attn_out)
-    queries = block.norm3(queries + token_mlp(block.mlp, queries))
+    mlp_out = packed_mlp(queries) if packed_mlp is not None else token_mlp(block.mlp, queries)
+    queries = block.norm3(queries + mlp_out)
 
     tokens_with_pe = queries + query_pe
     if image_projections is not None:
@@ -352,8 +415,8 @@ def tokens_to_image(
     heads = attention.num_heads
     q = scaled_heads(attention, attention.q_proj, tokens)  # (B, h, T, d)
     folded = (q @ head_weights(attention, attention.k_proj)).reshape(batch, heads * num_tokens, -1)  # (B, h*T, C)
-    attn = torch.softmax(folded_times_image(folded, image_with_pe), dim=-1)  # (B, h*T, N)
-    mixed = rows_times(attn, image).view(batch, heads, num_tokens, -1)  # (B, h, T, C)
+    attn = torch.softmax(folded_times_image(folded.to(image.dtype), image_with_pe), dim=-1)  # (B, h*T, N)
+    mixed = rows_times(attn, image).to(tokens.dtype).view(batch, heads, num_tokens, -1)  # (B, h, T, C)
     values = mixed @ head_weights(attention, attention.v_proj).transpose(1, 2)  # (B, h, T, d)
     values = values + attention.v_proj.bias.view(heads, 1, -1)
     return merge_heads(attention, values)
@@ -365,9 +428,9 @@ def tokens_to_projected_image(attention: Attention, tokens: torch.Tensor, image:
     heads, _, head_dim = image.k_to_image.shape
     q = scaled_heads(attention, attention.q_proj, tokens)  # (B, h, T, d)
     # all prompts of a head against that head's keys in one product: (h, B*T, d) @ (h, d, N)
-    q = q.transpose(0, 1).reshape(heads, batch * num_tokens, head_dim)
+    q = q.transpose(0, 1).reshape(heads, batch * num_tokens, head_dim).to(image.k_to_image.dtype)
     attn = torch.softmax(q @ image.k_to_image.transpose(1, 2), dim=-1)
-    values = (attn @ image.v_to_image).view(heads, batch, num_tokens, head_dim).transpose(0, 1)
+    values = (attn @ image.v_to_image).to(tokens.dtype).view(heads, batch, num_tokens, head_dim).transpose(0, 1)
     return merge_heads(attention, values)
 
 
@@ -439,9 +502,10 @@ def image_to_tokens(
     # q_proj's bias does not drop out here (the softmax runs over the tokens): it adds a
     # per-token constant to every image token's logits.
     bias = (k @ attention.q_proj.bias.view(heads, -1, 1)).view(batch, heads * num_tokens, 1)
-    logits = folded_times_image(folded, image_with_pe, bias)  # (B, h*T, N)
+    dtype = image_with_pe.dtype
+    logits = folded_times_image(folded.to(dtype), image_with_pe, bias.to(dtype))  # (B, h*T, N)
     attn = torch.softmax(logits.view(batch, heads, num_tokens, -1), dim=-2)
-    return ImageToTokens(attn.view(batch, heads * num_tokens, -1), projected_values(attention, tokens))
+    return ImageToTokens(attn.view(batch, heads * num_tokens, -1), projected_values(attention, tokens).to(dtype))
 
 
 def projected_image_to_tokens(
@@ -452,8 +516,8 @@ def projected_image_to_tokens(
     batch, num_tokens, _ = tokens.shape
     heads, num_image, head_dim = image_q.shape
     k = scaled_heads(attention, attention.k_proj, tokens_with_pe)  # (B, h, T, d)
-    k = k.transpose(0, 1).reshape(heads, batch * num_tokens, head_dim)
+    k = k.transpose(0, 1).reshape(heads, batch * num_tokens, head_dim).to(image_q.dtype)
     logits = k @ image_q.transpose(1, 2)  # (h, B*T, N)
     attn = torch.softmax(logits.view(heads, batch, num_tokens, num_image), dim=-2)
     attn = attn.transpose(0, 1).reshape(batch, heads * num_tokens, num_image)
-    return ImageToTokens(attn, projected_values(attention, tokens))
+    return ImageToTokens(attn, projected_values(attention, tokens).to(image_q.dtype))

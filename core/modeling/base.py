@@ -89,14 +89,16 @@ class PromptableModel(nn.Module):
         features), as extra arguments of the engine's prepare_image."""
         return ()
 
-    def prepare_decoder(self, state) -> None:
+    def prepare_decoder(self, state, decoder_dtype: torch.dtype = torch.float32) -> None:
         """Do the mask decoder's image-only work for prompts without a mask input now (the fast
         engine keeps it for that image), so that the first prompt on an image is as fast as the
-        next."""
+        next; decoder_dtype as the later `decode` calls will pass it."""
         engine = self.decoder_engine()
         if engine is None:
             return
         with torch.inference_mode(), self.decoder_autocast():
             _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
             extra = self.decoder_image_inputs(state)
-            engine.mask_decoder.prepare_image(state.features, engine.dense_pe(), dense, *extra)
+            engine.mask_decoder.prepare_image(
+                state.features, engine.dense_pe(), dense, *extra, image_dtype=decoder_dtype
+            )

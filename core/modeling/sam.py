@@ -80,6 +80,7 @@ class Sam(PromptableModel):
         best_only: bool = False,
         region: tuple[int, int] | None = None,
         reference: bool = False,
+        decoder_dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts in the input frame -> float32 low-res logits (B, C, 256, 256) and IoU
         predictions (B, C). point_coords (B, N, 2) with point_labels (B, N), boxes (B, 4) XYXY,
@@ -88,7 +89,9 @@ class Sam(PromptableModel):
         (B, C, 4 * rows, 4 * cols), the top-left part of the full grid.
 
         reference: run the plain prompt encoder and mask decoder (differentiable, no kept state)
-        instead of the fast engine, and pick best_only and region from their full output."""
+        instead of the fast engine, and pick best_only and region from their full output.
+        decoder_dtype: bfloat16 runs the fast engine's image-sized work in bfloat16, the
+        reduced-precision click mode (samkit.fast.mask_decoder.image_side_dtype)."""
         points = (point_coords, point_labels) if point_coords is not None else None
         engine = None if reference else self.decoder_engine()
         with self.decoder_autocast():
@@ -111,6 +114,7 @@ class Sam(PromptableModel):
                     multimask_output=multimask_output,
                     best_only=best_only,
                     region=region,
+                    image_dtype=decoder_dtype,
                 )
         return low_res.float(), scores.float()
 

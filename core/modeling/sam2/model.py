@@ -241,13 +241,14 @@ class Sam2(PromptableModel):
         best_only: bool = False,
         region: tuple[int, int] | None = None,
         reference: bool = False,
+        decoder_dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``decode_prompts`` as the predictor calls it: float32 low-res logits (B, C, 256, 256),
         not clamped, and IoU predictions (B, C). best_only keeps the mask of highest predicted IoU
         (C = 1); region (rows, cols) of image tokens keeps the top-left (4 * rows, 4 * cols) of
         the logits. Runs the fast engine (samkit.fast.sam2_decoder), which computes only what is
         returned; reference: the plain modules (differentiable, no kept state) instead, with
-        best_only and region picked from their full output."""
+        best_only and region picked from their full output. decoder_dtype: as Sam.decode."""
         engine = None if reference else self.decoder_engine()
         single_image = state.features.shape[0] == 1 and all(f.shape[0] == 1 for f in state.high_res_features)
         if engine is not None and single_image:
@@ -256,7 +257,7 @@ class Sam2(PromptableModel):
                 sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
                 masks, iou = engine.mask_decoder(
                     state.features, engine.dense_pe(), sparse, dense, tuple(state.high_res_features),
-                    multimask_output, best_only=best_only, region=region,
+                    multimask_output, best_only=best_only, region=region, image_dtype=decoder_dtype,
                 )
             return masks.float(), iou.float()
         prediction = self.decode_prompts(state, point_coords, point_labels, boxes, mask_input, multimask_output)
