@@ -93,6 +93,7 @@ class SamBackend:
             self._ready.set()
         self._threads: int | None = None  # PyTorch CPU threads, once the model is loaded
         self.click_threads: int | None = None  # what the last click ran with (/stats)
+        self.click_dtype: str | None = None  # and its decoder precision
         self._interactive_lock = threading.Lock()
         self._interactive_predictor = None
         self._batch_lock = threading.Lock()
@@ -221,10 +222,13 @@ class SamBackend:
         """From now on answer `project` with `model` (a fine-tuned decoder on the shared encoder)."""
         self.tuned[project_id(project)] = (model, model_version)
 
-    def _predictor(self):
+    def _predictor(self, interactive: bool = False):
+        """A predictor on the shared embedding cache; an interactive one (clicks, text prompts)
+        decodes at SAMKIT_LS_CLICK_DTYPE, batch pre-labelling in float32."""
         import samkit
 
-        return samkit.Predictor(self.model, cache=self.cache)
+        dtype = self.settings.click_dtype if interactive else None
+        return samkit.Predictor(self.model, cache=self.cache, decoder_dtype=dtype)
 
     def _count(self, predictor) -> None:
         if predictor.encoder_calls:
@@ -245,6 +249,7 @@ class SamBackend:
             "token_refreshes": self.fetcher.tokens.refreshes,
             "requests": dict(self.requests),
             "click_threads": self.click_threads,
+            "click_dtype": self.click_dtype,
             "last_timings": dict(self.last_timings),
         }
 
@@ -359,8 +364,9 @@ class SamBackend:
             # one predictor for all clicks: it knows the last image it was given, so a click on
             # the same (cached, read-only) image does not hash its pixels again
             if self._interactive_predictor is None or self._interactive_predictor.model is not self.model:
-                self._interactive_predictor = self._predictor()
+                self._interactive_predictor = self._predictor(interactive=True)
             predictor = self._interactive_predictor
+            self.click_dtype = str(predictor.decoder_dtype).removeprefix("torch.")
             predictor.set_image(image)
             t_embed = time.perf_counter()
             # no stability score: Label Studio keeps none, and a click should not wait for one
@@ -435,7 +441,7 @@ class SamBackend:
         image = self.task_image(task, config, image_name, source)
         with self._interactive_lock:
             if self._interactive_predictor is None or self._interactive_predictor.model is not self.model:
-                self._interactive_predictor = self._predictor()
+                self._interactive_predictor = self._predictor(interactive=True)
             predictor = self._interactive_predictor
         masks = self._segment_text(image, text, predictor, self._interactive_lock, config)
         self._count(predictor)

@@ -38,6 +38,9 @@ def add_commands(subparsers) -> None:
     serve.add_argument("--checkpoint", help="checkpoint file, wins over --model (env SAMKIT_CHECKPOINT)")
     serve.add_argument("--device", help="cpu, cuda, cuda:1, mps (env SAMKIT_DEVICE, default: a GPU if any)")
     serve.add_argument("--dtype", help="float32, bfloat16, float16 (GPU only) (env SAMKIT_DTYPE)")
+    serve.add_argument("--click-dtype", dest="click_dtype",
+                       help="a click's decoder precision: auto, float32, bfloat16 (env SAMKIT_LS_CLICK_DTYPE, "
+                            "default auto: bfloat16 on a CPU with bfloat16 dot products)")
     serve.add_argument("--threads", type=int,
                        help="PyTorch CPU threads (env SAMKIT_LS_THREADS; default 1 on a CPU, which keeps clicks "
                             "fast when other work shares the CPU; 0: all cores)")
@@ -127,7 +130,7 @@ def _serve(args) -> int:
     import logging
 
     overrides = {k: getattr(args, k, None) for k in (
-        "model", "checkpoint", "device", "dtype", "threads", "label_studio_url", "label_studio_api_key",
+        "model", "checkpoint", "device", "dtype", "click_dtype", "threads", "label_studio_url", "label_studio_api_key",
         "basic_auth_user", "basic_auth_pass", "cache_size", "cache_dir", "cache_dir_mb", "output", "model_version",
         "log_level", "text_model")}
     settings = Settings.from_env(**overrides)

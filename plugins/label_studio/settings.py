@@ -6,6 +6,7 @@
 | SAMKIT_CHECKPOINT | | checkpoint file; wins over SAMKIT_MODEL (a model name here still works, deprecated) |
 | SAMKIT_DEVICE | auto | cpu, cuda, cuda:1, mps; auto picks a GPU when there is one |
 | SAMKIT_DTYPE | float32 | float32, bfloat16 or float16 compute (float16 needs a GPU: on a CPU use bfloat16) |
+| SAMKIT_LS_CLICK_DTYPE | auto | precision of a click's decoder work: auto (bfloat16 on a CPU with bfloat16 dot products, AVX-512 BF16 or AMX; else float32), float32 (the official masks to float32 rounding), bfloat16 (masks at IoU >= 0.98 against float32, ~25% faster clicks there). Batch pre-labelling always decodes in float32 |
 | SAMKIT_LS_THREADS | 1 on a CPU | PyTorch CPU threads; 0: all cores. More threads wait for each other when other work shares the CPU: a click took 0.4-0.6 s with 1 and 2-5 s with 2 on a busy 2-core VM (benchmarks/RESULTS.md) |
 | LABEL_STUDIO_URL | | where the backend fetches /data/... images and project tasks |
 | LABEL_STUDIO_API_KEY | | legacy token or personal access token |
@@ -89,6 +90,7 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None  # None: 1 on a CPU (torch_threads); 0: all cores
+    click_dtype: str = "auto"  # a click's decoder precision (samkit.build.resolve_decoder_dtype)
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
     basic_auth_user: str | None = None
@@ -127,6 +129,7 @@ class Settings:
             device=_env("SAMKIT_DEVICE"),
             dtype=_env("SAMKIT_DTYPE"),
             threads=env_number("SAMKIT_LS_THREADS", int),
+            click_dtype=_env("SAMKIT_LS_CLICK_DTYPE", "auto"),
             label_studio_url=_env("LABEL_STUDIO_URL", None, "LABEL_STUDIO_HOST"),
             label_studio_api_key=_env("LABEL_STUDIO_API_KEY", None, "LABEL_STUDIO_ACCESS_TOKEN"),
             basic_auth_user=_env("SAMKIT_LS_BASIC_AUTH_USER", None, "BASIC_AUTH_USER"),
@@ -200,6 +203,7 @@ class Settings:
             raise SamkitError("SAMKIT_LS_IMAGE_CACHE_MB must be 0 or more")
         if self.dtype:
             self._check_dtype()
+        self.click_decoder_dtype()  # a bad value is an error at start, not at the first click
         url = self.label_studio_url
         if url and not url.lower().startswith(("http://", "https://")):
             raise SamkitError(f"LABEL_STUDIO_URL must start with http:// or https://, got {url!r} "
@@ -229,6 +233,16 @@ class Settings:
             raise SamkitError(f"SAMKIT_DTYPE={self.dtype} on a CPU makes every click many times slower "
                               "(CPUs have no fast float16 kernels): use bfloat16 or float32 on a CPU, "
                               "or float16 with a GPU (SAMKIT_DEVICE=cuda)")
+
+    def click_decoder_dtype(self):
+        """The torch dtype of a click's decoder work (SAMKIT_LS_CLICK_DTYPE) on this device."""
+        from samkit import SamkitError
+        from samkit.build import resolve_decoder_dtype, resolve_device
+
+        try:
+            return resolve_decoder_dtype(self.click_dtype, resolve_device(self.device))
+        except SamkitError as exc:
+            raise SamkitError(f"SAMKIT_LS_CLICK_DTYPE={self.click_dtype}: {exc}") from None
 
     def torch_threads(self, device_type: str) -> int | None:
         """PyTorch's CPU threads for the backend: the setting, else 1 when the model runs on the CPU

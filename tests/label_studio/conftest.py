@@ -81,15 +81,20 @@ def sam_model(mobile_sam_checkpoint):
 
 @pytest.fixture(scope="session")
 def ref(sam_model, images_dir):
-    """ref(name, points=None, labels=None, box=None, multimask=False) -> (best mask, its score),
-    straight from samkit.Predictor: what the backend's answer must decode to."""
+    """ref(name, points=None, labels=None, box=None, multimask=False, batch=False) -> (best mask,
+    its score), straight from samkit.Predictor: what the backend's answer must decode to. A
+    click's (interactive) reference decodes at the backend's default click precision
+    (SAMKIT_LS_CLICK_DTYPE), a batch pre-labelling's (batch=True) in float32, as the backend does."""
     import numpy as np
 
     import samkit
+    from samkit.label_studio.settings import Settings
 
-    pred = samkit.Predictor(sam_model, cache_size=8)
+    click = samkit.Predictor(sam_model, cache_size=8, decoder_dtype=Settings().click_dtype)
+    batch_predictor = samkit.Predictor(sam_model, cache_size=8)
 
-    def run(name, points=None, labels=None, box=None, multimask=False):
+    def run(name, points=None, labels=None, box=None, multimask=False, batch=False):
+        pred = batch_predictor if batch else click
         pred.set_image(images_dir / name)
         masks, scores, _ = pred.predict(point_coords=points, point_labels=labels, box=box, multimask_output=multimask)
         best = int(np.argmax(scores))

@@ -5,6 +5,7 @@ shipped labeling config answers with a brush mask alone, polygons only when conf
 from __future__ import annotations
 
 import copy
+import pytest
 from pathlib import Path
 
 from ls_helpers import CONFIG_ALL
@@ -77,15 +78,20 @@ def test_a_click_with_the_shipped_config_answers_with_the_brush_alone(make_clien
 def test_clicks_run_on_one_pytorch_thread_by_default(backend_server, payloads, image_server):
     """SAMKIT_LS_THREADS' default (1 on a CPU): with more threads a click waits for the slowest of
     them at every step, and on a CPU shared with other work that made clicks seconds long
-    (benchmarks/bench_label_studio_load.py; benchmarks/RESULTS.md)."""
+    (benchmarks/bench_label_studio_load.py; benchmarks/RESULTS.md). SAMKIT_LS_CLICK_DTYPE's
+    default (auto): the reduced-precision decoder exactly where the CPU multiplies bfloat16."""
     import requests
+
+    from samkit.build import cpu_has_bfloat16_dot_products
 
     body = copy.deepcopy(payloads["ls_to_backend_predict_interactive_kp1"]["body"])
     body["tasks"][0]["data"]["image"] = f"{image_server.url}/public/dog.jpg"
     for region in body["params"]["context"]["result"]:
         region["original_width"], region["original_height"] = 800, 534
     assert requests.post(f"{backend_server.url}/predict", json=body, timeout=300).status_code == 200
-    assert backend_server.stats()["click_threads"] == 1
+    stats = backend_server.stats()
+    assert stats["click_threads"] == 1
+    assert stats["click_dtype"] == ("bfloat16" if cpu_has_bfloat16_dot_products() else "float32")
 
 
 def test_the_thread_setting():
@@ -95,6 +101,21 @@ def test_the_thread_setting():
     assert Settings(threads=None).torch_threads("cuda") is None  # PyTorch's own default
     assert Settings(threads=0).torch_threads("cpu") is None  # all cores
     assert Settings(threads=3).torch_threads("cpu") == 3
+
+
+def test_the_click_dtype_setting(monkeypatch):
+    import torch
+
+    from samkit import SamkitError
+    from samkit.label_studio.settings import Settings
+
+    monkeypatch.setenv("SAMKIT_LS_CLICK_DTYPE", "float32")
+    assert Settings.from_env(device="cpu").click_decoder_dtype() == torch.float32
+    assert Settings.from_env(device="cpu", click_dtype="bfloat16").click_decoder_dtype() == torch.bfloat16
+    for bad, says in (("float16", "needs a GPU"), ("fp8", "decoder_dtype")):
+        monkeypatch.setenv("SAMKIT_LS_CLICK_DTYPE", bad)
+        with pytest.raises(SamkitError, match=f"SAMKIT_LS_CLICK_DTYPE={bad}: .*{says}"):
+            Settings.from_env(device="cpu")
 
 
 def test_the_answer_is_gzipped_for_a_client_that_asks(make_client, payloads, image_server):

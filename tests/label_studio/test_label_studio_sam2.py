@@ -40,7 +40,7 @@ def test_a_click_with_samkit_model_sam2_1(sam2_tiny_checkpoint, payloads, image_
         model = backend.base_model
     finally:
         MODEL_CACHE.clear()
-    predictor = samkit.Predictor(model)
+    predictor = samkit.Predictor(model, decoder_dtype=settings.click_dtype)  # the click's precision
     predictor.set_image(images_dir / "dog.jpg")
     point = payloads["ls_to_backend_predict_interactive_kp1"]["body"]["params"]["context"]["result"][0]["value"]
     masks, scores, _ = predictor.predict(point_coords=np.array([[point["x"] / 100 * 800, point["y"] / 100 * 534]]),

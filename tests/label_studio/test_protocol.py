@@ -343,7 +343,7 @@ def test_batch_boxes_and_everything_one_result_per_task_in_order(make_client, pa
     boxed = regions_by_type(res[1]["result"])
     assert len(boxed["brushlabels"]) == 1 and boxed["brushlabels"][0]["value"]["brushlabels"] == ["Dog"]
     box = np.array([80, 106.8, 480, 427.2])
-    expected, _ = ref(DOG[0], box=box)
+    expected, _ = ref(DOG[0], box=box, batch=True)
     assert np.array_equal(brush_mask(boxed["brushlabels"][0]), expected)
     assert all(p["value"]["polygonlabels"] == ["Dog"] for p in boxed["polygonlabels"])
 
