@@ -133,8 +133,10 @@ def main(argv=None):
         rows.append(Row(label, f"brush RLE of {name}", "-", t_o, t_f, f"RLE bytes equal: {rle_o == rle_f}"))
 
     log("   /predict through the backend app")
+    # float32 clicks, as the Predictor timed above (the backend's default on a CPU with bfloat16
+    # dot products is the reduced-precision decoder: bench_sam2.py times that)
     settings = Settings.from_env(checkpoint=str(args.checkpoint or "samkit-benchmark"), device="cpu",
-                                 local_files_root=str(image_path.parent))
+                                 local_files_root=str(image_path.parent), click_dtype="float32")
     backend = SamBackend(settings, model=ours)
     body = request_body(image_path.name, w, h, *point[0])
     timings = []

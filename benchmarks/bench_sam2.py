@@ -128,6 +128,8 @@ def official_sam2(size: str):
 
 # consecutive clicks per side in the click rows' runs
 CLICK_RUN = 5
+# the precision column's spelling of a click's decoder dtype
+PRECISION = {"float32": "fp32", "bfloat16": "bf16 decoder", "float16": "fp16 decoder"}
 
 
 def click_point(h: int, w: int) -> np.ndarray:
@@ -186,13 +188,14 @@ def grid_points(n: int, h: int, w: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], 1) * [w, h]
 
 
-def label_studio_click(model, image, cache):
+def label_studio_click(model, image, cache, decoder_dtype="float32"):
     """One click as the Label Studio backend answers it (plugins/label_studio/backend.py): its one
-    interactive Predictor on the shared embedding cache, set_image of the image (the backend's
-    cached, read-only decoded array), segment_objects without the stability score."""
+    interactive Predictor on the shared embedding cache, with the click's decoder precision
+    (SAMKIT_LS_CLICK_DTYPE), set_image of the image (the backend's cached, read-only decoded
+    array), segment_objects without the stability score."""
     h, w = image.shape[:2]
     prompts = [samkit.Prompt(points=click_point(h, w), labels=np.array([1]))]
-    predictor = samkit.Predictor(model, cache=cache)
+    predictor = samkit.Predictor(model, cache=cache, decoder_dtype=decoder_dtype)
 
     def click():
         predictor.set_image(image)
@@ -201,9 +204,27 @@ def label_studio_click(model, image, cache):
     return synced(click)
 
 
+def click_precisions() -> list[str]:
+    """The click's decoder precisions timed: float32 (exact), and the Label Studio backend's
+    default (SAMKIT_LS_CLICK_DTYPE=auto) where that is another (bfloat16 on a CPU with bfloat16
+    dot products)."""
+    from samkit.build import resolve_decoder_dtype
+
+    auto = resolve_decoder_dtype("auto", DEVICE)
+    return ["float32"] if auto == torch.float32 else ["float32", str(auto).removeprefix("torch.")]
+
+
+def backend_threads() -> int:
+    """The Label Studio backend's PyTorch threads by default (SAMKIT_LS_THREADS unset)."""
+    from samkit.label_studio.settings import Settings
+
+    return Settings().torch_threads(DEVICE.type) or torch.get_num_threads()
+
+
 def bench_click(label, ours, official_predict, image, args, rows):
-    """One click's best mask at image size, p50 / p90, ours (as Label Studio) vs the official, in
-    runs of CLICK_RUN consecutive clicks per side (an annotator's clicks on one image), the runs
+    """One click's best mask at image size, p50 / p90, ours (as Label Studio: its thread count
+    and each click precision of click_precisions) vs the official on as many threads, in runs of
+    CLICK_RUN consecutive clicks per side (an annotator's clicks on one image), the runs
     alternating; and, for comparison, alternating click by click, where each side's click starts
     after the other's has filled the cache with its own data."""
     cache = samkit.EmbeddingCache(4)
@@ -215,14 +236,24 @@ def bench_click(label, ours, official_predict, image, args, rows):
         masks, scores, _ = official_predict(point_coords=point, point_labels=one, multimask_output=True)
         return np.asarray(masks[int(np.argmax(scores))], dtype=bool)
 
-    ours_click, official_click = label_studio_click(ours, image, cache), official_call(official_best)
-    (t_o, t_f), (m_o, m_f) = timeit_pair(ours_click, official_click, args.clicks, block=CLICK_RUN)
-    (a_o, a_f), _ = timeit_pair(ours_click, official_click, args.clicks)
-    differ = int((m_o != m_f).sum())
-    rows.append(Row(label, f"one click, best mask at {w}x{h}", "fp32", t_o, t_f,
-                    f"ours {p50_p90(t_o)}; official {p50_p90(t_f)} (runs of {CLICK_RUN}); alternating click by "
-                    f"click: ours {p50_p90(a_o)}, official {p50_p90(a_f)}; mask IoU vs official "
-                    f"{oracle.mask_iou(m_o, m_f):.5f} ({differ} pixels differ)", "p90 < 20 ms"))
+    threads, before = backend_threads(), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    exact = None
+    try:
+        for precision in click_precisions():
+            ours_click, official_click = label_studio_click(ours, image, cache, precision), official_call(official_best)
+            (t_o, t_f), (m_o, m_f) = timeit_pair(ours_click, official_click, args.clicks, block=CLICK_RUN)
+            (a_o, a_f), _ = timeit_pair(ours_click, official_click, args.clicks)
+            differ = int((m_o != m_f).sum())
+            exact = m_o if exact is None else exact
+            versus_fp32 = "" if m_o is exact else f"; mask IoU vs our fp32 {oracle.mask_iou(m_o, exact):.4f}"
+            rows.append(Row(label, f"one click, best mask at {w}x{h}, {threads} thread(s)", PRECISION.get(precision),
+                            t_o, t_f, f"ours {p50_p90(t_o)}; official {p50_p90(t_f)} (runs of {CLICK_RUN}); "
+                            f"alternating click by click: ours {p50_p90(a_o)}, official {p50_p90(a_f)}; mask IoU vs "
+                            f"official {oracle.mask_iou(m_o, m_f):.5f} ({differ} pixels differ){versus_fp32}",
+                            "p90 < 20 ms"))
+    finally:
+        torch.set_num_threads(before)
 
 
 def bench_sam1_clicks(image, args, rows):
