@@ -175,6 +175,31 @@ def conv_as_matrix(conv: torch.nn.ConvTranspose2d) -> ConvAsMatrix:
     return ConvAsMatrix(conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1), conv.bias.repeat(4))
 
 
+def center_pixels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """x (..., 4*C) in a ConvAsMatrix's column order -> each output pixel's C columns minus their
+    mean."""
+    pixels = x.unflatten(-1, (-1, channels))
+    return (pixels - pixels.mean(-1, keepdim=True)).flatten(-2)
+
+
+def centered_first_conv(conv: torch.nn.ConvTranspose2d) -> ConvAsMatrix:
+    """conv_as_matrix of the upscaling's first convolution with each output pixel's mean over its
+    channels taken out of the weight and the bias. A pixel's mean is a linear map of the
+    convolution's input, so the product then gives the layer norm's input already centred, and
+    the norm needs only each pixel's scale (norm_gelu_centered)."""
+    matrix = conv_as_matrix(conv)
+    return ConvAsMatrix(center_pixels(matrix.weight, conv.out_channels), center_pixels(matrix.bias, conv.out_channels))
+
+
+def norm_gelu_centered(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """GELU(norm(x)) for x (R, C) whose rows have mean zero, `norm` a LayerNorm2d over C: only
+    each row's scale is computed. torch's layer norm recomputes the mean and costs about twice
+    as much on these narrow rows (C = 64), most of all in bfloat16."""
+    variance = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square() / x.shape[-1]
+    scale = (variance + norm.eps).rsqrt().to(x.dtype)[:, None] * norm.weight.to(x.dtype)
+    return F.gelu(torch.addcmul(norm.bias.to(x.dtype), x, scale))
+
+
 class FastMaskDecoder:
     """The fast inference engine of a plain MaskDecoder (held as `decoder`, not owned: no
     parameters, no submodule). Called like the decoder, with two more options (best_only,
@@ -294,7 +319,7 @@ class FastMaskDecoder:
             # in the reduced-precision mode too: its low-rank product in bfloat16, the per-image
             # part computed in float32 (masks against float32 in tests/core/
             # test_reduced_precision_decoder.py)
-            first = conv_as_matrix(decoder.output_upscaling[0])
+            first = centered_first_conv(decoder.output_upscaling[0])
             upscaling = factor_weight(
                 transformer.keys[0], first.weight, first.bias, [layer.norm4 for layer in decoder.transformer.layers]
             ).to(mode.image_dtype)
@@ -358,7 +383,7 @@ class FastMaskDecoder:
         if factored_keys is not None:
             first = factored_keys.times(prepared.upscaling, grid, region).view(-1, prepared.upscaling.constant.shape[0])
         else:
-            conv = conv_as_matrix(decoder.output_upscaling[0]).to(keys.dtype)
+            conv = centered_first_conv(decoder.output_upscaling[0]).to(keys.dtype)
             keys = keys.reshape(keys.shape[0], *grid, keys.shape[-1])[:, :height, :width]
             first = torch.addmm(conv.bias, keys.reshape(-1, keys.shape[-1]), conv.weight)
         return self.upscale_masks(first, hyper_in, height, width), iou_pred
@@ -373,7 +398,8 @@ class FastMaskDecoder:
     ) -> torch.Tensor:
         """The rest of output_upscaling and the hypernetwork product, on channels-last pixels.
 
-        first (B*H*W, 4*C1) the first transposed convolution of the image tokens, hyper_in
+        first (B*H*W, 4*C1) the first transposed convolution of the image tokens, each pixel's
+        channels centred (centered_first_conv), hyper_in
         (B, M, C/8) -> mask logits (B, M, 4H, 4W). Computed pixel by pixel, the normalisation runs
         over a contiguous axis and no feature map is ever transposed; only the final logits are.
         second_bias (H*W*4, 4*C2), the same for every prompt, replaces the second convolution's
@@ -395,11 +421,7 @@ class FastMaskDecoder:
             for offset in range(0, pixels, UPSCALE_ROWS):
                 piece = first[start + offset : start + min(offset + UPSCALE_ROWS, pixels)]
                 bias = second.bias if second_bias is None else second_bias[4 * offset : 4 * (offset + len(piece))]
-                x = F.gelu(
-                    F.layer_norm(
-                        piece.reshape(-1, conv1.out_channels), (conv1.out_channels,), norm.weight, norm.bias, norm.eps
-                    )
-                )
+                x = norm_gelu_centered(piece.reshape(-1, conv1.out_channels), norm)
                 # (tokens * 4, 4 * C2), ordered (ei, ej, out)
                 if packed is None:
                     x = F.gelu(torch.addmm(bias, x, second.weight))

@@ -39,7 +39,8 @@ from .mask_decoder import (
     ImageMode,
     SameTensor,
     WeightVersion,
-    conv_as_matrix,
+    center_pixels,
+    centered_first_conv,
     decoder_chunk,
     image_side_dtype,
 )
@@ -55,7 +56,8 @@ class HighRes(NamedTuple):
     added: s1_bias (H, W, 4*C1), the stride-8 map per image token in the first convolution's
     (di, dj, c) column order; s0_bias (H*W*4, 4*C2), the stride-4 map, one row per
     first-convolution pixel (i, j, di, dj) and its (ei, ej, c) columns. Each is a per-pixel
-    bias of its convolution's product."""
+    bias of its convolution's product; s1_bias has each pixel's channels centred, as the first
+    convolution's product is (centered_first_conv)."""
 
     s1_bias: torch.Tensor
     s0_bias: torch.Tensor
@@ -87,7 +89,7 @@ def lay_out_high_res(
     s1 = feat_s1[0].reshape(c1, height, 2, width, 2).permute(1, 3, 2, 4, 0).reshape(height, width, 4 * c1)
     s0 = feat_s0[0].reshape(c2, height, 2, 2, width, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)  # (i, j, di, dj, ei, ej, c)
     s0 = s0.reshape(height * width * 4, 4 * c2) + second_bias
-    return HighRes((s1 + first_bias).contiguous(), s0.contiguous())
+    return HighRes(center_pixels(s1 + first_bias, c1).contiguous(), s0.contiguous())
 
 
 class Sam2DecoderImage(NamedTuple):
@@ -202,7 +204,7 @@ class FastSam2MaskDecoder(FastMaskDecoder):
         upscaling = None
         # in the reduced-precision mode too (as FastMaskDecoder)
         if cacheable and not mode.autocast and image_embeddings.dtype in (torch.float32, torch.float64):
-            first = conv_as_matrix(decoder.output_upscaling[0])
+            first = centered_first_conv(decoder.output_upscaling[0])
             norms = [layer.norm4 for layer in decoder.transformer.layers]
             upscaling = factor_weight(transformer.keys[0], first.weight, None, norms)
             # the stride-8 features and the bias join the constant: (N, 4*C1), per image token
@@ -311,7 +313,7 @@ class FastSam2MaskDecoder(FastMaskDecoder):
         else:
             if rows is not None:
                 keys = keys[rows]
-            weight = conv_as_matrix(conv).weight.to(keys.dtype)
+            weight = centered_first_conv(conv).weight.to(keys.dtype)
             keys = keys.reshape(keys.shape[0], *grid, keys.shape[-1])[:, :height, :width]
             s1_bias = high_res.s1_bias[:height, :width].reshape(height * width, -1)
             if keys.shape[0] == 1:  # the per-pixel bias is the product's
