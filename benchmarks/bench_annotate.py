@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -53,6 +52,7 @@ sys.path.insert(0, str(REPO / "tests" / "core"))
 import oracle  # noqa: E402  (tests/core/oracle.py: the official package without torchvision, seeded ViT-B)
 
 import samkit  # noqa: E402
+import machine_info  # noqa: E402  (benchmarks/machine_info.py: the CPU line)
 
 SHARED = Path(os.environ.get("SAMKIT_SHARED_DIR", REPO.parent / "shared"))
 IMAGES = SHARED / "data" / "images"
@@ -74,24 +74,9 @@ def log(*args) -> None:
 
 
 def machine() -> str:
-    cpu, flags, l3 = platform.machine(), set(), "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    try:
-        l3 = next(line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("L3"))
-    except (OSError, StopIteration):
-        pass
-    have = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_bf16"))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, {have}, L3 {l3}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), load average {load:.2f}")
+    return (f"{machine_info.cpu()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"load average {load:.2f}")
 
 
 def commit() -> str:

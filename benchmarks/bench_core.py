@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ import oracle  # noqa: E402  (tests/core/oracle.py: official package import, wei
 
 import samkit  # noqa: E402
 from samkit.predictor import ImageState  # noqa: E402
+import machine_info  # noqa: E402  (benchmarks/machine_info.py: the CPU line)
 
 SHARED = Path(os.environ.get("SAMKIT_SHARED_DIR", REPO.parent / "shared"))
 DEFAULT_IMAGE = SHARED / "data" / "images" / "truck.jpg"
@@ -407,16 +407,8 @@ def table(rows, markdown=False, clock="wall"):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    return (f"{machine_info.cpu()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"load average {load:.2f}")
 
 

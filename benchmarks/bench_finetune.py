@@ -33,7 +33,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -57,6 +56,7 @@ import samkit  # noqa: E402
 from samkit.finetune.family import Sam2Family, SamFamily  # noqa: E402
 from samkit.finetune.step import PromptSettings, draw, train_image  # noqa: E402
 from samkit.predictor import ImageState  # noqa: E402
+import machine_info  # noqa: E402  (benchmarks/machine_info.py: the CPU line)
 
 SHARED = Path(os.environ.get("SAMKIT_SHARED_DIR", REPO.parent / "shared"))
 MOBILE_SAM = SHARED / "reference" / "mobile_sam_random" / "mobile_sam_random.pt"
@@ -68,23 +68,8 @@ def log(message: str) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    flags, l3 = "", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in present)
-                break
-        l3 = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("L3")), "")
-    except (OSError, FileNotFoundError):
-        pass
-    load = os.getloadavg()[0]
-    return (f"{cpu}, {os.cpu_count()} cores, flags {flags or '?'}, L3 {l3 or '?'}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), load average {load:.2f}")
+    return (f"{machine_info.cpu()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"load average {os.getloadavg()[0]:.2f}")
 
 
 # -- training step ---------------------------------------------------------------------------

@@ -31,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import machine_info  # benchmarks/machine_info.py: the CPU line
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SAMKIT_SHARED_DIR", REPO.parent / "shared"))
 DEFAULT_IMAGE = SHARED / "data" / "images" / "truck.jpg"
@@ -40,25 +42,8 @@ POLYGON_TOOL = ('  <PolygonLabels name="polygon" toName="image">\n    <Label val
 
 
 def cpu_facts() -> str:
-    """CPU model, the vector extensions that matter to PyTorch on a CPU, L3 size, cores."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags] or ["no AVX2"]
-    l3 = "L3 unknown"
-    try:
-        for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-            if (index / "level").read_text().strip() == "3":
-                l3 = f"L3 {(index / 'size').read_text().strip()}"
-    except OSError:
-        pass
-    return f"{model}, {'/'.join(vector)}, {l3}, {os.cpu_count()} cores"
+    """CPU model, family, vector extensions, cores and L3 (machine_info.cpu)."""
+    return machine_info.cpu()
 
 
 def load_average() -> str:

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +44,7 @@ import onnx_exports  # noqa: E402  (tests/core/onnx_exports.py: the official dec
 import oracle  # noqa: E402  (tests/core/oracle.py: official package import, weights)
 
 import samkit  # noqa: E402
+import machine_info  # noqa: E402  (benchmarks/machine_info.py: the CPU line)
 
 SHARED = Path(os.environ.get("SAMKIT_SHARED_DIR", REPO.parent / "shared"))
 DEFAULT_IMAGE = SHARED / "data" / "images" / "truck.jpg"
@@ -87,22 +86,10 @@ def ious(masks, reference) -> str:
 
 
 def machine(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    flags = ""
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-        cpu = fields.get("Model name", cpu).strip()
-        have = set(fields.get("Flags", "").split())
-        present = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in have]
-        flags = f", flags {', '.join(present) or 'no avx2/avx512'}, L3 {fields.get('L3 cache', '?').strip()}"
-    except (OSError, ValueError, subprocess.SubprocessError):
-        pass
     import onnxruntime
 
-    load = os.getloadavg()[0]
-    return (f"{cpu}, {os.cpu_count()} cores{flags}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-            f"{threads} threads; load average {load:.2f}")
+    return (f"{machine_info.cpu()}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+            f"{threads} threads; load average {os.getloadavg()[0]:.2f}")
 
 
 def main(argv=None) -> None:

@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import oracle  # noqa: E402  (tests/core: official packages, seeded weights, record matching)
 import sam2_oracle  # noqa: E402  (tests/core: the official sam2 with its torchvision stand-ins)
 from bench_core import Row, fmt_time, timeit, timeit_pair  # noqa: E402
+import machine_info  # noqa: E402  (benchmarks/: the CPU line)
 
 import samkit  # noqa: E402
 from samkit.modeling.sam2.model import build_sam2  # noqa: E402
@@ -462,20 +463,10 @@ def table(rows) -> str:
 
 
 def machine() -> str:
-    """The CPU as lscpu names it, its avx2 / avx512_bf16 / amx flags and L3; torch and load."""
-    cpu, flags = "unknown CPU", ""
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-        cpu = fields.get("Model name", cpu).strip()
-        have = set(fields.get("Flags", "").split())
-        present = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in have]
-        flags = f", flags {', '.join(present) or 'no avx2/avx512'}, L3 {fields.get('L3 cache', '?').strip()}"
-    except (OSError, ValueError, subprocess.SubprocessError):
-        pass
+    """The CPU (machine_info.cpu), the GPU when benchmarking one, torch and the load."""
     gpu = f", {torch.cuda.get_device_name()}" if DEVICE.type == "cuda" else ""
-    return (f"{cpu}, {os.cpu_count()} cores{flags}{gpu}; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.2f}")
+    return (f"{machine_info.cpu()}{gpu}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+            f"load average {os.getloadavg()[0]:.2f}")
 
 
 def main(argv=None) -> None:
