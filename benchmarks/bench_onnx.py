@@ -21,6 +21,7 @@ as torch. Checks: each mask's IoU against samkit's.
 
     python benchmarks/bench_onnx.py                       # MobileSAM (seeded weights), truck.jpg
     python benchmarks/bench_onnx.py --model vit_b          # perturbed ViT-B (decoder rows only)
+    python benchmarks/bench_onnx.py --model sam2.1_hiera_tiny   # perturbed SAM 2.1-T, the official sam2
     python benchmarks/bench_onnx.py --markdown /tmp/onnx.md
 """
 
@@ -94,7 +95,7 @@ def machine(threads: int) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", choices=["mobile_sam", "vit_b"], default="mobile_sam")
+    ap.add_argument("--model", choices=["mobile_sam", "vit_b", "sam2.1_hiera_tiny"], default="mobile_sam")
     ap.add_argument("--image", default=str(DEFAULT_IMAGE))
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: torch's)")
@@ -118,26 +119,32 @@ def main(argv=None) -> None:
     start = machine(threads)
     log(f"ONNX click benchmark, {args.model}, {Path(args.image).name} ({width}x{height}); {start}")
 
-    oracle.official()
-    from segment_anything import SamPredictor
+    if args.model == "sam2.1_hiera_tiny":
+        import sam2_oracle  # tests/core/sam2_oracle.py: the official sam2 package, perturbed weights
 
+        official_model, checkpoint = sam2_oracle.official_model("tiny")
+        ours = samkit.load_model(str(checkpoint), device="cpu")
+        make_official = sam2_oracle.image_predictor
+    else:
+        oracle.official()
+        from segment_anything import SamPredictor as make_official
     if args.model == "vit_b":
         official_model, checkpoint = oracle.official_vit_b()
         ours = samkit.load_model(str(checkpoint), device="cpu")
-    else:
+    elif args.model == "mobile_sam":
         checkpoint = MOBILE_SAM
         ours = samkit.load_model(str(checkpoint), device="cpu")
         official_model = oracle.official_with_encoder(
             ours.image_encoder, torch.load(checkpoint, map_location="cpu", weights_only=True)
         )
-    parts = ("encoder", "decoder") if args.model == "mobile_sam" else ("decoder",)
+    parts = ("decoder",) if args.model == "vit_b" else ("encoder", "decoder")
     with tempfile.TemporaryDirectory(prefix="samkit-bench-onnx-") as tmp:
         export_dir = Path(args.export_dir) if args.export_dir else Path(tmp) / "export"
         if not args.export_dir:
             began = time.perf_counter()
             samkit.export(ours, export_dir, parts=parts, quantize=True)
             log(f"exported {', '.join(parts)} (+ int8 decoder) in {time.perf_counter() - began:.1f} s")
-        rows = bench(args, ours, official_model, SamPredictor, export_dir, image, options, parts)
+        rows = bench(args, ours, make_official(official_model), export_dir, image, options, parts)
     end = machine(threads)
     head = ["model", "stage", *COLUMNS, "fastest", "check"]
     body = [[args.model, stage, *map(fmt, times), fastest(times), check] for stage, times, check in rows]
@@ -166,11 +173,12 @@ def fastest(times) -> str:
     return f"{name.split(' (')[0]} ({others[0] / best:.2f}x the next)" if others else name
 
 
-def bench(args, ours, official_model, SamPredictor, export_dir, image, options, parts):
+def bench(args, ours, official, export_dir, image, options, parts):
+    """The rows: `official` is the official predictor (SamPredictor, or SAM 2's
+    SAM2ImagePredictor) on the same weights as `ours`."""
     height, width = image.shape[:2]
     rows = []
     predictor = samkit.Predictor(ours)
-    official = SamPredictor(official_model)
     onnx_fp32 = samkit.OnnxPredictor(export_dir, session_options=options)
     onnx_int8 = samkit.OnnxPredictor(export_dir, quantized=True, session_options=options)
 
@@ -185,11 +193,14 @@ def bench(args, ours, official_model, SamPredictor, export_dir, image, options, 
                      f"embedding max abs diff {diff:.1e}; median of {encoder_repeats}"))
 
     log("embedding the image (samkit, official, ONNX) ...")
-    predictor.set_image(image)
+    ours_state = predictor.compute_image_state(image)
+    predictor.set_image_state(ours_state)
     with torch.inference_mode():
         official.set_image(image)
+    # the ONNX decoders read our embedding (and SAM 2's high-res maps), so only the decoders differ
     state = samkit.export.onnx_predictor.OnnxImageState(
-        predictor.get_image_embedding().numpy(), predictor.original_size, predictor.input_size
+        ours_state.features.numpy(), ours_state.original_size, ours_state.input_size,
+        tuple(t.numpy() for t in ours_state.high_res_features),
     )
     onnx_fp32.set_image_state(state)
     onnx_int8.set_image_state(state)
@@ -228,6 +239,8 @@ def bench(args, ours, official_model, SamPredictor, export_dir, image, options, 
     rows.append(("one click, best mask only", (times["samkit"], times["official"], times["fp32"], times["int8"]),
                  check))
 
+    if args.model.startswith("sam2"):  # the official SAM 1 ONNX example's graph (orig_im_size) only
+        return rows
     feeds = onnx_exports.feeds(state.features, (height, width), point, label)
     import onnxruntime
 

@@ -48,6 +48,29 @@ def test_bench_core_miniature_run(tmp_path, mobile_sam_checkpoint, images_dir):
     assert generator_rows and all("same masks" in r for r in generator_rows)
 
 
+def run_bench_onnx(tmp_path, images_dir, *options: str) -> str:
+    """bench_onnx.py on dog.jpg with one repeat and `options`; its markdown."""
+    table = tmp_path / "onnx.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "bench_onnx.py"), "--image", str(images_dir / "dog.jpg"),
+               "--repeats", "1", "--markdown", str(table), *options]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = table.read_text()
+    assert "Machine at start:" in text and "L3" in text
+    return text
+
+
+def assert_onnx_rows(rows: list[str], stages: list[str], minimum_iou: dict[str, float]) -> None:
+    """The rows' stages, the click rows' mask IoU against samkit's at least `minimum_iou` per
+    side, and the encoder row's embedding within float32 rounding of samkit's."""
+    assert [row.split(" | ")[1] for row in rows] == stages, rows
+    for row in rows[1:]:
+        for name, minimum in minimum_iou.items():
+            values = re.search(name + r" IoU ([0-9./]+)", row).group(1).split("/")
+            assert values and all(float(v) >= minimum for v in values), row
+    assert re.search(r"embedding max abs diff [0-9.]+e-0[5-9]", rows[0]), rows[0]
+
+
 def test_bench_onnx_miniature_run(tmp_path, mobile_sam_checkpoint, images_dir):
     """bench_onnx.py on an existing MobileSAM export (one repeat): every row is there and its
     checks show the ONNX masks agreeing with samkit's (fp32 to IoU 0.999, int8 to 0.95)."""
@@ -56,25 +79,20 @@ def test_bench_onnx_miniature_run(tmp_path, mobile_sam_checkpoint, images_dir):
     except ImportError:
         import onnx_exports
 
-    export_dir = onnx_exports.mobile_export(mobile_sam_checkpoint)
-    table = tmp_path / "onnx.md"
-    command = [
-        sys.executable, str(REPO / "benchmarks" / "bench_onnx.py"), "--image", str(images_dir / "dog.jpg"),
-        "--repeats", "1", "--export-dir", str(export_dir), "--markdown", str(table),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    text = table.read_text()
-    assert "Machine at start:" in text and "L3" in text
+    text = run_bench_onnx(tmp_path, images_dir, "--export-dir", str(onnx_exports.mobile_export(mobile_sam_checkpoint)))
     rows = [line for line in text.splitlines() if line.startswith("| mobile_sam")]
-    stages = [row.split(" | ")[1] for row in rows]
-    assert stages == ["image encoder (once per image)", "one click, 3 masks at 800x534", "one click, best mask only",
-                      "official ONNX usage: 4 masks upscaled in the graph"], stages
-    for row in rows[1:]:
-        for name, minimum in (("fp32", 0.999), ("int8", 0.95)):
-            values = re.search(name + r" IoU ([0-9./]+)", row).group(1).split("/")
-            assert values and all(float(v) >= minimum for v in values), row
-    assert re.search(r"embedding max abs diff [0-9.]+e-0[5-9]", rows[0]), rows[0]
+    assert_onnx_rows(rows, ["image encoder (once per image)", "one click, 3 masks at 800x534",
+                            "one click, best mask only", "official ONNX usage: 4 masks upscaled in the graph"],
+                     {"fp32": 0.999, "int8": 0.95})
+
+
+def test_bench_onnx_sam2_miniature_run(tmp_path, images_dir):
+    """bench_onnx.py --model sam2.1_hiera_tiny (exports the perturbed SAM 2.1-T, one repeat): the
+    encoder and click rows against the official sam2 predictor; no SAM 1 ONNX-example row."""
+    text = run_bench_onnx(tmp_path, images_dir, "--model", "sam2.1_hiera_tiny")
+    rows = [line for line in text.splitlines() if line.startswith("| sam2.1_hiera_tiny")]
+    assert_onnx_rows(rows, ["image encoder (once per image)", "one click, 3 masks at 800x534",
+                            "one click, best mask only"], {"official": 0.999, "fp32": 0.999, "int8": 0.9})
 
 
 def test_bench_sam2_miniature_run(tmp_path, images_dir):
