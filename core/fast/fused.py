@@ -78,18 +78,21 @@ class FusedLinears:
         """Whether the engine computes this input (see ``precision``)."""
         return self.precision(x) is not None
 
-    def weights(self, layer: nn.Module, dtype: torch.dtype, packed: bool = False
+    def weights(self, layer: nn.Module, dtype: torch.dtype, packed: bool = False, as_linear=None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A layer's weight and bias in ``dtype``: the parameters themselves for float32.
         packed (linear layers): a bfloat16 weight is kept in oneDNN's own layout, for
-        `_linear_pointwise` only, which otherwise reorders it on every call."""
-        if dtype == torch.float32:
+        `_linear_pointwise` only, which otherwise reorders it on every call. as_linear: for a
+        layer computed as a linear one (a transposed convolution as a per-pixel product),
+        layer -> its (out, in) weight and bias, kept converted like a linear layer's."""
+        if dtype == torch.float32 and as_linear is None:
             return layer.weight, layer.bias
         found = sources(layer.weight, layer.bias)
         kept = self._kept_bf16.get(id(layer))
-        if kept is None or kept.sources != found:
-            bias = None if layer.bias is None else layer.bias.to(dtype)
-            weight = layer.weight.to(dtype)
+        if kept is None or kept.sources != found or kept.weight.dtype != dtype:
+            weight, bias = (layer.weight, layer.bias) if as_linear is None else as_linear(layer)
+            bias = None if bias is None else bias.to(dtype)
+            weight = weight.to(dtype)
             if packed and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
                 weight = torch.ops.mkldnn._reorder_linear_weight(weight)
             kept = KeptWeights(found, weight, bias)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..modeling.mask_decoder import MaskDecoder
 from .factored import FactoredWeight, factor_weight
-from .fused import FusedLinears, KeptWeights, fused_linear_available, sources
+from .fused import FusedLinears, fused_linear_available
 from .transformer import PreparedImage, prepare_image, transformer_forward
 
 # Prompts decoded together, by device type. On a CPU the per-prompt image tokens (4 MB each in
@@ -175,6 +175,12 @@ def conv_as_matrix(conv: torch.nn.ConvTranspose2d) -> ConvAsMatrix:
     return ConvAsMatrix(conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1), conv.bias.repeat(4))
 
 
+def conv_as_linear(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """conv_as_matrix as a linear layer's (out, in) weight (contiguous) and bias."""
+    matrix = conv_as_matrix(conv)
+    return matrix.weight.t().contiguous(), matrix.bias
+
+
 def center_pixels(x: torch.Tensor, channels: int) -> torch.Tensor:
     """x (..., 4*C) in a ConvAsMatrix's column order -> each output pixel's C columns minus their
     mean."""
@@ -208,29 +214,22 @@ class FastMaskDecoder:
     def __init__(self, decoder: MaskDecoder) -> None:
         self.decoder = decoder
         self._kept: KeptImage | None = None
-        self._second_packed: KeptWeights | None = None
-        self._fused = FusedLinears()  # the reduced-precision mode's kept MLP weights
+        self._fused = FusedLinears()  # the reduced-precision mode's kept MLP and convolution weights
 
     def __getstate__(self) -> dict:
         # a copy (deepcopy, pickle) recomputes the kept image work rather than carrying ~35 MB
-        return {"decoder": self.decoder, "_kept": None, "_second_packed": None, "_fused": FusedLinears()}
+        return {"decoder": self.decoder, "_kept": None, "_fused": FusedLinears()}
 
-    def second_packed(self, dtype: torch.dtype) -> KeptWeights | None:
+    def second_packed(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The second upscaling convolution as a oneDNN linear weight (4*C2, C1) in `dtype`, in
-        oneDNN's own layout, and its bias, kept until the parameters change; None where torch has
-        no fused linear products. The reduced-precision mode's SAM 1 upscaling takes the GELU
-        inside that product (~10% of the step; SAM 2's per-pixel bias gains nothing from it:
-        benchmarks/RESULTS.md, "Design measurements")."""
+        oneDNN's own layout, and its bias, kept (FusedLinears) until the parameters change; None
+        where torch has no fused linear products. The reduced-precision mode's SAM 1 upscaling
+        takes the GELU inside that product (~10% of the step; SAM 2's per-pixel bias gains
+        nothing from it: benchmarks/RESULTS.md, "Design measurements")."""
         conv = self.decoder.output_upscaling[3]
         if not fused_linear_available() or conv.weight.device.type != "cpu":
             return None
-        found = sources(conv.weight, conv.bias)
-        kept = self._second_packed
-        if kept is None or kept.sources != found or kept.weight.dtype != dtype:
-            matrix = conv_as_matrix(conv).to(dtype)
-            weight = torch.ops.mkldnn._reorder_linear_weight(matrix.weight.t().contiguous())
-            kept = self._second_packed = KeptWeights(found, weight, matrix.bias)
-        return kept
+        return self._fused.weights(conv, dtype, packed=True, as_linear=conv_as_linear)
 
     def __call__(
         self,
@@ -426,7 +425,7 @@ class FastMaskDecoder:
                 if packed is None:
                     x = F.gelu(torch.addmm(bias, x, second.weight))
                 else:
-                    x = torch.ops.mkldnn._linear_pointwise(x, packed.weight, packed.bias, "gelu", [], "none")
+                    x = torch.ops.mkldnn._linear_pointwise(x, *packed, "gelu", [], "none")
                 # x is indexed [i, j, di, dj, ei, ej, c]; contract c with each mask's hypernetwork vector
                 pieces.append(x.view(-1, conv2.out_channels) @ hyper_t[start // pixels].to(x.dtype))
         masks = torch.cat(pieces) if len(pieces) > 1 else pieces[0]  # (B*H*W*16, M)
